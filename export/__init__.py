@@ -1,0 +1,1 @@
+"""ONNX export and runtime engines (see the export issue)."""

@@ -1,0 +1,1 @@
+"""User-facing tools: mra-animate, mra-live, mra-web."""

@@ -1,0 +1,286 @@
+"""Checkpoints: the official MRAA layout and this project's own format, with clear mismatch errors.
+
+Official layout (a ``torch.save``d dict): ``generator`` (which holds the flow predictor under
+``pixelwise_flow_predictor.``), ``region_predictor``, ``bg_predictor``, ``avd_network``, optionally
+optimizer states and epoch counters. Own format: ``{"format": "mra-live", "format_version": 1,
+"config": {...}, "model": <state dict of MRAA>, "has_avd": bool, ...}``; everything is plain data,
+so both load with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor
+
+from .config import Config, ConfigError, load_config
+from .model import MRAA
+
+FORMAT = "mra-live"
+FORMAT_VERSION = 1
+OFFICIAL_NETWORKS = ("generator", "region_predictor", "bg_predictor", "avd_network")
+_FLOW_PREFIX = "pixelwise_flow_predictor."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model; the message names the likely cause."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout mapping (own state dict <-> official per-network state dicts)
+# ---------------------------------------------------------------------------------------------
+
+def official_key(own_key: str) -> tuple[str, str]:
+    """Own state-dict key -> (official network, key inside it)."""
+    net, _, rest = own_key.partition(".")
+    if net == "flow_predictor":
+        return "generator", _FLOW_PREFIX + rest
+    if net in ("generator", "region_predictor", "bg_predictor", "avd_network"):
+        return net, rest
+    raise KeyError(f"no official counterpart for {own_key!r}")
+
+
+def own_key(network: str, key: str) -> str:
+    """(official network, key) -> own state-dict key."""
+    if network == "generator" and key.startswith(_FLOW_PREFIX):
+        return "flow_predictor." + key[len(_FLOW_PREFIX):]
+    if network in OFFICIAL_NETWORKS:
+        return f"{network}.{key}"
+    raise KeyError(f"unknown official network {network!r}")
+
+
+def to_official(state: Mapping[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """Own state dict -> ``{network: state dict}`` in the official layout (flow inside generator)."""
+    out: dict[str, dict[str, Tensor]] = {n: {} for n in OFFICIAL_NETWORKS}
+    flow = {}
+    for k, v in state.items():
+        net, key = official_key(k)
+        (flow if net == "generator" and key.startswith(_FLOW_PREFIX) else out[net])[key] = v
+    # official order: the flow predictor's entries come first in the generator
+    out["generator"] = {**flow, **out["generator"]}
+    return out
+
+
+def from_official(nets: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """Official ``{network: state dict}`` -> own state dict."""
+    return {own_key(net, k): v for net in OFFICIAL_NETWORKS for k, v in (nets.get(net) or {}).items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Diagnostics
+# ---------------------------------------------------------------------------------------------
+
+def _shape(state: Mapping[str, Any], key: str):
+    v = state.get(key)
+    return tuple(v.shape) if v is not None and hasattr(v, "shape") else None
+
+
+def _likely_causes(ckpt: Mapping[str, Tensor], model: Mapping[str, Tensor], cfg: Config) -> list[str]:
+    """Human explanations of the usual reasons a checkpoint does not fit a config."""
+    causes = []
+    name = cfg.name
+    k = "region_predictor.regions.weight"
+    if _shape(ckpt, k) and _shape(model, k) and _shape(ckpt, k)[0] != _shape(model, k)[0]:
+        causes.append(f"checkpoint has {_shape(ckpt, k)[0]} regions, config {name} has {_shape(model, k)[0]}")
+    elif _shape(ckpt, k) and _shape(model, k) and _shape(ckpt, k)[1] != _shape(model, k)[1]:
+        causes.append(f"region predictor width differs (checkpoint {_shape(ckpt, k)[1]} channels, "
+                      f"config {name} {_shape(model, k)[1]})")
+    elif _shape(ckpt, k) and _shape(model, k) and _shape(ckpt, k)[2:] != _shape(model, k)[2:]:
+        causes.append("region heatmap convolution differs")
+    ck_bg = any(x.startswith("bg_predictor.") for x in ckpt)
+    bg_type = cfg.model.background.bg_type
+    if not ck_bg and bg_type != "zero":
+        causes.append(f"checkpoint has no background predictor (bg_type 'zero', as mgif256) but config {name} "
+                      f"uses bg_type '{bg_type}'")
+    elif ck_bg and bg_type == "zero":
+        causes.append(f"checkpoint has a background predictor but config {name} uses bg_type 'zero'")
+    else:
+        fc = _shape(ckpt, "bg_predictor.fc.weight")
+        kinds = {2: "shift", 6: "affine", 8: "perspective"}
+        if fc and fc != _shape(model, "bg_predictor.fc.weight"):
+            causes.append(f"checkpoint background is '{kinds.get(fc[0], fc[0])}', config {name} uses '{bg_type}'")
+    jac_ck = "region_predictor.jacobian.weight" in ckpt
+    jac_model = "region_predictor.jacobian.weight" in model
+    if jac_ck != jac_model:
+        causes.append("checkpoint uses " + ("regression-based jacobians (pca_based: False)" if jac_ck else
+                                            "PCA-based affines (pca_based: True)") + f", config {name} does not")
+    g = "generator.first.conv.weight"
+    if _shape(ckpt, g) and _shape(model, g) and _shape(ckpt, g) != _shape(model, g):
+        causes.append(f"generator width differs (checkpoint {_shape(ckpt, g)[0]}, config {name} {_shape(model, g)[0]})")
+
+    def count(state, prefix):
+        return len({x[len(prefix):].split(".")[0] for x in state if x.startswith(prefix)})
+
+    for prefix, what in (("generator.bottleneck.", "bottleneck blocks"), ("generator.down_blocks.", "generator down blocks"),
+                         ("region_predictor.predictor.encoder.down_blocks.", "region hourglass blocks"),
+                         ("flow_predictor.hourglass.encoder.down_blocks.", "flow hourglass blocks")):
+        a, b = count(ckpt, prefix), count(model, prefix)
+        if a and b and a != b:
+            causes.append(f"checkpoint has {a} {what}, config {name} has {b}")
+    a = _shape(ckpt, "avd_network.id_encoder.9.weight")
+    b = _shape(model, "avd_network.id_encoder.9.weight")
+    if a and b and a != b:
+        causes.append(f"AVD bottleneck differs (checkpoint {a[0]}, config {name} {b[0]})")
+    sep_ck = any(".depthwise." in x for x in ckpt)
+    sep_model = any(".depthwise." in x for x in model)
+    if sep_ck != sep_model:
+        causes.append("checkpoint " + ("uses" if sep_ck else "does not use") +
+                      f" depthwise-separable convolutions (a lite preset), config {name} "
+                      + ("does not" if sep_ck else "does"))
+    return causes
+
+
+def load_state(model: MRAA, state: Mapping[str, Tensor], source: str = "checkpoint", allow_missing_avd: bool = True,
+               check_only: bool = False) -> None:
+    """Load an own-layout state dict into ``model``; one :class:`CheckpointError` on any mismatch.
+
+    A checkpoint without AVD weights (trained before the AVD stage) loads with ``model.has_avd = False``.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    avd_missing = [k for k in missing if k.startswith("avd_network.")]
+    if allow_missing_avd and avd_missing and len(avd_missing) == sum(k.startswith("avd_network.") for k in expected):
+        missing = [k for k in missing if not k.startswith("avd_network.")]
+        has_avd = False
+    else:
+        has_avd = True
+    if missing or unexpected or wrong:
+        causes = _likely_causes(state, expected, model.config)
+        parts = []
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatch(es), e.g. {k}: checkpoint {list(state[k].shape)} "
+                         f"vs model {list(expected[k].shape)}")
+        if missing:
+            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+        head = "; ".join(causes) if causes else "the checkpoint was made with a different architecture"
+        raise CheckpointError(f"{source} does not fit config {model.config.name}: {head} "
+                              f"({'; '.join(parts)}). Pass the config it was trained with.")
+    if check_only:
+        return
+    filtered = {k: v for k, v in state.items()}
+    model.load_state_dict(filtered, strict=has_avd)
+    model.has_avd = has_avd
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing files
+# ---------------------------------------------------------------------------------------------
+
+def read_checkpoint(path: "str | os.PathLike") -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, zip errors, truncated files, unsafe globals...
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({msg[:200]})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} holds a {type(data).__name__}, not an MRAA checkpoint (a dict of state dicts)")
+    return data
+
+
+def checkpoint_kind(data: Mapping[str, Any]) -> str:
+    """``own`` | ``official``; raises CheckpointError for anything else (naming it when it can)."""
+    if data.get("format") == FORMAT:
+        return "own"
+    if isinstance(data.get("generator"), Mapping) and isinstance(data.get("region_predictor"), Mapping):
+        return "official"
+    if "kp_detector" in data:
+        raise CheckpointError("this is a First Order Motion Model checkpoint (it has 'kp_detector'), not an MRAA "
+                              "one; MRAA checkpoints have 'region_predictor' and 'generator'")
+    if "state_dict" in data or "model" in data:
+        raise CheckpointError("this checkpoint is not in the MRAA layout (no 'region_predictor' / 'generator' "
+                              "entries, no mra-live format marker)")
+    keys = ", ".join(list(map(str, data))[:6])
+    raise CheckpointError(f"not an MRAA checkpoint: expected entries 'generator' and 'region_predictor', found {keys or 'nothing'}")
+
+
+def sha256_file(path: "str | os.PathLike") -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_model(path: "str | os.PathLike", config: "Config | str | None" = None, pca: str = "closed_form",
+               device: "str | torch.device" = "cpu") -> MRAA:
+    """Read an official MRAA checkpoint or an own one; returns the model in eval mode.
+
+    ``config``: a preset name (vox256, taichi256, ted384, mgif256, ...), a YAML path or a Config.
+    Official checkpoints carry no config, so one is required for them; own checkpoints embed
+    theirs (a given ``config`` must then agree with it).
+    """
+    data = read_checkpoint(path)
+    kind = checkpoint_kind(data)
+    try:
+        if kind == "own":
+            embedded = Config.from_dict(data["config"])
+            cfg = embedded if config is None else load_config(config)
+            state = data["model"]
+        else:
+            if config is None:
+                raise CheckpointError(f"{path} is an official MRAA checkpoint, which carries no config: pass "
+                                      "config='vox256' (or taichi256, ted384, mgif256, or the YAML it was trained with)")
+            cfg = load_config(config)
+            state = from_official({n: data.get(n) for n in OFFICIAL_NETWORKS})
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from None
+    model = MRAA(cfg, pca=pca)
+    load_state(model, state, source=str(path))
+    if kind == "own" and "has_avd" in data:
+        model.has_avd = bool(data["has_avd"]) and model.has_avd
+    model.source_checkpoint = str(path)
+    return model.eval().to(device)
+
+
+def _atomic_save(obj: Any, path: "str | os.PathLike") -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def model_payload(model: MRAA, **extra: Any) -> dict[str, Any]:
+    """The own-format dict for ``model`` (``extra``: plain data such as step counters)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if not model.has_avd:
+        state = {k: v for k, v in state.items() if not k.startswith("avd_network.")}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_dict(),
+            "model": state, "has_avd": bool(model.has_avd), **extra}
+
+
+def save_model(model: MRAA, path: "str | os.PathLike", **extra: Any) -> None:
+    """Save in this project's format (config embedded), atomically."""
+    _atomic_save(model_payload(model, **extra), path)
+
+
+def save_official(model: MRAA, path: "str | os.PathLike") -> None:
+    """Save in the official MRAA layout (``generator``, ``region_predictor``, ``bg_predictor``, ``avd_network``)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    nets = to_official(state)
+    if not model.has_avd:
+        warnings.warn("model has no trained AVD network; saving without 'avd_network'")
+        nets.pop("avd_network")
+    _atomic_save(nets, path)
