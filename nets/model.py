@@ -32,6 +32,20 @@ class SourceCache:
     def regions(self) -> Regions:
         return self.flow.regions
 
+    @property
+    def batch_size(self) -> int:
+        return self.image.shape[0]
+
+    def expand(self, batch: int) -> "SourceCache":
+        """The same cache broadcast to ``batch`` frames (views, no copies) for batched animation."""
+        if batch == self.batch_size:
+            return self
+        if self.batch_size != 1:
+            raise ValueError(f"can only expand a single-source cache, this one has {self.batch_size}")
+        ex = lambda t: t.expand(batch, *t.shape[1:])  # noqa: E731
+        flow = FlowSource(image=ex(self.flow.image), regions=self.flow.regions.map(ex), gaussian=ex(self.flow.gaussian))
+        return SourceCache(image=ex(self.image), flow=flow, features=[ex(f) for f in self.features])
+
 
 @dataclass
 class AnimationOutput:
@@ -120,7 +134,12 @@ class MRAA(nn.Module):
 
     def animate_cached(self, cache: SourceCache, new: Regions, bg: "Tensor | None" = None,
                        with_deformed: bool = True) -> AnimationOutput:
-        """Per-frame animation from a :class:`SourceCache` and new region parameters."""
+        """Per-frame animation from a :class:`SourceCache` and new region parameters.
+
+        A single-source cache is broadcast to the batch of ``new`` (batched offline animation).
+        """
+        if new.shift.shape[0] != cache.batch_size:
+            cache = cache.expand(new.shift.shape[0])
         motion = self.flow_predictor(cache.flow, new, bg)
         prediction = self.generator.decode(cache.features, cache.image, motion.optical_flow, motion.occlusion)
         deformed = geo.warp(cache.image, motion.optical_flow) if with_deformed else prediction
