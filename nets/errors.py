@@ -1,0 +1,67 @@
+"""User-facing errors and the common entry-point wrapper of the console scripts.
+
+Every command (mra-train, mra-export, mra-animate, mra-live, ...) reports a problem the user can
+fix as one line on stderr that starts with ``error:`` and exits with status 2, never a traceback.
+Set ``MRA_DEBUG=1`` to see tracebacks.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable, Sequence
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class UserError(Exception):
+    """A problem with the user's input or machine, with a message that says what to do."""
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; turn known errors into ``error: ...`` + exit 2, Ctrl-C into exit 130."""
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+
+    debug = os.environ.get("MRA_DEBUG") not in (None, "", "0")
+    try:
+        code = main(argv)
+        return int(code or 0)
+    except (UserError, CheckpointError, ConfigError) as e:
+        if debug:
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    except MemoryError:
+        print("error: out of memory; try a smaller --batch-size or --size", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def entry_point(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[], None]:
+    """Wrap ``main`` as a console-script entry point (``sys.exit`` with run_cli's status)."""
+
+    def _run() -> None:
+        sys.exit(run_cli(main))
+
+    _run.__doc__ = main.__doc__
+    return _run
+
+
+import argparse  # noqa: E402
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: <what>; see <prog> --help`` and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {_one_line(message)} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
