@@ -163,3 +163,27 @@ class TorchEngine(Engine):
         if dev.startswith("cuda"):
             dev = f"{dev} ({torch.cuda.get_device_name(torch.device(dev))})"
         return {"all": f"torch {dev} {str(self.dtype).replace('torch.', '')}"}
+
+
+BACKENDS = ("torch", "onnx")
+
+
+def open_engine(checkpoint, config=None, backend: str = "torch", device: str = "cpu", pca: str = "closed_form",
+                **options: Any) -> Engine:
+    """The engine the tools use: a checkpoint (official or own; ``config`` as for ``nets.load_model``)
+    run by ``backend`` (``torch`` | ``onnx``) on ``device`` (``cpu`` | ``cuda``).
+
+    ``onnx`` is provided by ``export.runtime`` (``OrtEngine.from_checkpoint(checkpoint, config=...,
+    device=..., **options)``, which may also accept a directory written by mra-export).
+    """
+    if backend == "torch":
+        model = nets.load_model(checkpoint, config=config, pca=pca)
+        dtype = options.pop("dtype", torch.float32)
+        return TorchEngine(model, device=device, dtype=dtype)
+    if backend == "onnx":
+        try:
+            from .runtime import OrtEngine
+        except ImportError as e:
+            raise EngineError(f"the ONNX Runtime backend is not available ({e}); use --backend torch") from None
+        return OrtEngine.from_checkpoint(checkpoint, config=config, device=device, **options)
+    raise EngineError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
