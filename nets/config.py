@@ -279,12 +279,34 @@ def _tiny() -> Config:
     return cfg
 
 
+def lite(width: int = 16, name: str | None = None) -> Config:
+    """A real-time variant for CPUs: the paper's method at a fraction of the cost.
+
+    Same structure (PCA regions, background motion, pixelwise flow with occlusion at 64x64,
+    warped-skip generator, AVD) with ``width``-scaled channels, depthwise-separable convolutions
+    on the per-frame path, four hourglass levels and four bottleneck blocks. The generator's
+    encoder (source-only, cached per avatar) keeps full convolutions.
+    """
+    cfg = Config(name=name or f"lite{width}", frame_size=256)
+    m = cfg.model
+    m.region = RegionPredictorConfig(block_expansion=width, max_features=8 * width, num_blocks=4, scale_factor=0.25,
+                                     separable=True)
+    m.background = BackgroundConfig(block_expansion=width, max_features=8 * width, num_blocks=4, scale_factor=0.25,
+                                    separable=True)
+    m.flow = FlowConfig(block_expansion=width, max_features=8 * width, num_blocks=4, scale_factor=0.25, separable=True)
+    m.generator = GeneratorConfig(block_expansion=width, max_features=4 * width, num_down_blocks=2,
+                                  num_bottleneck_blocks=4, separable=True)
+    cfg.train.batch_size = 16
+    return cfg
+
+
 PRESETS = {
     "vox256": _vox256,
     "taichi256": _taichi256,
     "ted384": _ted384,
     "mgif256": _mgif256,
     "tiny": _tiny,
+    "lite256": lambda: lite(16, "lite256"),
 }
 
 OFFICIAL_PRESETS = ("vox256", "taichi256", "ted384", "mgif256")

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import geometry as geo
-from .blocks import AntiAliasDownsample, Hourglass
+from .blocks import AntiAliasDownsample, Hourglass, conv
 from .config import ModelConfig
 from .regions import Regions
 
@@ -58,8 +58,8 @@ class PixelwiseFlowPredictor(nn.Module):
         k1 = model.num_regions + 1
         in_features = k1 * (c + 1) if cfg.use_deformed_source else k1
         self.hourglass = Hourglass(cfg.block_expansion, in_features, cfg.num_blocks, cfg.max_features, cfg.separable)
-        self.mask = nn.Conv2d(self.hourglass.out_channels, k1, 7, padding=3)
-        self.occlusion = (nn.Conv2d(self.hourglass.out_channels, 1, 7, padding=3)
+        self.mask = conv(self.hourglass.out_channels, k1, 7, 3, cfg.separable)
+        self.occlusion = (conv(self.hourglass.out_channels, 1, 7, 3, cfg.separable)
                           if cfg.estimate_occlusion_map else None)
         self.down = AntiAliasDownsample(c, cfg.scale_factor) if cfg.scale_factor != 1 else None
         side = -(-frame_size // int(1 / cfg.scale_factor)) if cfg.scale_factor != 1 else frame_size

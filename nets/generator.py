@@ -42,7 +42,7 @@ class Generator(nn.Module):
         self.bottleneck = nn.Sequential()
         for i in range(cfg.num_bottleneck_blocks):
             self.bottleneck.add_module(f"r{i}", ResBlock2d(width, cfg.separable))
-        self.final = conv(e, num_channels, 7, 3, separable=False)
+        self.final = conv(e, num_channels, 7, 3, separable=cfg.separable)
 
     def encode(self, source: Tensor) -> list[Tensor]:
         """Source ``(B, C, H, W)`` -> encoder outputs, shallowest first (``first``, then each DownBlock)."""

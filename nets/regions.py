@@ -72,9 +72,10 @@ class RegionPredictor(nn.Module):
         self.scale_factor = cfg.scale_factor
         self.pca_based = cfg.pca_based
         self.pca = pca
+        self.pad = cfg.pad
         self.predictor = Hourglass(cfg.block_expansion, model.num_channels, cfg.num_blocks, cfg.max_features,
                                    cfg.separable)
-        self.regions = nn.Conv2d(self.predictor.out_channels, model.num_regions, 7, padding=cfg.pad)
+        self.regions = conv(self.predictor.out_channels, model.num_regions, 7, cfg.pad, cfg.separable)
         if model.estimate_affine and not cfg.pca_based:
             self.jacobian = nn.Conv2d(self.predictor.out_channels, 4, 7, padding=cfg.pad)
             with torch.no_grad():
@@ -93,7 +94,7 @@ class RegionPredictor(nn.Module):
         """Side of the heatmaps for a square frame of side ``frame_size``."""
         stride = int(1 / self.scale_factor) if self.scale_factor != 1 else 1
         side = -(-frame_size // stride)
-        pad = self.regions.padding[0]
+        pad = self.pad
         return side - 6 + 2 * pad
 
     def _grid_for(self, heatmap: Tensor) -> Tensor:

@@ -226,3 +226,19 @@ def test_svd_mode_affine_signs_follow_lapack():
         assert torch.allclose(dots.abs(), norms, rtol=1e-3, atol=1e-8)
     with pytest.raises(ValueError):
         model.pca = "qr"
+
+
+def test_lite_preset_is_separable_and_small():
+    model = nets.build_model("lite256").eval()
+    keys = model.state_dict().keys()
+    assert any(".depthwise." in k for k in keys)
+    assert not any(k.startswith("generator.down_blocks") and ".depthwise." in k for k in keys)  # cached encoder
+    per_frame = sum(p.numel() for n in ("region_predictor", "flow_predictor", "generator")
+                    for p in getattr(model, n).parameters())
+    assert per_frame < 1_000_000
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        r = model.regions(x)
+        out = model.animate(x, r, r)
+    assert out.prediction.shape == (1, 3, 256, 256) and r.heatmap.shape == (1, 10, 64, 64)
+    assert torch.allclose(out.optical_flow, geo.coordinate_grid(64, 64).expand_as(out.optical_flow), atol=1e-5)
