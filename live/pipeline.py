@@ -1,0 +1,365 @@
+"""The live loop: capture -> face crop -> regions -> transfer (+ smoothing) -> animate -> sinks.
+
+Stages run in their own threads and hand over through one-slot mailboxes that keep only the
+newest item, so the slowest stage sets the frame rate and nothing queues up:
+
+    capture thread --LatestFrame--> track thread (crop, driving regions)
+                   --Mailbox-->     animate thread (smoothing, transfer, animation, overlay)
+                   --Mailbox-->     sink loop (delay, virtual camera / window / file, stats)
+
+Everything that depends only on the source is computed once per avatar (``Engine.prepare_source``).
+Commands (hot keys) arrive through one queue, from the window, stdin or tests.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from export.engine import Avatar, Engine, RegionParams
+
+from .capture import CaptureSource, Frame, LatestFrame
+from .smoothing import LostFacePolicy, OneEuroConfig, RegionSmoother, blend
+from .stats import LiveStats
+
+COMMANDS = {
+    "r": "recalibrate (the face you make now counts as neutral)",
+    "n": "next avatar",
+    "p": "previous avatar",
+    "m": "cycle modes",
+    "o": "toggle overlay",
+    "q": "quit",
+}
+
+
+class Cropper(Protocol):
+    """Finds the driving crop in a camera frame: ``(x0, y0, x1, y1)`` square box in pixels or None."""
+
+    def __call__(self, image: np.ndarray) -> "tuple[int, int, int, int] | None": ...
+
+
+class CenterCropper:
+    """``--crop none``: the largest centred square."""
+
+    def __call__(self, image: np.ndarray) -> tuple[int, int, int, int]:
+        h, w = image.shape[:2]
+        s = min(h, w)
+        x0, y0 = (w - s) // 2, (h - s) // 2
+        return (x0, y0, x0 + s, y0 + s)
+
+
+def crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """Square crop (padded with edge pixels where the box leaves the frame) resized to ``size``: uint8."""
+    import cv2
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    h, w = image.shape[:2]
+    pad = max(0, -x0, -y0, x1 - w, y1 - h)
+    if pad:
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
+    crop = image[y0:y1, x0:x1]
+    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+def to_input(rgb: np.ndarray) -> np.ndarray:
+    """uint8 ``(S, S, 3)`` -> float32 ``(1, 3, S, S)`` in [0, 1]."""
+    return (rgb.astype(np.float32) * (1.0 / 255.0)).transpose(2, 0, 1)[None]
+
+
+def to_image(frame: np.ndarray) -> np.ndarray:
+    """float ``(3, S, S)`` in [0, 1] -> uint8 ``(S, S, 3)``."""
+    return (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+
+
+class Mailbox:
+    """One-slot hand-over between stage threads (newest item wins; ``None`` from ``get`` on timeout)."""
+
+    def __init__(self):
+        self._slot = LatestFrame()
+
+    def put(self, item) -> None:
+        self._slot.put(item)
+
+    def get(self, timeout: float = 0.5):
+        return self._slot.get(timeout)
+
+    def close(self) -> None:
+        self._slot.close()
+
+    @property
+    def dropped(self) -> int:
+        return self._slot.dropped
+
+
+@dataclass
+class Tracked:
+    frame: Frame
+    crop: "np.ndarray | None"  # (S, S, 3) uint8 driving crop, None when no face
+    box: "tuple | None"
+    params: "RegionParams | None"
+    t_done: float
+
+
+@dataclass
+class Rendered:
+    image: np.ndarray  # (H, W, 3) uint8, output size
+    capture_ts: float
+    index: int
+
+
+@dataclass
+class LiveOptions:
+    mode: str = "relative"
+    smoothing: bool = True
+    one_euro: OneEuroConfig = field(default_factory=OneEuroConfig)
+    lost: LostFacePolicy = field(default_factory=LostFacePolicy)
+    output_size: int = 512
+    fps: float | None = None  # cap on the output rate
+    delay_ms: float | None = None
+    max_frames: int | None = None
+    overlay: bool = False
+    status_every_s: float = 1.0
+
+
+class Avatars:
+    """The sources (one file or a folder), each prepared once and cached."""
+
+    def __init__(self, engine: Engine, paths: list[Path], load: Callable[[Path], np.ndarray]):
+        self.engine = engine
+        self.paths = paths
+        self.load = load
+        self.index = 0
+        self._cache: dict[Path, Avatar] = {}
+
+    def current(self) -> Avatar:
+        path = self.paths[self.index]
+        if path not in self._cache:
+            self._cache[path] = self.engine.prepare_source(self.load(path))
+        return self._cache[path]
+
+    def step(self, delta: int) -> Avatar:
+        self.index = (self.index + delta) % len(self.paths)
+        return self.current()
+
+    @property
+    def name(self) -> str:
+        return self.paths[self.index].name
+
+
+class LivePipeline:
+    """Runs the live loop until quit, ``max_frames`` or the end of a file camera."""
+
+    def __init__(self, engine: Engine, capture: CaptureSource, cropper: Cropper, avatars: Avatars, sinks: list,
+                 options: LiveOptions, commands: "queue.Queue[str] | None" = None, stats: LiveStats | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.engine = engine
+        self.capture = capture
+        self.cropper = cropper
+        self.avatars = avatars
+        self.sinks = sinks
+        self.opt = options
+        self.commands: queue.Queue[str] = commands or queue.Queue()
+        self.stats = stats or LiveStats()
+        self.log = log or (lambda s: None)
+        self.size = engine.frame_size
+        self.modes = [m for m in ("relative", "avd", "standard") if m != "avd" or engine.has_avd]
+        if options.mode not in self.modes:
+            options.mode = "relative"
+        self.mode = options.mode
+        self.overlay = options.overlay
+        self.smoother = RegionSmoother(options.one_euro, enabled=options.smoothing)
+        self.reference: RegionParams | None = None
+        self._recalibrate = True
+        self._last_params: RegionParams | None = None
+        self._lost_since: float | None = None
+        self._tracked = Mailbox()
+        self._rendered = Mailbox()
+        self._stop = threading.Event()
+        self._errors: list[BaseException] = []
+        self.last_output: np.ndarray | None = None
+
+    # -- stages ------------------------------------------------------------------------------
+    def _track_loop(self) -> None:
+        while not self._stop.is_set():
+            frame = self.capture.slot.get(timeout=0.5)
+            if frame is None:
+                if self.capture.ended:
+                    break
+                continue
+            t0 = time.perf_counter()
+            box = self.cropper(frame.image)
+            t1 = time.perf_counter()
+            self.stats.stage("track", (t1 - t0) * 1000)
+            crop = params = None
+            if box is not None:
+                crop = crop_resize(frame.image, box, self.size)
+                params = self.engine.regions(to_input(crop))
+                self.stats.stage("regions", (time.perf_counter() - t1) * 1000)
+            self._tracked.put(Tracked(frame, crop, box, params, time.perf_counter()))
+        self._tracked.close()
+
+    def _handle_commands(self) -> bool:
+        """Apply pending commands; False on quit."""
+        while True:
+            try:
+                c = self.commands.get_nowait()
+            except queue.Empty:
+                return True
+            c = c.strip().lower()[:1]
+            if c == "q":
+                return False
+            if c == "r":
+                self._recalibrate = True
+                self.stats.event("recalibrate")
+            elif c in ("n", "p"):
+                self.avatars.step(1 if c == "n" else -1)
+                self._recalibrate = True
+                self.stats.event(f"avatar {self.avatars.name}")
+            elif c == "m":
+                self.mode = self.modes[(self.modes.index(self.mode) + 1) % len(self.modes)]
+                self.stats.event(f"mode {self.mode}")
+            elif c == "o":
+                self.overlay = not self.overlay
+
+    def _animate_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item: Tracked | None = self._tracked.get(timeout=0.5)
+                if item is None:
+                    if self._tracked._slot.closed:
+                        break
+                    continue
+                if not self._handle_commands():
+                    self._stop.set()
+                    break
+                avatar = self.avatars.current()
+                now = item.frame.timestamp
+                params = item.params
+                if params is None:
+                    self.stats.face_lost_frames += 1
+                    self._lost_since = self._lost_since or now
+                    if self._last_params is None or self.reference is None:
+                        continue  # nothing seen yet: keep showing what we have
+                    w = self.opt.lost.weight(now - self._lost_since)
+                    params = blend(self._last_params, self.reference, w)
+                else:
+                    if self._lost_since is not None:
+                        self.stats.event("face found")
+                        self.smoother.reset()
+                    self._lost_since = None
+                    params = self.smoother(params, now)
+                    self._last_params = params
+                    if self._recalibrate or self.reference is None:
+                        self.reference = params.copy()
+                        self._recalibrate = False
+                t0 = time.perf_counter()
+                new = self.engine.transfer(avatar, params, self.reference, mode=self.mode)
+                t1 = time.perf_counter()
+                out = self.engine.animate(avatar, new)[0]
+                t2 = time.perf_counter()
+                image = self._post(out, item, new)
+                self.stats.stage("transfer", (t1 - t0) * 1000)
+                self.stats.stage("animate", (t2 - t1) * 1000)
+                self.stats.stage("post", (time.perf_counter() - t2) * 1000)
+                self._rendered.put(Rendered(image, item.frame.timestamp, item.frame.index))
+        except BaseException as e:  # surfaced by run()
+            self._errors.append(e)
+            self._stop.set()
+        finally:
+            self._rendered.close()
+
+    def _post(self, out: np.ndarray, item: Tracked, new: RegionParams) -> np.ndarray:
+        import cv2
+        image = to_image(out)
+        if self.opt.output_size != self.size:
+            image = cv2.resize(image, (self.opt.output_size, self.opt.output_size), interpolation=cv2.INTER_CUBIC)
+        if self.overlay:
+            image = self._draw_overlay(image, item, new)
+        return image
+
+    def _draw_overlay(self, image: np.ndarray, item: Tracked, new: RegionParams) -> np.ndarray:
+        import cv2
+        image = image.copy()
+        s = image.shape[0]
+        for x, y in new.shift[0]:
+            cv2.circle(image, (int((x + 1) / 2 * (s - 1)), int((y + 1) / 2 * (s - 1))), max(2, s // 128),
+                       (255, 64, 64), -1)
+        if item.crop is not None:
+            thumb = cv2.resize(item.crop, (s // 4, s // 4))
+            image[-thumb.shape[0]:, :thumb.shape[1]] = thumb
+        snap = self.stats.snapshot()
+        text = f"{self.stats.fps_out():.1f} fps  {snap['latency_ms']['p50']:.0f} ms  {self.mode}"
+        cv2.putText(image, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+        return image
+
+    # -- main loop -----------------------------------------------------------------------------
+    def run(self) -> LiveStats:
+        self.avatars.current()  # prepare the first avatar before frames flow
+        self.capture.start()
+        threads = [threading.Thread(target=self._track_loop, name="track", daemon=True),
+                   threading.Thread(target=self._animate_loop, name="animate", daemon=True)]
+        for t in threads:
+            t.start()
+        period = 1.0 / self.opt.fps if self.opt.fps else 0.0
+        next_out = time.monotonic()
+        last_status = time.monotonic()
+        last_lost = 0
+        try:
+            while not self._stop.is_set():
+                item: Rendered | None = self._rendered.get(timeout=0.25)
+                now = time.monotonic()
+                if self.capture.status == "lost" and self.capture.lost_events != last_lost:
+                    last_lost = self.capture.lost_events
+                    self.log("camera lost: showing the last good frame and retrying every second")
+                    self.stats.event("camera lost")
+                if item is None:
+                    if self._rendered._slot.closed:
+                        break
+                    if self.capture.status == "lost" and self.last_output is not None:
+                        self._write(self.last_output)  # keep the virtual camera alive
+                    continue
+                if period:
+                    if now < next_out - period * 0.5:
+                        continue  # over the cap: skip this one
+                    next_out = max(next_out + period, now)
+                if self.opt.delay_ms:
+                    due = item.capture_ts + self.opt.delay_ms / 1000.0
+                    if due > now:
+                        time.sleep(due - now)
+                self._write(item.image)
+                self.last_output = item.image
+                self.stats.output(item.capture_ts)
+                if self.opt.max_frames and self.stats.frames_out >= self.opt.max_frames:
+                    break
+                if time.monotonic() - last_status >= self.opt.status_every_s:
+                    last_status = time.monotonic()
+                    self._update_counts()
+                    self.log(self.stats.status_line(self._fps_in()))
+        finally:
+            self._stop.set()
+            self.capture.stop()
+            self._tracked.close()
+            for t in threads:
+                t.join(timeout=5)
+            self._update_counts()
+        if self._errors:
+            raise self._errors[0]
+        return self.stats
+
+    def _write(self, image: np.ndarray) -> None:
+        for sink in self.sinks:
+            sink.write(image)
+
+    def _update_counts(self) -> None:
+        self.stats.frames_in = self.capture.slot.received
+        self.stats.dropped = self.capture.slot.dropped + self._tracked.dropped + self._rendered.dropped
+
+    def _fps_in(self) -> float:
+        el = time.monotonic() - self.stats.start
+        return self.capture.slot.received / el if el > 0 else 0.0

@@ -1,0 +1,98 @@
+"""Live statistics: rates, drops, per-stage times and end-to-end latency percentiles."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+
+import numpy as np
+
+
+class LiveStats:
+    """Thread-safe counters and rolling windows (the last ``window`` samples) of the live loop."""
+
+    def __init__(self, window: int = 300):
+        self._lock = threading.Lock()
+        self.window = window
+        self.start = time.monotonic()
+        self.stage_ms: dict[str, deque] = defaultdict(lambda: deque(maxlen=window))
+        self.latency_ms: deque = deque(maxlen=window)
+        self.all_latency_ms: list[float] = []
+        self.out_times: deque = deque(maxlen=window)
+        self.frames_out = 0
+        self.frames_in = 0
+        self.dropped = 0
+        self.face_lost_frames = 0
+        self.stalls_over_1s = 0
+        self.max_gap_ms = 0.0
+        self.events: list[str] = []
+
+    def stage(self, name: str, ms: float) -> None:
+        with self._lock:
+            self.stage_ms[name].append(ms)
+
+    def output(self, capture_ts: float, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if self.out_times:
+                gap = (now - self.out_times[-1]) * 1000
+                self.max_gap_ms = max(self.max_gap_ms, gap)
+                if gap > 1000:
+                    self.stalls_over_1s += 1
+            self.out_times.append(now)
+            lat = (now - capture_ts) * 1000
+            self.latency_ms.append(lat)
+            self.all_latency_ms.append(lat)
+            self.frames_out += 1
+
+    def event(self, text: str) -> None:
+        with self._lock:
+            self.events.append(f"{time.monotonic() - self.start:8.2f}s {text}")
+
+    def fps_out(self) -> float:
+        with self._lock:
+            t = list(self.out_times)
+        if len(t) < 2:
+            return 0.0
+        return (len(t) - 1) / max(t[-1] - t[0], 1e-9)
+
+    @staticmethod
+    def _pct(values, q) -> float:
+        return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
+
+    def snapshot(self, fps_in: float = 0.0) -> dict:
+        with self._lock:
+            stages = {k: {"median_ms": self._pct(v, 50), "p95_ms": self._pct(v, 95)} for k, v in self.stage_ms.items()}
+            lat = list(self.latency_ms)
+            all_lat = list(self.all_latency_ms)
+            return {
+                "elapsed_s": time.monotonic() - self.start,
+                "frames_in": self.frames_in, "frames_out": self.frames_out, "frames_dropped": self.dropped,
+                "face_lost_frames": self.face_lost_frames,
+                "fps_in": fps_in, "fps_out": self._fps_unlocked(),
+                "latency_ms": {"p50": self._pct(lat, 50), "p95": self._pct(lat, 95)},
+                "latency_ms_all": {"p50": self._pct(all_lat, 50), "p95": self._pct(all_lat, 95),
+                                   "max": max(all_lat) if all_lat else float("nan")},
+                "stages": stages, "max_output_gap_ms": self.max_gap_ms, "stalls_over_1s": self.stalls_over_1s,
+                "events": list(self.events),
+            }
+
+    def _fps_unlocked(self) -> float:
+        t = self.out_times
+        if len(t) < 2:
+            return 0.0
+        return (len(t) - 1) / max(t[-1] - t[0], 1e-9)
+
+    def status_line(self, fps_in: float = 0.0) -> str:
+        s = self.snapshot(fps_in)
+        st = " ".join(f"{k} {v['median_ms']:.0f}" for k, v in s["stages"].items())
+        return (f"in {fps_in:4.1f} fps  out {s['fps_out']:4.1f} fps  dropped {s['frames_dropped']}  "
+                f"latency p50 {s['latency_ms']['p50']:.0f} p95 {s['latency_ms']['p95']:.0f} ms  [{st} ms]")
+
+    def write_json(self, path: "str | Path", extra: dict | None = None, fps_in: float = 0.0) -> None:
+        data = self.snapshot(fps_in)
+        if extra:
+            data.update(extra)
+        Path(path).write_text(json.dumps(data, indent=2, default=float))

@@ -1,0 +1,181 @@
+"""The live loop's pieces: smoothing, newest-frame capture, the staged pipeline with a file sink."""
+import queue
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nets
+from export.engine import RegionParams, TorchEngine
+from live.capture import Frame, IteratorSource, LatestFrame
+from live.pipeline import Avatars, CenterCropper, LiveOptions, LivePipeline, crop_resize
+from live.smoothing import LostFacePolicy, OneEuroConfig, OneEuroFilter, RegionSmoother, blend
+
+
+def test_one_euro_smooths_noise_and_follows_steps():
+    rng = np.random.default_rng(0)
+    f = OneEuroFilter(OneEuroConfig(min_cutoff=1.0, beta=0.0))
+    t = np.arange(200) / 30
+    noisy = 0.5 + rng.normal(0, 0.02, size=200)
+    out = np.array([f(np.array([x]), ti)[0] for x, ti in zip(noisy, t)])
+    assert out[50:].std() < noisy[50:].std() / 2
+    # a big fast move is followed quickly when beta > 0
+    f2 = OneEuroFilter(OneEuroConfig(min_cutoff=1.0, beta=5.0))
+    step = np.where(np.arange(60) < 30, 0.0, 1.0)
+    out2 = np.array([f2(np.array([x]), i / 30)[0] for i, x in enumerate(step)])
+    assert out2[36] > 0.9
+    slow = OneEuroFilter(OneEuroConfig(min_cutoff=1.0, beta=0.0))
+    out3 = np.array([slow(np.array([x]), i / 30)[0] for i, x in enumerate(step)])
+    assert out3[36] < out2[36]
+
+
+def test_region_smoother_disabled_is_identity():
+    p = RegionParams(shift=np.random.rand(1, 4, 2).astype(np.float32))
+    assert RegionSmoother(enabled=False)(p, 0.0) is p
+    s = RegionSmoother()
+    assert np.allclose(s(p, 0.0).shift, p.shift)
+
+
+def test_lost_face_policy_and_blend():
+    pol = LostFacePolicy(hold_s=1.0, ease_s=1.0)
+    assert pol.weight(0.5) == 0.0 and pol.weight(1.0) == 0.0 and pol.weight(2.5) == 1.0
+    assert 0 < pol.weight(1.5) < 1
+    a = RegionParams(shift=np.zeros((1, 2, 2), np.float32))
+    b = RegionParams(shift=np.ones((1, 2, 2), np.float32))
+    assert np.allclose(blend(a, b, 0.25).shift, 0.25)
+
+
+def test_latest_frame_drops_stale_frames():
+    slot = LatestFrame()
+    for i in range(5):
+        slot.put(Frame(np.zeros((2, 2, 3), np.uint8), time.monotonic(), i))
+    got = slot.get(timeout=0.1)
+    assert got.index == 4 and slot.dropped == 4
+    assert slot.get(timeout=0.05) is None
+
+
+def test_crop_resize_pads_outside_the_frame():
+    img = np.full((100, 200, 3), 7, np.uint8)
+    out = crop_resize(img, (-20, -20, 80, 80), 32)
+    assert out.shape == (32, 32, 3) and (out == 7).all()
+
+
+def moving_frames(n, h=120, w=160):
+    def gen():
+        for i in range(n):
+            img = np.full((h, w, 3), 60, np.uint8)
+            x = 40 + int(20 * np.sin(i / 5))
+            img[30:90, x:x + 60] = (220, 160, 120)
+            yield img
+    return gen
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return TorchEngine(nets.build_model("tiny").eval())
+
+
+class ListSink:
+    name = "list"
+
+    def __init__(self):
+        self.frames = []
+
+    def write(self, frame):
+        self.frames.append(frame)
+
+    def close(self):
+        pass
+
+
+def make_pipeline(engine, capture, **opts):
+    src = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    avatars = Avatars(engine, [Path("a.png"), Path("b.png")], lambda p: src if p.name == "a.png" else src[:, ::-1].copy())
+    sink = ListSink()
+    options = LiveOptions(output_size=96, **opts)
+    return LivePipeline(engine, capture, CenterCropper(), avatars, [sink], options), sink
+
+
+def test_pipeline_runs_to_max_frames(engine):
+    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(300), fps=60), max_frames=20)
+    stats = pipe.run()
+    assert len(sink.frames) == 20 and stats.frames_out == 20
+    assert sink.frames[0].shape == (96, 96, 3) and sink.frames[0].dtype == np.uint8
+    snap = stats.snapshot()
+    assert snap["latency_ms"]["p50"] > 0 and "animate" in snap["stages"] and "regions" in snap["stages"]
+
+
+def test_pipeline_hot_keys_through_the_command_queue(engine):
+    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(400), fps=60), max_frames=40)
+    for c in "nmro":
+        pipe.commands.put(c)
+    pipe.run()
+    events = " ".join(pipe.stats.events)
+    assert "avatar b.png" in events and "recalibrate" in events and "mode avd" in events
+    assert pipe.overlay is True and pipe.avatars.index == 1
+    pipe2, _ = make_pipeline(engine, IteratorSource(moving_frames(1000), fps=60))
+    pipe2.commands.put("q")
+    t = time.monotonic()
+    pipe2.run()
+    assert time.monotonic() - t < 10 and pipe2.stats.frames_out < 100
+
+
+def test_pipeline_ends_with_a_file_camera(engine):
+    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(15), fps=100))
+    pipe.run()
+    assert 1 <= len(sink.frames) <= 15
+
+
+def test_camera_unplugged_keeps_output_alive_and_recovers(engine):
+    """A capture that stops mid-run: the sink keeps getting the last good frame, then frames resume."""
+    opened = {"n": 0}
+
+    def first():
+        opened["n"] += 1
+        return moving_frames(10)()
+
+    def reopen():
+        opened["n"] += 1
+        if opened["n"] < 3:
+            raise RuntimeError("still unplugged")
+        return moving_frames(200)()
+
+    cap = IteratorSource(first, fps=50, on_end="lost", retry_s=0.3, reopen=reopen)
+    logs = []
+    pipe, sink = make_pipeline(engine, cap, max_frames=40)
+    pipe.log = logs.append
+    pipe.run()
+    assert cap.lost_events >= 1 and opened["n"] >= 3
+    assert any("camera lost" in line for line in logs)
+    assert len(sink.frames) >= 40  # repeated last frames while lost, then live ones
+
+
+def test_face_lost_holds_then_eases_to_neutral(engine):
+    """A cropper that loses the face: output keeps coming and returns to the reference pose."""
+    state = {"i": 0}
+
+    class FlakyCropper(CenterCropper):
+        def __call__(self, image):
+            state["i"] += 1
+            return None if 10 < state["i"] else super().__call__(image)
+
+    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(400), fps=50), max_frames=60)
+    pipe.cropper = FlakyCropper()
+    pipe.opt.lost = LostFacePolicy(hold_s=0.1, ease_s=0.2)
+    pipe.run()
+    assert pipe.stats.face_lost_frames > 0 and len(sink.frames) == 60
+    # after easing, the output equals the avatar animated at its reference (neutral) pose
+    avatar = pipe.avatars.current()
+    neutral = engine.animate(avatar, engine.transfer(avatar, pipe.reference, pipe.reference, "relative"))[0]
+    import cv2
+    expected = cv2.resize((np.clip(neutral, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0), (96, 96),
+                          interpolation=cv2.INTER_CUBIC)
+    assert np.abs(sink.frames[-1].astype(int) - expected.astype(int)).max() <= 2
+
+
+def test_delay_holds_latency(engine):
+    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(300), fps=30), max_frames=15, delay_ms=250)
+    stats = pipe.run()
+    assert stats.snapshot()["latency_ms"]["p50"] >= 245
