@@ -98,8 +98,12 @@ def _export(args) -> int:
     path = checkpoint_path(run_dir)
     if not path.exists():
         raise UserError(f"no checkpoint.pth in {run_dir}")
+    import warnings
+
     model = nets.load_model(path)
-    nets.save_official(model, args.export_official)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "no trained AVD network": said below
+        nets.save_official(model, args.export_official)
     print(f"wrote {args.export_official} (official MRAA layout{'' if model.has_avd else ', without avd_network'})",
           file=sys.stderr)
     return 0
