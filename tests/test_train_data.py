@@ -117,6 +117,10 @@ def test_hsv_round_trip_and_hue_shift():
     red[..., 0] = 1
     assert np.allclose(aug.adjust_hue(red, 1 / 3), [[[0, 1, 0]]], atol=1e-5)  # red -> green
     assert np.allclose(aug.adjust_hue(img, 0.0), img)
+    # the OpenCV path and the numpy one agree
+    hsv = aug.rgb_to_hsv(img)
+    hsv[..., 0] = (hsv[..., 0] + 0.13) % 1.0
+    assert np.allclose(aug.adjust_hue(img, 0.13), aug.hsv_to_rgb(hsv), atol=1e-4)
 
 
 def test_augmentation_is_identical_for_both_frames():

@@ -185,3 +185,15 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, data):
     assert cli("--out", out, "--resume", "--max-steps", step + 1) == 0
     assert model_state(out)["train"]["step"] == step + 1
     assert [r["step"] for r in read_losses(out / "losses.csv")] == list(range(1, step + 2))
+
+
+def test_log_every_averages_rows(tmp_path, data, small_schedule):
+    common = ["--config", small_schedule, "--data", data, "--vis-every", 0, "--checkpoint-every", 0, "--max-steps", 7]
+    assert cli(*common, "--out", tmp_path / "every1") == 0
+    assert cli(*common, "--out", tmp_path / "every3", "--log-every", 3) == 0
+    one = read_losses(tmp_path / "every1" / "losses.csv")
+    three = read_losses(tmp_path / "every3" / "losses.csv")
+    assert [r["step"] for r in three] == [3, 6, 7]
+    assert three[0]["loss"] == pytest.approx(sum(r["loss"] for r in one[:3]) / 3, rel=1e-5)
+    assert three[2]["loss"] == pytest.approx(one[6]["loss"], rel=1e-5)
+    assert_same_state(model_state(tmp_path / "every1")["model"], model_state(tmp_path / "every3")["model"])

@@ -49,6 +49,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
     p.add_argument("--preload", action="store_true", help="decode the whole dataset into memory once (uint8)")
+    p.add_argument("--log-every", type=int, metavar="N", help="steps per losses.csv row (their mean) and per host "
+                                                              "sync (default: 1 on the CPU, 10 on CUDA)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--export-official", type=Path, metavar="PATH",
                    help="write the run's model (--out or --resume RUN_DIR) in the official MRAA layout and exit")
@@ -62,7 +64,7 @@ def _positive(name: str, value, allow_zero: bool = False) -> None:
 
 def run(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("max_steps", "batch_size", "size", "lr", "max_minutes"):
+    for name in ("max_steps", "batch_size", "size", "lr", "max_minutes", "log_every"):
         _positive("--" + name.replace("_", "-"), getattr(args, name))
     for name in ("workers", "checkpoint_every", "vis_every"):
         _positive("--" + name.replace("_", "-"), getattr(args, name), allow_zero=True)
@@ -79,7 +81,7 @@ def run(argv: "Sequence[str] | None" = None) -> int:
         batch_size=args.batch_size, workers=args.workers, size=args.size, lr=args.lr,
         checkpoint_every=args.checkpoint_every, vis_every=args.vis_every, vgg_weights=args.vgg_weights,
         amp=args.amp, channels_last=args.channels_last, device=args.device, seed=args.seed, sync_bn=args.sync_bn,
-        preload=args.preload, progress=not args.no_progress)
+        preload=args.preload, progress=not args.no_progress, log_every=args.log_every)
     result = train(opts)
     if result.stopped == "interrupted":
         print(f"interrupted at step {result.step}; checkpoint saved to {result.checkpoint}; continue with "

@@ -82,6 +82,7 @@ class TrainOptions:
     sync_bn: bool = False
     preload: bool = False
     progress: bool = True
+    log_every: "int | None" = None  # steps per log row / host sync (default: 1 on the CPU, 10 on CUDA)
 
 
 @dataclass
@@ -541,6 +542,29 @@ def _train(opts: TrainOptions, session: distributed.Session, t0: float) -> Train
     steps_run = 0
     t_loop = time.monotonic()
     step_time = 0.0
+    log_every = opts.log_every or (10 if device.type == "cuda" else 1)
+    acc: "Tensor | None" = None
+    acc_n = 0
+    last_names: list[list[str]] = [[]]
+
+    def flush(names: list[str]) -> tuple[bool, bool]:
+        """Mean losses since the last flush -> log row; returns the (interrupted, out of time) flags of all ranks."""
+        nonlocal acc, acc_n
+        elapsed = time.monotonic() - t0
+        out_of_time = budget is not None and elapsed + (log_every + 1) * step_time + last_save[0] + 5 > budget
+        flags = torch.tensor([float(stop.requested), float(out_of_time)], device=acc.device)
+        vec = session.sum(torch.cat([acc / acc_n, flags])).cpu()
+        values = {"loss": float(vec[0]) / session.world_size}
+        values.update({n: float(v) / session.world_size for n, v in zip(names, vec[1:1 + len(names)])})
+        if not math.isfinite(values["loss"]):
+            raise UserError(f"the loss became {values['loss']} at step {step}; the last checkpoint is "
+                            f"{ck_path}. Try a lower --lr, or --amp none")
+        if session.is_main:
+            log.write(step, epoch, optimizer.param_groups[0]["lr"], values, elapsed)
+            bar.update(acc_n)
+            bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=epoch)
+        acc, acc_n = None, 0
+        return bool(vec[-2] > 0), bool(vec[-1] > 0)
     with _StopFlag() as stop:
         done = step >= target
         if done:
@@ -573,33 +597,28 @@ def _train(opts: TrainOptions, session: distributed.Session, t0: float) -> Train
                 steps_run += 1
                 epoch_samples += hyper.batch_size * session.world_size
 
-                # one collective per step: the losses (for the log) and the stop flags
-                elapsed = time.monotonic() - t0
+                # losses accumulate on the device; every log_every steps one collective carries their
+                # mean (for the log) and the stop flags, and the host waits for the device only then
                 step_time = time.monotonic() - ts if steps_run == 1 else 0.9 * step_time + 0.1 * (time.monotonic() - ts)
-                out_of_time = budget is not None and elapsed + 2 * step_time + last_save[0] + 5 > budget
                 names = [n for n in stage.loss_names if n in parts]
-                vec = torch.stack([total.detach().float()] + [parts[n].detach().float() for n in names]
-                                  + [torch.tensor(float(stop.requested), device=total.device),
-                                     torch.tensor(float(out_of_time), device=total.device)])
-                vec = session.sum(vec).cpu()
-                values = {"loss": float(vec[0]) / session.world_size}
-                values.update({n: float(v) / session.world_size for n, v in zip(names, vec[1:1 + len(names)])})
-                interrupted, timed_out = bool(vec[-2] > 0), bool(vec[-1] > 0)
-                if not math.isfinite(values["loss"]):
-                    raise UserError(f"the loss became {values['loss']} at step {step}; the last checkpoint is "
-                                    f"{ck_path}. Try a lower --lr, or --amp none")
-                if session.is_main:
-                    log.write(step, epoch, optimizer.param_groups[0]["lr"], values, elapsed)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=epoch)
-                    if opts.vis_every and step % opts.vis_every == 0:
+                last_names[0] = names
+                local = torch.stack([total.detach().float()] + [parts[n].detach().float() for n in names])
+                acc = local if acc is None else acc + local
+                acc_n += 1
+                reached = bool(opts.max_steps and step >= opts.max_steps)
+                want_vis = bool(opts.vis_every and step % opts.vis_every == 0)
+                want_ck = bool(opts.checkpoint_every and step % opts.checkpoint_every == 0)
+                interrupted = timed_out = False
+                if acc_n >= log_every or reached or want_vis or want_ck:
+                    interrupted, timed_out = flush(names)
+                    if session.is_main and want_vis:
                         img = stage.visualise(batch, visuals)
                         if img is not None:
                             save_png(img, run_dir / "vis" / f"{plan.stage}_{step:07d}.png")
                             log.image(f"{plan.stage}/visualisation", img, step)
-                if opts.checkpoint_every and step % opts.checkpoint_every == 0:
+                if want_ck:
                     save()
-                if interrupted or timed_out or (opts.max_steps and step >= opts.max_steps):
+                if interrupted or timed_out or reached:
                     stopped = "interrupted" if interrupted else "max_minutes" if timed_out else "max_steps"
                     finished_epoch = False
                     done = True
@@ -612,6 +631,8 @@ def _train(opts: TrainOptions, session: distributed.Session, t0: float) -> Train
                 if epoch >= hyper.num_epochs:
                     stopped = "finished"
                     done = True
+        if acc_n:
+            flush(last_names[0])
         save()
     bar.close()
     seconds = time.monotonic() - t_loop
