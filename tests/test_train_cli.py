@@ -72,6 +72,7 @@ def test_run_directory_errors(tmp_path, capsys, data, trained):
     one_error(capsys, ["--out", trained, "--resume", "--size", 128], "--size")
     one_error(capsys, ["--out", trained, "--resume", "--config", "vox256"], "differ")
     one_error(capsys, ["--out", trained, "--resume", "--lr", "0.1"], "--lr")
+    one_error(capsys, ["--stage", "avd", "--resume", trained, "--batch-size", 1], "--batch-size >= 2")
     one_error(capsys, ["--out", tmp_path / "o", "--resume", "--init", trained / "checkpoint.pth"], "exclude")
     one_error(capsys, ["--export-official", tmp_path / "x.pth", "--out", tmp_path / "empty"], "no checkpoint.pth")
     official = tmp_path / "official.pth"

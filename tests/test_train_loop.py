@@ -50,6 +50,7 @@ def assert_same_state(a, b):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
 def test_reconstruction_loss_goes_down(tmp_path, data, capsys):
     out = tmp_path / "run"
     assert cli("--config", "tiny", "--data", data, "--out", out, "--max-steps", 60, "--lr", "1e-3",

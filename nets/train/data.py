@@ -253,14 +253,18 @@ class PairDataset(torch.utils.data.Dataset):
         if preload:
             self.preload(progress)
 
-    def preload(self, progress: bool = False) -> None:
-        """Decode every video once into memory (uint8 ``(T, S, S, 3)`` per video)."""
+    def preload(self, progress: bool = False, threads: "int | None" = None) -> None:
+        """Decode every video once into memory (uint8 ``(T, S, S, 3)`` per video), on a thread pool
+        (OpenCV and Pillow decode without holding the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
         from tqdm import tqdm
 
-        cache = {}
-        for v in tqdm(self.videos, desc="preload", unit="video", disable=not progress, leave=False):
-            cache[v.path] = read_video(v, self.frame_size)
-        self.cache = cache
+        threads = threads or min(16, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            arrays = list(tqdm(pool.map(lambda v: read_video(v, self.frame_size), self.videos), total=len(self.videos),
+                               desc="preload", unit="video", disable=not progress, leave=False))
+        self.cache = {v.path: a for v, a in zip(self.videos, arrays)}
 
     @property
     def preloaded_bytes(self) -> int:

@@ -434,6 +434,8 @@ def _train(opts: TrainOptions, session: distributed.Session, t0: float) -> Train
     hyper = stage_hyper(plan.stage, cfg, opts)
     if hyper.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {hyper.batch_size}")
+    if plan.stage == "avd" and hyper.batch_size < 2:
+        raise UserError("the AVD stage needs --batch-size >= 2 (its BatchNorm layers need more than one sample)")
     autocast, scaler = _amp_context(opts.amp, device)
 
     # -- data (checked before anything slow or noisy) ----------------------------------------------
