@@ -1,0 +1,9 @@
+"""Self-supervised training of the MRAA networks (reconstruction stage and AVD stage).
+
+Modules: :mod:`.data` (video datasets in the official layouts), :mod:`.augment` (flips and colour
+jitter applied identically to both frames of a sample), :mod:`.transforms` (random affine +
+thin-plate-spline warps for the equivariance losses), :mod:`.vgg` (VGG19 feature extractor),
+:mod:`.losses` (perceptual pyramid, its L1+SSIM fallback, equivariance), :mod:`.state`
+(checkpoints that resume bit-identically), :mod:`.loop` (the reconstruction stage), :mod:`.avd`
+(the AVD stage), :mod:`.cli` (``mra-train``).
+"""

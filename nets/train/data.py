@@ -1,0 +1,356 @@
+"""Training data: videos in the official MRAA layouts, sampled as (source, driving) frame pairs.
+
+Layout: ``ROOT/train/`` and ``ROOT/test/``; each video is one of
+
+* a folder of frames (``.png`` / ``.jpg``; sorted by name) -- the fastest to read,
+* an ``.mp4`` / ``.mov`` / ``.avi`` / ``.mkv`` / ``.webm`` file (decoded with OpenCV, or PyAV
+  when OpenCV is missing),
+* a ``.gif`` (Pillow),
+* a ``.png`` / ``.jpg`` strip of square frames stacked horizontally (width = frames x height).
+
+With ``id_sampling`` the names are ``ID#clip`` and one training item is an identity: a clip of it
+is drawn at random for each sample (so identities with many clips do not dominate). Frames of
+another size are resized to ``frame_size`` (aspect ratio not kept, as in the official code).
+
+Randomness: the :class:`PairSampler` hands every sample a seed ``(seed, epoch, position)``; the
+dataset draws the clip, the two frames and the augmentation from a generator made from that
+seed alone. Data order and content are therefore a pure function of (seed, epoch, position):
+they replay exactly after ``--resume`` and do not depend on the number of dataloader workers.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import AugmentationConfig
+from ..errors import UserError
+from .augment import augment_frames
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
+GIF_SUFFIXES = (".gif",)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SPLITS = ("train", "test")
+
+
+class DataError(UserError):
+    """A dataset that cannot be used (missing, empty, unreadable video)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Listing
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VideoEntry:
+    """One video of a split: ``kind`` is ``frames`` (folder), ``video`` (mp4...), ``gif`` or ``strip``."""
+
+    path: Path
+    kind: str
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.kind != "frames" else self.path.name
+
+    @property
+    def identity(self) -> str:
+        """The part of the name before ``#`` (the whole name when there is none)."""
+        return self.name.split("#")[0]
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def list_videos(split_dir: "str | os.PathLike") -> list[VideoEntry]:
+    """Every video of ``split_dir`` (sorted by name); hidden files and other files are ignored."""
+    split_dir = Path(split_dir)
+    entries = []
+    for p in sorted(split_dir.iterdir()):
+        if p.name.startswith("."):
+            continue
+        suffix = p.suffix.lower()
+        if p.is_dir():
+            if _frame_files(p):
+                entries.append(VideoEntry(p, "frames"))
+        elif suffix in VIDEO_SUFFIXES:
+            entries.append(VideoEntry(p, "video"))
+        elif suffix in GIF_SUFFIXES:
+            entries.append(VideoEntry(p, "gif"))
+        elif suffix in IMAGE_SUFFIXES:
+            entries.append(VideoEntry(p, "strip"))
+    return entries
+
+
+def split_dir(root: "str | os.PathLike", split: str = "train") -> Path:
+    """``root/split``, with a clear error when the dataset or the split is missing or empty."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"data directory not found: {root}")
+    if not root.is_dir():
+        raise DataError(f"--data must be a directory with train/ and test/ folders, got a file: {root}")
+    d = root / split
+    if not d.is_dir():
+        found = ", ".join(sorted(p.name for p in root.iterdir() if not p.name.startswith("."))[:5]) or "nothing"
+        raise DataError(f"no {split}/ split in {root} (found: {found}); expected {root}/{split}/ with one video "
+                        "per .mp4/.gif, frame folder or .png strip (mra-prepare writes this layout)")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def _decode_cv2(path: Path) -> np.ndarray:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
+    finally:
+        cap.release()
+    return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def _decode_av(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def decode_video_file(path: Path) -> np.ndarray:
+    """All frames of a video file as ``(T, H, W, 3)`` uint8 RGB (OpenCV, else PyAV)."""
+    try:
+        import cv2  # noqa: F401
+        decoder = _decode_cv2
+    except ImportError:
+        try:
+            import av  # noqa: F401
+            decoder = _decode_av
+        except ImportError:
+            raise DataError(f"cannot read {path}: neither OpenCV (opencv-python-headless) nor PyAV is "
+                            "installed; install one, or convert the videos to frame folders") from None
+    try:
+        return decoder(path)
+    except DataError:
+        raise
+    except Exception as e:  # corrupt container, unsupported codec
+        raise DataError(f"cannot decode video {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def _resize(frame: np.ndarray, size: int) -> np.ndarray:
+    if frame.shape[0] == size and frame.shape[1] == size:
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def _open_image(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except Exception as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def read_video(entry: VideoEntry, size: int, indices: "Sequence[int] | None" = None) -> np.ndarray:
+    """Frames of ``entry`` (all, or those at ``indices``) as ``(N, size, size, 3)`` uint8 RGB."""
+    if entry.kind == "frames":
+        files = _frame_files(entry.path)
+        chosen = files if indices is None else [files[i] for i in indices]
+        frames = [_to_rgb(_open_image(f)) for f in chosen]
+    elif entry.kind == "strip":
+        strip = _to_rgb(_open_image(entry.path))
+        h, w = strip.shape[:2]
+        if w % h:
+            raise DataError(f"{entry.path}: a frame strip must be N square frames side by side "
+                            f"(width a multiple of height), got {w}x{h}")
+        frames = [strip[:, i * h:(i + 1) * h] for i in range(w // h)]
+        if indices is not None:
+            frames = [frames[i] for i in indices]
+    elif entry.kind == "gif":
+        img = _open_image(entry.path)
+        frames = []
+        for i in range(getattr(img, "n_frames", 1)):
+            img.seek(i)
+            frames.append(_to_rgb(img))
+        if indices is not None:
+            frames = [frames[i] for i in indices]
+    else:
+        video = decode_video_file(entry.path)
+        frames = list(video) if indices is None else [video[i] for i in indices]
+    if not frames:
+        raise DataError(f"{entry.path} has no frames")
+    return np.stack([_resize(f, size) for f in frames])
+
+
+def count_frames(entry: VideoEntry) -> int:
+    """Number of frames (cheap for folders and strips; decodes videos and gifs)."""
+    if entry.kind == "frames":
+        return len(_frame_files(entry.path))
+    if entry.kind == "strip":
+        with Image.open(entry.path) as img:
+            w, h = img.size
+        return w // h
+    if entry.kind == "gif":
+        with Image.open(entry.path) as img:
+            return getattr(img, "n_frames", 1)
+    return len(decode_video_file(entry.path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset and sampler
+# ---------------------------------------------------------------------------------------------
+
+def to_tensor(frame: np.ndarray) -> torch.Tensor:
+    """``(H, W, 3)`` float in [0, 1] -> ``(3, H, W)`` float32 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.float32))
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """(source, driving) frame pairs of the same video, ``num_repeats`` times per item.
+
+    An item is a video, or an identity with ``id_sampling``. Keys are ``(index, seed)`` from
+    :class:`PairSampler` (a plain int ``i`` means ``(i, (i,))``). A sample is
+    ``{"source": (3, S, S), "driving": (3, S, S)}`` float32 in [0, 1].
+    ``preload`` decodes every video once into memory (uint8); otherwise frame folders read only
+    the two frames they need and other formats are decoded per sample (slow for mp4).
+    """
+
+    def __init__(self, root: "str | os.PathLike", frame_size: int, split: str = "train",
+                 id_sampling: bool = False, augmentation: "AugmentationConfig | None" = None,
+                 num_repeats: int = 1, preload: bool = False, progress: bool = False):
+        self.root = Path(root)
+        self.frame_size = int(frame_size)
+        self.augmentation = augmentation
+        self.num_repeats = max(1, int(num_repeats))
+        d = split_dir(self.root, split)
+        self.videos = list_videos(d)
+        if not self.videos:
+            raise DataError(f"{d} holds no videos (.mp4/.gif files, folders of .png/.jpg frames or .png strips)")
+        groups: "OrderedDict[str, list[VideoEntry]]" = OrderedDict()
+        for v in self.videos:
+            groups.setdefault(v.identity if id_sampling else v.name, []).append(v)
+        self.groups = list(groups.values())
+        self.cache: "dict[Path, np.ndarray] | None" = None
+        if preload:
+            self.preload(progress)
+
+    def preload(self, progress: bool = False, threads: "int | None" = None) -> None:
+        """Decode every video once into memory (uint8 ``(T, S, S, 3)`` per video), on a thread pool
+        (OpenCV and Pillow decode without holding the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm import tqdm
+
+        threads = threads or min(16, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            arrays = list(tqdm(pool.map(lambda v: read_video(v, self.frame_size), self.videos), total=len(self.videos),
+                               desc="preload", unit="video", disable=not progress, leave=False))
+        self.cache = {v.path: a for v, a in zip(self.videos, arrays)}
+
+    @property
+    def preloaded_bytes(self) -> int:
+        return sum(a.nbytes for a in self.cache.values()) if self.cache else 0
+
+    @property
+    def num_items(self) -> int:
+        return len(self.groups)
+
+    def __len__(self) -> int:
+        return self.num_repeats * len(self.groups)
+
+    def _two_frames(self, entry: VideoEntry, rng: np.random.Generator) -> np.ndarray:
+        if self.cache is not None:
+            video = self.cache[entry.path]
+            n = len(video)
+        elif entry.kind == "frames":
+            video = None
+            n = count_frames(entry)
+        else:
+            video = read_video(entry, self.frame_size)
+            n = len(video)
+        if n == 0:
+            raise DataError(f"{entry.path} has no frames")
+        idx = np.sort(rng.choice(n, size=2, replace=n < 2))
+        if video is not None:
+            return video[idx]
+        return read_video(entry, self.frame_size, [int(i) for i in idx])
+
+    def sample(self, index: int, seed: Sequence[int]) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([int(s) for s in seed])
+        group = self.groups[index % len(self.groups)]
+        entry = group[int(rng.integers(len(group)))]
+        frames = self._two_frames(entry, rng)
+        frames = [f.astype(np.float32) / 255.0 for f in frames]
+        frames = augment_frames(frames, self.augmentation, rng)
+        return {"source": to_tensor(frames[0]), "driving": to_tensor(frames[1])}
+
+    def __getitem__(self, key) -> dict[str, torch.Tensor]:
+        if isinstance(key, tuple):
+            index, seed = key
+        else:
+            index, seed = int(key), (int(key),)
+        return self.sample(int(index), seed)
+
+
+class PairSampler(torch.utils.data.Sampler):
+    """Deterministic, resumable, distributed-aware sampler of ``(index, seed)`` keys.
+
+    Epoch ``e``: a permutation of ``range(length)`` drawn from ``(seed, e)``; rank ``r`` of
+    ``world_size`` takes positions ``r, r + world_size, ...`` (the tail that does not divide
+    evenly is dropped, so every rank sees the same number of samples). Each key carries the
+    seed ``(seed, e, position)``. :meth:`set_epoch` picks the epoch and :meth:`set_start` skips
+    the first samples of this rank (resuming mid-epoch).
+    """
+
+    def __init__(self, length: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True):
+        self.length = int(length)
+        self.seed = int(seed)
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+        self.shuffle = shuffle
+        self.epoch = 0
+        self.start = 0
+
+    @property
+    def per_rank(self) -> int:
+        return self.length // self.world_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def set_start(self, start: int) -> None:
+        self.start = int(start)
+
+    def __len__(self) -> int:
+        return max(0, self.per_rank - self.start)
+
+    def __iter__(self) -> Iterator[tuple[int, tuple[int, int, int]]]:
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(self.length)
+        else:
+            order = np.arange(self.length)
+        usable = self.per_rank * self.world_size
+        for local in range(self.start, self.per_rank):
+            pos = local * self.world_size + self.rank
+            if pos >= usable:
+                break
+            yield int(order[pos]), (self.seed, self.epoch, pos)
