@@ -29,7 +29,7 @@ def embedding_to_regions(emb: Tensor, num_regions: int) -> Regions:
     """``(B, 6K)`` -> Regions with shift, affine and covar = affine affine^T."""
     e = emb.view(emb.shape[0], num_regions, 6)
     affine = e[:, :, 2:].reshape(emb.shape[0], num_regions, 2, 2)
-    return Regions(shift=e[:, :, :2], affine=affine, covar=affine @ affine.transpose(-1, -2))
+    return Regions(shift=e[:, :, :2], affine=affine, covar=geo.gram2x2(affine))
 
 
 class AVDNetwork(nn.Module):
@@ -46,7 +46,7 @@ class AVDNetwork(nn.Module):
 
     def forward(self, identity: Regions, pose: Regions) -> Regions:
         if self.revert_axis_swap:
-            a = identity.affine @ geo.inv2x2(pose.affine)
+            a = geo.matmul2x2(identity.affine, geo.inv2x2(pose.affine))
             identity = Regions(shift=identity.shift, affine=identity.affine * torch.sign(a[:, :, 0:1, 0:1]))
         pose_emb = self.pose_encoder(regions_to_embedding(pose))
         id_emb = self.id_encoder(regions_to_embedding(identity))

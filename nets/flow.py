@@ -73,7 +73,7 @@ class PixelwiseFlowPredictor(nn.Module):
 
     def _gaussian(self, regions: Regions, grid: Tensor) -> Tensor:
         if self.use_covar_heatmap:
-            covar = regions.covar if regions.covar is not None else regions.affine @ regions.affine.transpose(-1, -2)
+            covar = regions.covar if regions.covar is not None else geo.gram2x2(regions.affine)
             return geo.region_gaussian(regions.shift, covar, grid)
         return geo.region_gaussian(regions.shift, FIXED_REGION_VARIANCE, grid)
 

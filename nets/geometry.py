@@ -55,6 +55,17 @@ def det2x2(m: Tensor) -> Tensor:
     return m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
 
 
+def matmul2x2(a: Tensor, b: Tensor) -> Tensor:
+    """``a @ b`` for ``(..., 2, 2)`` matrices by elementwise products, so autocast keeps the inputs'
+    precision (``@`` would run in bf16/fp16 under autocast; these small products must not)."""
+    return (a.unsqueeze(-1) * b.unsqueeze(-3)).sum(-2)
+
+
+def gram2x2(a: Tensor) -> Tensor:
+    """``a @ a^T`` for ``(..., 2, 2)`` matrices (covariance from an affine), autocast-safe."""
+    return matmul2x2(a, a.transpose(-1, -2))
+
+
 def inv2x2(m: Tensor) -> Tensor:
     """Inverse of ``(..., 2, 2)`` matrices by the adjugate formula (ONNX and TensorRT have no Inverse op)."""
     a, b = m[..., 0, 0], m[..., 0, 1]
@@ -173,7 +184,7 @@ def region_motion(grid: Tensor, shift_src: Tensor, shift_drv: Tensor,
     """
     d = grid - shift_drv[:, :, None, None, :]
     if affine_src is not None and affine_drv is not None:
-        a = affine_src @ inv2x2(affine_drv)
+        a = matmul2x2(affine_src, inv2x2(affine_drv))
         if revert_axis_swap:
             a = a * torch.sign(a[:, :, 0:1, 0:1])
         d = (a[:, :, None, None] * d.unsqueeze(-2)).sum(-1)

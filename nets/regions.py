@@ -109,7 +109,8 @@ class RegionPredictor(nn.Module):
         features = self.predictor(x)
         logits = self.regions(features)
         b, k, h, w = logits.shape
-        heatmap = F.softmax(logits.view(b, k, h * w) / self.temperature, dim=2).view(b, k, h, w)
+        # float32 softmax and statistics even under autocast (a no-op for float32 models)
+        heatmap = F.softmax(logits.float().view(b, k, h * w) / self.temperature, dim=2).view(b, k, h, w)
         grid = self._grid_for(heatmap)
         shift = geo.heatmap_shift(heatmap, grid)
         covar = affine = None
@@ -117,7 +118,7 @@ class RegionPredictor(nn.Module):
             jac_map = self.jacobian(features).reshape(b, 1, 4, h, w)
             jac = (heatmap.unsqueeze(2) * jac_map).view(b, k, 4, h * w).sum(-1).view(b, k, 2, 2)
             affine = jac
-            covar = jac @ jac.transpose(-1, -2)
+            covar = geo.gram2x2(jac)
         elif self.pca_based:
             covar = geo.heatmap_covar(heatmap, grid, shift)
             u, s = geo.pca(covar, self.pca)

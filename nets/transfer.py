@@ -39,7 +39,7 @@ def relative(source: Regions, driving: Regions, initial: Regions, adapt_movement
     shift = (driving.shift - initial.shift) * scale + source.shift
     affine = None
     if driving.affine is not None and initial.affine is not None and source.affine is not None:
-        affine = (driving.affine @ geo.inv2x2(initial.affine)) @ source.affine
+        affine = geo.matmul2x2(geo.matmul2x2(driving.affine, geo.inv2x2(initial.affine)), source.affine)
     return Regions(shift=shift, covar=driving.covar, affine=affine)
 
 

@@ -230,3 +230,13 @@ def test_resize_flow_and_warp_shapes():
     assert up.min() >= -1 and up.max() <= 1
     img = torch.rand(2, 3, 16, 16)
     assert geo.warp(img, flow).shape == img.shape
+
+
+def test_matmul2x2_and_gram_match_matmul_and_stay_float32_under_autocast():
+    a = torch.randn(3, 4, 2, 2, dtype=torch.float64)
+    b = torch.randn(3, 4, 2, 2, dtype=torch.float64)
+    assert torch.allclose(geo.matmul2x2(a, b), a @ b, atol=1e-12)
+    assert torch.allclose(geo.gram2x2(a), a @ a.transpose(-1, -2), atol=1e-12)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = geo.matmul2x2(a.float(), b.float())
+    assert out.dtype == torch.float32
