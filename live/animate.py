@@ -359,9 +359,15 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     _sigterm_as_interrupt()
     batch = args.batch_size if args.batch_size is not None else (16 if args.device == "cuda" else 4)
     options = AnimateOptions(mode=args.mode, crop=args.crop, size=args.size, fps=args.fps, batch_size=batch).validate()
-    check_inputs(args.source, args.driving, args.output)  # fail fast, before loading a model
+    # fail fast, before a model is loaded: files, formats, output folder, faces
+    src_rgb, info, _ = check_inputs(args.source, args.driving, args.output)
+    detector = None
+    if options.crop == "auto":
+        detector = FaceDetector(min_score=options.crop_settings.min_score)
+        source_crop(src_rgb, 16, "auto", detector, options.crop_settings)
+        first_face_crop(info, detector, options.crop_settings)
+    del src_rgb
     engine = load_engine(args.checkpoint, args.config, args.backend, args.device)
-    print(f"mra-animate: {engine.describe()}", file=sys.stderr)
 
     from tqdm import tqdm
     bar = tqdm(unit="frame", desc="animating", leave=False, dynamic_ncols=True, disable=None, file=sys.stderr)
@@ -372,10 +378,10 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         bar.update(done - bar.n)
 
     try:
-        result = animate_file(engine, args.source, args.driving, args.output, options, progress)
+        result = animate_file(engine, args.source, args.driving, args.output, options, progress, detector=detector)
     finally:
         bar.close()
-    print(result.describe())
+    print(f"{result.describe()}; {engine.describe()}")
     return 0
 
 
