@@ -239,7 +239,7 @@ def animate_file(engine, source: "str | os.PathLike", driving: "str | os.PathLik
     (``total`` is an estimate, None when unknown); raising from it cancels the job cleanly. Bad
     inputs raise :class:`UserError`; nothing is left at ``output`` unless the call succeeds.
     """
-    from export.engine import EngineError, RegionParams
+    from export.engine import EngineError
 
     t_start = time.perf_counter()
     options = (options or AnimateOptions()).validate()
@@ -248,12 +248,22 @@ def animate_file(engine, source: "str | os.PathLike", driving: "str | os.PathLik
         engine.check_mode(options.mode)
     except EngineError as e:
         raise UserError(str(e)) from None
+    own_detector = options.crop == "auto" and detector is None
+    if own_detector:
+        detector = FaceDetector(min_score=options.crop_settings.min_score)
+    try:
+        return _animate(engine, src_rgb, info, spec, options, progress, detector, t_start)
+    finally:
+        if own_detector:
+            detector.close()
+
+
+def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) -> AnimateResult:
+    from export.engine import RegionParams
+
     size = engine.frame_size
     out_size = options.size or size
     fps = Fraction(options.fps).limit_denominator(1001) if options.fps else info.fps
-    if options.crop == "auto" and detector is None:
-        detector = FaceDetector(min_score=options.crop_settings.min_score)
-
     src = source_crop(src_rgb, size, options.crop, detector, options.crop_settings)
     avatar = engine.prepare_source(to_batch([src]))
     del src_rgb

@@ -5,8 +5,10 @@ run anywhere.
 """
 from __future__ import annotations
 
+import os
 import struct
 import zlib
+from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, Sequence
@@ -145,3 +147,28 @@ def corrupt(src: Path, dst: Path, start: float = 0.3, length: float = 0.4, seed:
     data[a:b] = np.random.default_rng(seed).integers(0, 256, b - a, dtype=np.uint8).tobytes()
     dst.write_bytes(bytes(data))
     return dst
+
+
+@contextmanager
+def unwritable_dir(tmp_path: Path):
+    """A folder this process cannot create files in: a read-only temp folder, or (as root, who may
+    write anywhere on disk) /sys, whose folders refuse new files; skips when neither works."""
+    import pytest
+
+    if os.geteuid() != 0:
+        ro = tmp_path / "read-only"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            yield ro
+        finally:
+            ro.chmod(0o755)
+        return
+    sys_dir = Path("/sys")
+    try:
+        with open(sys_dir / "mra-write-test", "wb"):
+            pass
+    except OSError:
+        yield sys_dir
+        return
+    pytest.skip("running as root and no read-only folder is available")
