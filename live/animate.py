@@ -59,7 +59,7 @@ class AnimateOptions:
     fps: "float | None" = None
     batch_size: int = 4
     crop_settings: CropSettings = CropSettings()
-    tracker: TrackerSettings = TrackerSettings()
+    tracker: TrackerSettings = TrackerSettings(detect_every=2)  # the crop glides between detections
 
     def validate(self) -> "AnimateOptions":
         if self.mode not in MODES:

@@ -195,22 +195,23 @@ class FaceDetector:
         if self._impl is None:
             os.environ.setdefault("GLOG_minloglevel", "2")
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-            with _quiet_native_stderr():
-                from mediapipe.python.solutions import face_detection
-                self._impl = face_detection.FaceDetection(model_selection=1 if self.full_range else 0,
-                                                          min_detection_confidence=self.min_score)
+            from mediapipe.python.solutions import face_detection
+            self._impl = face_detection.FaceDetection(model_selection=1 if self.full_range else 0,
+                                                      min_detection_confidence=self.min_score)
         return self._impl
 
     def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        impl = self._open()
         rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
         h, w = rgb.shape[:2]
-        if not self._warm:  # the first run prints TFLite/absl start-up lines on fd 2
+        if not self._warm:
+            # mediapipe opens its TFLite calculator asynchronously after construction and logs
+            # (TFLite, absl) straight to fd 2 then: one quiet window from construction to the end
+            # of the first run covers it whatever the thread timing
             with _quiet_native_stderr():
-                result = impl.process(rgb)
+                result = self._open().process(rgb)
             self._warm = True
         else:
-            result = impl.process(rgb)
+            result = self._impl.process(rgb)
         faces = []
         for d in result.detections or []:
             b = d.location_data.relative_bounding_box

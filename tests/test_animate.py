@@ -168,8 +168,9 @@ def test_driving_formats(files, engine, tmp_path, name, kw, expected):
 @pytest.mark.parametrize("ext,args", [(".jpg", {"quality": 90}), (".webp", {}), (".bmp", {})])
 def test_source_formats(files, engine, tmp_path, ext, args):
     src = save_image(tmp_path / f"s{ext}", pattern(80, 60), **args)
-    res = animate_file(engine, src, files / "driving.mp4", tmp_path / "o.gif", AnimateOptions(crop="none"))
-    assert res.frames == 20
+    drv = make_video(tmp_path / "d.mp4", n=3, size=(64, 64))
+    res = animate_file(engine, src, drv, tmp_path / "o.gif", AnimateOptions(crop="none"))
+    assert res.frames == 3 and count_frames(tmp_path / "o.gif") == 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def test_bad_files(files, tmp_path, capfd):
 
 def test_video_truncated_mid_stream(files, tmp_path, capfd):
     """An AVI cut short opens fine and decodes until the cut: the error comes mid-run, and no output is left."""
-    avi = make_video(tmp_path / "long.avi", n=60, size=(96, 96))
+    avi = make_video(tmp_path / "long.avi", n=24, size=(64, 64))
     truncate(avi, tmp_path / "cut.avi", 0.6)
     (tmp_path / "out.mp4").write_bytes(b"old")
     code, _, err = cli(capfd, "--source", files / "source.png", "--driving", tmp_path / "cut.avi", "--output",
