@@ -226,6 +226,8 @@ def check_inputs(source: "str | os.PathLike", driving: "str | os.PathLike", outp
     spec = media.check_output(output)
     info = media.probe_video(driving, "driving video")
     rgb = media.read_image(source, what="source image")
+    if spec.path.exists() and spec.path.resolve() == info.path.resolve():
+        raise UserError(f"--output {spec.path.name} is the driving video itself; choose another output name")
     return rgb, info, spec
 
 
@@ -264,6 +266,9 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     size = engine.frame_size
     out_size = options.size or size
     fps = Fraction(options.fps).limit_denominator(1001) if options.fps else info.fps
+    if info.fps_guessed and not options.fps:
+        warnings.warn(f"the driving video {info.path.name} does not say its frame rate; assuming {float(fps):g} fps "
+                      "(set --fps to choose)")
     src = source_crop(src_rgb, size, options.crop, detector, options.crop_settings)
     avatar = engine.prepare_source(to_batch([src]))
     del src_rgb

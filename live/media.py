@@ -452,7 +452,8 @@ def _is_frame_dir(p: Path) -> bool:
     return True
 
 
-def _check_writable(folder: Path, target: Path) -> None:
+def check_writable(folder: Path, target: Path) -> None:
+    """``folder`` exists, is a folder, and a file can be created in it (tried for real); else UserError."""
     if not folder.exists():
         raise UserError(f"output folder {folder} does not exist; create it first or choose another --output")
     if not folder.is_dir():
@@ -486,7 +487,7 @@ def check_output(path: "str | os.PathLike") -> OutputSpec:
                             "choose a new or empty directory")
     elif p.is_dir():
         raise UserError(f"output {p} is a directory; give a file name ending in .{kind}")
-    _check_writable(p.parent, p)
+    check_writable(p.parent, p)
     return OutputSpec(path=p, kind=kind)
 
 

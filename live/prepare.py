@@ -199,7 +199,7 @@ def prepare(raw_dir: "str | Path", out_dir: "str | Path", size: int = 256, fmt: 
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create OUT_DIR {out} ({e.strerror}); choose a writable folder") from None
-    media._check_writable(out, out / "train")
+    media.check_writable(out, out / "train")
     names = [v.stem for v in videos]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

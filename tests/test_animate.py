@@ -278,6 +278,8 @@ def test_bad_files(files, tmp_path, capfd):
         ((src, tmp_path / "zero.avi"), "no video frames"),
         ((drv, drv), "is a video"),
     ]
+    code, _, err = cli(capfd, "--source", src, "--driving", drv, "--output", drv, "--checkpoint", files / "tiny.pth")
+    assert_one_error_line(code, err, "is the driving video itself")
     for (s, d), words in cases:
         code, _, err = cli(capfd, "--source", s, "--driving", d, "--output", out, "--checkpoint", files / "tiny.pth",
                            "--crop", "none")
