@@ -1,0 +1,409 @@
+"""mra-animate: a portrait + a driving video -> the portrait animated by the video.
+
+    mra-animate --source face.jpg --driving talk.mp4 --output out.mp4
+
+The pipeline is :func:`animate_file` (a library function: mra-web calls it with its own engine
+and a progress callback); :func:`main` is the command line around it.
+
+Streaming: driving frames are decoded one at a time in a background thread (PyAV), cropped
+(face tracker or plain resize), grouped in batches of ``batch_size``, run through the engine
+(regions -> motion transfer -> animation of the cached source) and handed to the writer, which
+encodes them (and the matching stretch of the driving video's audio) right away. Memory is
+bounded by a few batches whatever the video's length. The output appears only when everything
+succeeded (temporary file in the target folder, renamed at the end).
+"""
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from nets.errors import ArgumentParser, UserError, run_cli
+
+from . import media
+from .face import CropBox, CropSettings, FaceDetector, FaceTracker, TrackerSettings, crop_resize, face_crop
+
+MODES = ("relative", "avd", "standard")
+CROPS = ("auto", "none")
+BACKENDS = ("torch", "onnx")
+DEVICES = ("cpu", "cuda")
+WORKING_SIDE = 1280  # driving frames are decoded at most this large for face tracking
+FACE_SCAN_SECONDS = 10.0  # how far into the driving video to look for the first face
+
+ProgressFn = Callable[[int, "int | None"], None]
+T = TypeVar("T")
+
+
+@dataclass
+class AnimateOptions:
+    """What :func:`animate_file` does besides its inputs (the CLI options of the same names).
+
+    ``size``: side of the output frames (default: the model's own resolution; the networks always
+    run at that resolution and larger outputs are upscaled); ``fps``: output frame rate (default:
+    the driving video's; frames are picked by timestamp, so the duration and the audio are kept).
+    """
+
+    mode: str = "relative"
+    crop: str = "auto"
+    size: "int | None" = None
+    fps: "float | None" = None
+    batch_size: int = 4
+    crop_settings: CropSettings = CropSettings()
+    tracker: TrackerSettings = TrackerSettings(detect_every=2)  # the crop glides between detections
+
+    def validate(self) -> "AnimateOptions":
+        if self.mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.crop not in CROPS:
+            raise UserError(f"--crop must be auto or none, got {self.crop!r}")
+        if self.size is not None and not 16 <= self.size <= 4096:
+            raise UserError(f"--size must be between 16 and 4096 pixels, got {self.size}")
+        if self.fps is not None and not 0 < self.fps <= media.MAX_FPS:
+            raise UserError(f"--fps must be above 0 and at most {media.MAX_FPS}, got {self.fps:g}")
+        if not 1 <= self.batch_size <= 1024:
+            raise UserError(f"--batch-size must be between 1 and 1024, got {self.batch_size}")
+        return self
+
+
+@dataclass
+class AnimateResult:
+    output: Path
+    kind: str  # mp4 | gif | png
+    frames: int
+    fps: Fraction
+    size: int
+    has_audio: bool
+    seconds: float  # wall time
+
+    def describe(self) -> str:
+        what = "PNG frames in" if self.kind == "png" else "frames to"
+        audio = ", with the driving video's audio" if self.has_audio else ""
+        return (f"wrote {self.frames} {what} {self.output} ({self.size}x{self.size}, {float(self.fps):.3g} fps{audio}) "
+                f"in {self.seconds:.1f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------------
+
+def to_batch(frames: Sequence[np.ndarray]) -> np.ndarray:
+    """``(H, W, 3)`` uint8 frames -> ``(B, 3, H, W)`` float32 in [0, 1] (the engine's input)."""
+    return np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
+
+
+def to_frames(pred: np.ndarray) -> np.ndarray:
+    """``(B, 3, H, W)`` float in [0, 1] -> ``(B, H, W, 3)`` uint8."""
+    return (np.clip(pred, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def source_crop(rgb: np.ndarray, size: int, crop: str, detector: "FaceDetector | None" = None,
+                settings: CropSettings = CropSettings(), name: str = "the source image") -> np.ndarray:
+    """The source as the model sees it: ``(size, size, 3)`` uint8 (face crop, or the whole image resized)."""
+    if crop == "none":
+        return media.resize_rgb(rgb, size)
+    faces = [f for f in (detector or FaceDetector()).detect(rgb) if f.score >= settings.min_score]
+    if not faces:
+        raise UserError(f"no face found in {name}; use a photo where the face is clearly visible, or --crop none "
+                        "to animate the whole image (resized to the model's size)")
+    h, w = rgb.shape[:2]
+    return crop_resize(rgb, face_crop(faces[0], w, h, settings), size)
+
+
+def first_face_crop(info: media.VideoInfo, detector: FaceDetector, settings: CropSettings,
+                    seconds: float = FACE_SCAN_SECONDS) -> "tuple[CropBox, int]":
+    """Scan the start of the driving video for a face: (its crop at the working size, frame index)."""
+    reader = media.VideoReader(info.path, max_side=WORKING_SIDE, info=info)
+    try:
+        for f in reader.frames():
+            if f.time > seconds:
+                break
+            faces = [x for x in detector.detect(f.rgb) if x.score >= settings.min_score]
+            if faces:
+                h, w = f.rgb.shape[:2]
+                return face_crop(faces[0], w, h, settings), f.index
+    finally:
+        reader.close()
+    raise UserError(f"no face found in the first {seconds:g} s of the driving video {info.path.name}; use a video "
+                    "where the face is visible from the start, or --crop none (the whole frame is resized)")
+
+
+def driving_frames(info: media.VideoInfo, size: int, fps: Fraction, crop: str,
+                   detector: "FaceDetector | None" = None, options: "AnimateOptions | None" = None) -> Iterator[np.ndarray]:
+    """The driving video as the model sees it: ``(size, size, 3)`` uint8 frames at ``fps``, streamed."""
+    options = options or AnimateOptions()
+    if crop == "none":
+        reader = media.VideoReader(info.path, size=(size, size), info=info)
+        for f in media.resample(reader.frames(), fps, info.fps):
+            yield f.rgb
+        return
+    detector = detector or FaceDetector()
+    start, _ = first_face_crop(info, detector, options.crop_settings)
+    tracker = FaceTracker(detector, options.crop_settings, options.tracker)
+    tracker.start(start)
+    reader = media.VideoReader(info.path, max_side=WORKING_SIDE, info=info)
+
+    def cropped() -> Iterator[media.Frame]:
+        for f in reader.frames():  # every decoded frame goes through the tracker (smooth motion)
+            f.rgb = crop_resize(f.rgb, tracker.update(f.rgb), size)
+            yield f
+
+    for f in media.resample(cropped(), fps, info.fps):
+        yield f.rgb
+
+
+def batched(items: Iterable[T], n: int) -> Iterator[list[T]]:
+    batch: list[T] = []
+    for x in items:
+        batch.append(x)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Run ``items`` in a background thread, at most ``depth`` ahead (errors re-raised here)."""
+    q: "queue.Queue[tuple[str, object]]" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(msg: tuple[str, object]) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(msg, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        it = iter(items)
+        try:
+            for x in it:
+                if not put(("item", x)):
+                    return
+            put(("done", None))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            put(("error", e))
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
+
+    t = threading.Thread(target=run, name="mra-decode", daemon=True)
+    t.start()
+    try:
+        while True:
+            kind, x = q.get()
+            if kind == "item":
+                yield x  # type: ignore[misc]
+            elif kind == "done":
+                return
+            else:
+                raise x  # type: ignore[misc]
+    finally:
+        stop.set()
+        t.join(timeout=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline
+# ---------------------------------------------------------------------------------------------
+
+def check_inputs(source: "str | os.PathLike", driving: "str | os.PathLike", output: "str | os.PathLike"
+                 ) -> "tuple[np.ndarray, media.VideoInfo, media.OutputSpec]":
+    """Everything about the inputs that can be checked before a model is loaded (fast, strict)."""
+    spec = media.check_output(output)
+    info = media.probe_video(driving, "driving video")
+    rgb = media.read_image(source, what="source image")
+    if spec.path.exists() and spec.path.resolve() == info.path.resolve():
+        raise UserError(f"--output {spec.path.name} is the driving video itself; choose another output name")
+    return rgb, info, spec
+
+
+def animate_file(engine, source: "str | os.PathLike", driving: "str | os.PathLike", output: "str | os.PathLike",
+                 options: "AnimateOptions | None" = None, progress: "ProgressFn | None" = None,
+                 detector: "FaceDetector | None" = None) -> AnimateResult:
+    """Animate the portrait ``source`` with the driving video ``driving`` into ``output``.
+
+    ``engine``: an :class:`export.engine.Engine` (see :func:`load_engine`); ``output``: ``.mp4``,
+    ``.gif`` or a directory (numbered PNGs). ``progress(done, total)`` is called after every batch
+    (``total`` is an estimate, None when unknown); raising from it cancels the job cleanly. Bad
+    inputs raise :class:`UserError`; nothing is left at ``output`` unless the call succeeds.
+    """
+    from export.engine import EngineError
+
+    t_start = time.perf_counter()
+    options = (options or AnimateOptions()).validate()
+    src_rgb, info, spec = check_inputs(source, driving, output)
+    try:
+        engine.check_mode(options.mode)
+    except EngineError as e:
+        raise UserError(str(e)) from None
+    own_detector = options.crop == "auto" and detector is None
+    if own_detector:
+        detector = FaceDetector(min_score=options.crop_settings.min_score)
+    try:
+        return _animate(engine, src_rgb, info, spec, options, progress, detector, t_start)
+    finally:
+        if own_detector:
+            detector.close()
+
+
+def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) -> AnimateResult:
+    from export.engine import RegionParams
+
+    size = engine.frame_size
+    out_size = options.size or size
+    fps = Fraction(options.fps).limit_denominator(1001) if options.fps else info.fps
+    if info.fps_guessed and not options.fps:
+        warnings.warn(f"the driving video {info.path.name} does not say its frame rate; assuming {float(fps):g} fps "
+                      "(set --fps to choose)")
+    src = source_crop(src_rgb, size, options.crop, detector, options.crop_settings)
+    avatar = engine.prepare_source(to_batch([src]))
+    del src_rgb
+
+    frames = driving_frames(info, size, fps, options.crop, detector, options)
+    total = info.estimated_frames(fps)
+    writer = media.open_writer(spec, fps, out_size, audio_from=info.path if info.has_audio and spec.kind == "mp4" else None,
+                               audio_start=info.start_time)
+    done = 0
+    initial = None
+    try:
+        for batch in prefetch(batched(frames, options.batch_size), depth=2):
+            x = to_batch(batch)
+            regions = engine.regions(x)
+            if initial is None:  # relative motion is measured from the first driving frame
+                initial = RegionParams(*(None if a is None else a[:1].copy()
+                                         for a in (regions.shift, regions.covar, regions.affine)))
+            new = engine.transfer(avatar, regions, initial, mode=options.mode)
+            out = to_frames(engine.animate(avatar, new))
+            if out_size != size:
+                out = np.stack([media.resize_rgb(f, out_size) for f in out])
+            writer.write(out)
+            done += len(batch)
+            if progress is not None:
+                progress(done, max(total, done) if total else None)
+        path = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return AnimateResult(output=path, kind=spec.kind, frames=done, fps=fps, size=out_size, has_audio=writer.has_audio,
+                         seconds=time.perf_counter() - t_start)
+
+
+def load_engine(checkpoint: "str | os.PathLike | None" = None, config: "str | None" = None, backend: str = "torch",
+                device: str = "cpu"):
+    """The engine for a checkpoint (None: the default model shipped with the package).
+
+    Engine problems (no CUDA, ONNX backend missing) become :class:`UserError`; checkpoint and
+    config problems raise ``nets.CheckpointError`` / ``nets.ConfigError`` (one-line messages too).
+    """
+    from export.engine import EngineError, open_engine
+    from .default_model import default_checkpoint
+
+    if backend not in BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if device not in DEVICES:
+        raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if checkpoint is None:
+        checkpoint = default_checkpoint()
+    else:
+        p = Path(checkpoint).expanduser()
+        if not p.exists():
+            raise UserError(f"checkpoint not found: {p}; check the path (or leave --checkpoint out to use the "
+                            "default model)")
+        checkpoint = p
+    try:
+        return open_engine(checkpoint, config=config, backend=backend, device=device)
+    except EngineError as e:
+        raise UserError(str(e)) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="mra-animate", description="Animate a portrait with a driving video (MRAA).")
+    p.add_argument("--source", required=True, metavar="IMG", help="portrait: PNG, JPEG, WebP or BMP")
+    p.add_argument("--driving", required=True, metavar="VIDEO", help="driving video: mp4, mov, avi, webm or gif")
+    p.add_argument("--output", required=True, metavar="OUT",
+                   help="OUT.mp4 (H.264 with the driving video's audio), OUT.gif, or a directory (numbered PNG frames)")
+    p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (default: the model shipped with the package)")
+    p.add_argument("--config", metavar="PRESET|YAML", help="config of the checkpoint (needed for official checkpoints)")
+    p.add_argument("--mode", choices=MODES, default="relative", help="motion transfer (default: relative)")
+    p.add_argument("--crop", choices=CROPS, default="auto",
+                   help="auto: face crop on the source and a smoothed face track on the video; none: resize only")
+    p.add_argument("--size", type=int, metavar="N", help="output side in pixels (default: the model's resolution)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="inference backend (default: torch)")
+    p.add_argument("--device", choices=DEVICES, default="cpu", help="device (default: cpu)")
+    p.add_argument("--fps", type=float, metavar="N", help="output frame rate (default: the driving video's)")
+    p.add_argument("--batch-size", type=int, metavar="N", default=None,
+                   help="frames animated together (default: 4 on cpu, 16 on cuda)")
+    return p
+
+
+def _one_line_warnings() -> None:
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+    warnings.showwarning = show
+
+
+def _sigterm_as_interrupt() -> None:
+    if threading.current_thread() is threading.main_thread():
+        def handler(signum, frame):
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, handler)
+
+
+def cli(argv: "Sequence[str] | None" = None) -> int:
+    """The command (errors propagate; :func:`main` turns them into one-line messages)."""
+    args = build_parser().parse_args(argv)
+    _one_line_warnings()
+    _sigterm_as_interrupt()
+    batch = args.batch_size if args.batch_size is not None else (16 if args.device == "cuda" else 4)
+    options = AnimateOptions(mode=args.mode, crop=args.crop, size=args.size, fps=args.fps, batch_size=batch).validate()
+    # fail fast, before a model is loaded: files, formats, output folder, faces
+    src_rgb, info, _ = check_inputs(args.source, args.driving, args.output)
+    detector = None
+    if options.crop == "auto":
+        detector = FaceDetector(min_score=options.crop_settings.min_score)
+        source_crop(src_rgb, 16, "auto", detector, options.crop_settings)
+        first_face_crop(info, detector, options.crop_settings)
+    del src_rgb
+    engine = load_engine(args.checkpoint, args.config, args.backend, args.device)
+
+    from tqdm import tqdm
+    bar = tqdm(unit="frame", desc="animating", leave=False, dynamic_ncols=True, disable=None, file=sys.stderr)
+
+    def progress(done: int, total: "int | None") -> None:
+        if total is not None and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        result = animate_file(engine, args.source, args.driving, args.output, options, progress, detector=detector)
+    finally:
+        bar.close()
+    print(f"{result.describe()}; {engine.describe()}")
+    return 0
+
+
+def main(argv: "Sequence[str] | None" = None) -> int:
+    """Console entry point: exit status 0, 2 with one ``error:`` line for a problem to fix, 130 on Ctrl-C."""
+    return run_cli(cli, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

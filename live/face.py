@@ -1,0 +1,342 @@
+"""Face detection (mediapipe's bundled full-range detector) and the square face crops the models see.
+
+* :class:`FaceDetector`: ``detect(rgb) -> list[FaceBox]`` (best first). mediapipe is imported on
+  first use (it takes about a second) and its native start-up chatter on stderr is silenced.
+* :func:`face_crop`: a face box -> the square :class:`CropBox` around the head, framed like the
+  VoxCeleb training clips (1.75 times the face box, centred slightly above it: measured on the
+  VoxCeleb-style clips of ../shared, where mediapipe's face box spans 0.5-0.65 of the frame and
+  sits a little below its centre), kept inside the image.
+* :func:`face_tube`: one stable crop for a whole clip (the union of its face boxes, enlarged), as
+  VoxCeleb was prepared: used by mra-prepare for training data.
+* :class:`FaceTracker`: a smoothed per-frame crop for driving videos and the webcam. The crop
+  stays put while the head moves inside a dead zone (so head motion reaches the model, as within
+  a training clip) and glides after the head when it leaves it; detection runs every
+  ``detect_every`` frames and every frame while the face is lost; the crop holds while the face
+  is missing and jumps to the face when it comes back somewhere else. ``update(frame)`` is the
+  only per-frame call, so mra-live can run it frame by frame.
+* :func:`crop_resize`: cut a :class:`CropBox` out of a frame at sub-pixel precision and resize it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class FaceBox:
+    """A detected face in pixels (``x0, y0`` top-left, ``x1, y1`` bottom-right) with its score."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float = 1.0
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def center(self) -> tuple[float, float]:
+        return (0.5 * (self.x0 + self.x1), 0.5 * (self.y0 + self.y1))
+
+    @property
+    def size(self) -> float:
+        """Side of the face: the larger of width and height."""
+        return max(self.width, self.height)
+
+    @property
+    def area(self) -> float:
+        return max(self.width, 0.0) * max(self.height, 0.0)
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """A square crop: centre ``(cx, cy)`` and ``side``, in pixels of the frame it was made for."""
+
+    cx: float
+    cy: float
+    side: float
+
+    @property
+    def box(self) -> tuple[float, float, float, float]:
+        h = 0.5 * self.side
+        return (self.cx - h, self.cy - h, self.cx + h, self.cy + h)
+
+    def scaled(self, s: float) -> "CropBox":
+        """The same crop in a frame scaled by ``s``."""
+        return CropBox(self.cx * s, self.cy * s, self.side * s)
+
+
+@dataclass(frozen=True)
+class CropSettings:
+    """Framing of the face crops (relative to the detector's face box).
+
+    ``scale``: crop side / face box side; ``shift_y``: centre offset as a fraction of the face
+    side (negative = up, to keep the hair in); ``min_score``: detector confidence threshold.
+    """
+
+    scale: float = 1.75
+    shift_y: float = -0.08
+    min_score: float = 0.5
+
+
+def fit_crop(crop: CropBox, width: int, height: int) -> CropBox:
+    """Keep a square crop inside a ``width`` x ``height`` frame: shrink it to the shorter side if
+    needed, then shift it in (a crop never shows pixels that are not in the frame)."""
+    side = min(crop.side, float(width), float(height))
+    h = 0.5 * side
+    cx = min(max(crop.cx, h), width - h)
+    cy = min(max(crop.cy, h), height - h)
+    return CropBox(cx, cy, side)
+
+
+def face_crop(face: FaceBox, width: int, height: int, settings: CropSettings = CropSettings()) -> CropBox:
+    """The square crop around one face, framed as in training and kept inside the frame."""
+    cx, cy = face.center
+    s = face.size
+    return fit_crop(CropBox(cx, cy + settings.shift_y * s, settings.scale * s), width, height)
+
+
+def face_tube(faces: Sequence["FaceBox | None"], width: int, height: int,
+              settings: CropSettings = CropSettings(), outlier: float = 0.6) -> "CropBox | None":
+    """One stable crop for a clip: the union of its face boxes, enlarged by the crop margin.
+
+    ``faces``: the main face of each sampled frame (None where none was found). Boxes whose centre
+    is more than ``outlier`` face sides from the median centre, or whose size is off by more than
+    2x, are false detections and are left out. Returns None when no face is left.
+    """
+    boxes = [f for f in faces if f is not None and f.score >= settings.min_score and f.size > 0]
+    if not boxes:
+        return None
+    centers = np.array([b.center for b in boxes])
+    sizes = np.array([b.size for b in boxes])
+    mc, ms = np.median(centers, axis=0), float(np.median(sizes))
+    keep = [b for b, c, s in zip(boxes, centers, sizes)
+            if np.hypot(*(c - mc)) <= outlier * ms + 1e-6 and 0.5 <= s / ms <= 2.0]
+    keep = keep or boxes
+    x0 = min(b.x0 for b in keep)
+    y0 = min(b.y0 for b in keep)
+    x1 = max(b.x1 for b in keep)
+    y1 = max(b.y1 for b in keep)
+    margin = (settings.scale - 1.0) * ms
+    side = max(x1 - x0, y1 - y0) + margin
+    cx, cy = 0.5 * (x0 + x1), 0.5 * (y0 + y1) + settings.shift_y * ms
+    return fit_crop(CropBox(cx, cy, side), width, height)
+
+
+def crop_resize(rgb: np.ndarray, crop: CropBox, size: int) -> np.ndarray:
+    """Cut ``crop`` (sub-pixel) out of ``rgb`` ``(H, W, 3)`` uint8 and resize it to ``(size, size, 3)``.
+
+    Parts of the crop outside the frame (only when the crop was not fitted) are edge-replicated.
+    """
+    h, w = rgb.shape[:2]
+    x0, y0, x1, y1 = crop.box
+    pad = int(math.ceil(max(0.0, -x0, -y0, x1 - w, y1 - h)))
+    if pad:
+        rgb = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
+    im = Image.fromarray(rgb)
+    out = im.resize((size, size), Image.Resampling.BICUBIC, box=(x0, y0, x1, y1), reducing_gap=2.0)
+    return np.asarray(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection
+# ---------------------------------------------------------------------------------------------
+
+class Detector(Protocol):
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]: ...
+
+
+@contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence what native code (TFLite, glog) writes straight to file descriptor 2."""
+    try:
+        fd = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(fd, 2)
+    finally:
+        os.close(fd)
+
+
+class FaceDetector:
+    """mediapipe's bundled BlazeFace full-range detector (no download; CPU, a few ms a frame).
+
+    ``detect(rgb)`` takes ``(H, W, 3)`` uint8 RGB and returns faces in pixels, best first (score
+    times a small preference for larger faces). Not thread-safe: one detector per thread.
+    """
+
+    def __init__(self, min_score: float = 0.5, full_range: bool = True):
+        self.min_score = min_score
+        self.full_range = full_range
+        self._impl = None
+        self._warm = False
+
+    def _open(self):
+        if self._impl is None:
+            os.environ.setdefault("GLOG_minloglevel", "2")
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+            from mediapipe.python.solutions import face_detection
+            self._impl = face_detection.FaceDetection(model_selection=1 if self.full_range else 0,
+                                                      min_detection_confidence=self.min_score)
+        return self._impl
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        h, w = rgb.shape[:2]
+        if not self._warm:
+            # mediapipe opens its TFLite calculator asynchronously after construction and logs
+            # (TFLite, absl) straight to fd 2 then: one quiet window from construction to the end
+            # of the first run covers it whatever the thread timing
+            with _quiet_native_stderr():
+                result = self._open().process(rgb)
+            self._warm = True
+        else:
+            result = self._impl.process(rgb)
+        faces = []
+        for d in result.detections or []:
+            b = d.location_data.relative_bounding_box
+            x0, y0 = b.xmin * w, b.ymin * h
+            x1, y1 = x0 + b.width * w, y0 + b.height * h
+            x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                continue
+            faces.append(FaceBox(x0, y0, x1, y1, float(d.score[0]) if d.score else 0.0))
+        area = float(w * h)
+        faces.sort(key=lambda f: f.score * (1.0 + math.sqrt(f.area / area)), reverse=True)
+        return faces
+
+    def close(self) -> None:
+        if self._impl is not None:
+            self._impl.close()
+            self._impl = None
+            self._warm = False
+
+    def __enter__(self) -> "FaceDetector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Tracking
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrackerSettings:
+    """How the per-frame crop follows the face.
+
+    ``deadband``: the crop does not move while the face centre stays within this fraction of the
+    crop side from where it should be (and the size within ``size_deadband``, relative);
+    ``smoothing``: per-frame fraction of the remaining excess the crop moves (0..1, 1 = jump);
+    ``detect_every``: run the detector every N frames while tracking (every frame while lost);
+    ``lost_after``: frames without a face before the track counts as lost (then the next face
+    found is jumped to, wherever it is).
+    """
+
+    deadband: float = 0.08
+    size_deadband: float = 0.12
+    smoothing: float = 0.25
+    detect_every: int = 1
+    lost_after: int = 10
+
+
+def _excess(d: float, band: float) -> float:
+    """The part of ``d`` beyond ``+-band`` (0 inside the band)."""
+    return math.copysign(max(abs(d) - band, 0.0), d)
+
+
+class FaceTracker:
+    """A smoothed square face crop, frame by frame (see the module doc).
+
+    ``update(rgb)`` -> the :class:`CropBox` for this frame (None until a face was ever seen).
+    ``start(crop)`` seeds the track (e.g. with a crop found by a look-ahead scan).
+    """
+
+    def __init__(self, detector: Detector, crop: CropSettings = CropSettings(),
+                 settings: TrackerSettings = TrackerSettings()):
+        self.detector = detector
+        self.crop_settings = crop
+        self.settings = settings
+        self.reset()
+
+    def reset(self) -> None:
+        self.crop: "CropBox | None" = None
+        self.target: "CropBox | None" = None
+        self.misses = 0
+        self.frame_index = 0
+        self.detections = 0
+
+    @property
+    def lost(self) -> bool:
+        return self.crop is None or self.misses >= self.settings.lost_after
+
+    def start(self, crop: CropBox) -> None:
+        self.crop = self.target = crop
+        self.misses = 0
+
+    def _choose(self, faces: list[FaceBox]) -> "FaceBox | None":
+        faces = [f for f in faces if f.score >= self.crop_settings.min_score]
+        if not faces:
+            return None
+        if self.crop is None or self.lost:
+            return faces[0]
+        cx, cy = self.crop.cx, self.crop.cy  # the same person: the face nearest the current crop
+        return min(faces, key=lambda f: math.hypot(f.center[0] - cx, f.center[1] - cy))
+
+    def update(self, rgb: np.ndarray) -> "CropBox | None":
+        h, w = rgb.shape[:2]
+        s = self.settings
+        detect = self.crop is None or self.lost or self.misses > 0 or self.frame_index % max(s.detect_every, 1) == 0
+        self.frame_index += 1
+        if detect:
+            face = self._choose(self.detector.detect(rgb))
+            if face is None:
+                self.misses += 1
+            else:
+                self.detections += 1
+                target = face_crop(face, w, h, self.crop_settings)
+                jump = self.crop is None or self.lost or not self._inside(face, self.crop)
+                self.misses = 0
+                self.target = target
+                if jump:
+                    self.crop = target
+                    return self.crop
+        if self.crop is not None and self.target is not None:
+            self.crop = fit_crop(self._glide(self.crop, self.target), w, h)
+        return self.crop
+
+    @staticmethod
+    def _inside(face: FaceBox, crop: CropBox) -> bool:
+        x0, y0, x1, y1 = crop.box
+        cx, cy = face.center
+        return x0 <= cx <= x1 and y0 <= cy <= y1
+
+    def _glide(self, crop: CropBox, target: CropBox) -> CropBox:
+        s = self.settings
+        band = s.deadband * crop.side
+        dx = _excess(target.cx - crop.cx, band)
+        dy = _excess(target.cy - crop.cy, band)
+        dl = _excess(math.log(target.side / crop.side), s.size_deadband)
+        a = min(max(s.smoothing, 0.0), 1.0)
+        return replace(crop, cx=crop.cx + a * dx, cy=crop.cy + a * dy, side=crop.side * math.exp(a * dl))
