@@ -24,6 +24,7 @@ import numpy as np
 from export.engine import Avatar, Engine, RegionParams
 
 from .capture import CaptureSource, Frame, LatestFrame
+from .face import CropBox, FaceTracker, crop_resize
 from .smoothing import LostFacePolicy, OneEuroConfig, RegionSmoother, blend
 from .stats import LiveStats
 
@@ -38,33 +39,30 @@ COMMANDS = {
 
 
 class Cropper(Protocol):
-    """Finds the driving crop in a camera frame: ``(x0, y0, x1, y1)`` square box in pixels or None."""
+    """Finds the driving crop in a camera frame: a square :class:`~live.face.CropBox`, or None (no face)."""
 
-    def __call__(self, image: np.ndarray) -> "tuple[int, int, int, int] | None": ...
+    def __call__(self, image: np.ndarray) -> "CropBox | None": ...
 
 
 class CenterCropper:
     """``--crop none``: the largest centred square."""
 
-    def __call__(self, image: np.ndarray) -> tuple[int, int, int, int]:
+    def __call__(self, image: np.ndarray) -> CropBox:
         h, w = image.shape[:2]
-        s = min(h, w)
-        x0, y0 = (w - s) // 2, (h - s) // 2
-        return (x0, y0, x0 + s, y0 + s)
+        return CropBox(w / 2, h / 2, float(min(h, w)))
 
 
-def crop_resize(image: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-    """Square crop (padded with edge pixels where the box leaves the frame) resized to ``size``: uint8."""
-    import cv2
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    h, w = image.shape[:2]
-    pad = max(0, -x0, -y0, x1 - w, y1 - h)
-    if pad:
-        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
-    crop = image[y0:y1, x0:x1]
-    interp = cv2.INTER_AREA if crop.shape[0] > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interp)
+class FaceCropper:
+    """``--crop auto``: the smoothed face track of :class:`~live.face.FaceTracker`; None while the face
+    is lost (brief detector misses keep the last crop). Re-detection runs every few frames, and
+    every frame while lost, so tracking recovers by itself."""
+
+    def __init__(self, tracker: "FaceTracker"):
+        self.tracker = tracker
+
+    def __call__(self, image: np.ndarray) -> "CropBox | None":
+        crop = self.tracker.update(image)
+        return None if crop is None or self.tracker.lost else crop
 
 
 def to_input(rgb: np.ndarray) -> np.ndarray:
@@ -101,7 +99,7 @@ class Mailbox:
 class Tracked:
     frame: Frame
     crop: "np.ndarray | None"  # (S, S, 3) uint8 driving crop, None when no face
-    box: "tuple | None"
+    box: "CropBox | None"
     params: "RegionParams | None"
     t_done: float
 

@@ -84,45 +84,26 @@ class WindowSink(Sink):
 
 
 class FileSink(Sink):
-    """A video file (H.264 mp4 via PyAV), written to a temporary name and renamed when closed."""
+    """A recording: ``.mp4`` (H.264), ``.gif`` or a directory of numbered PNG frames, written to a
+    temporary name and renamed when closed (``live.media`` writers)."""
 
     name = "file"
 
     def __init__(self, path: "str | Path", fps: float, width: int, height: int):
-        import av
-        self.path = Path(path)
-        if not self.path.parent.exists():
-            raise UserError(f"output directory does not exist: {self.path.parent}")
-        self.tmp = self.path.with_name(f".{self.path.stem}.partial{self.path.suffix or '.mp4'}")
-        try:
-            self.container = av.open(str(self.tmp), mode="w")
-        except Exception as e:
-            raise UserError(f"cannot write {self.path}: {' '.join(str(e).split())[:120]}") from None
-        codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
         from fractions import Fraction
-        rate = Fraction(fps).limit_denominator(1001)
-        self.stream = self.container.add_stream(codec, rate=rate)
-        self.stream.width, self.stream.height = width + width % 2, height + height % 2
-        self.stream.pix_fmt = "yuv420p"
-        if codec == "libx264":
-            self.stream.options = {"preset": "veryfast", "crf": "18"}
+
+        from . import media
+        self.spec = media.check_output(path)
+        self.path = self.spec.path
+        self.writer = media.open_writer(self.spec, Fraction(fps).limit_denominator(1001), (width, height))
         self.frames = 0
-        self._closed = False
 
     def write(self, frame: np.ndarray) -> None:
-        import av
-        h, w = self.stream.height, self.stream.width
-        if frame.shape[0] != h or frame.shape[1] != w:
-            frame = np.pad(frame, ((0, h - frame.shape[0]), (0, w - frame.shape[1]), (0, 0)), mode="edge")
-        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
-            self.container.mux(packet)
+        self.writer.write(frame[None])
         self.frames += 1
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for packet in self.stream.encode():
-            self.container.mux(packet)
-        self.container.close()
-        self.tmp.replace(self.path)
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()

@@ -10,7 +10,7 @@ import pytest
 import nets
 from export.engine import RegionParams, TorchEngine
 from live.capture import Frame, IteratorSource, LatestFrame
-from live.pipeline import Avatars, CenterCropper, LiveOptions, LivePipeline, crop_resize
+from live.pipeline import Avatars, CenterCropper, LiveOptions, LivePipeline
 from live.smoothing import LostFacePolicy, OneEuroConfig, OneEuroFilter, RegionSmoother, blend
 
 
@@ -56,10 +56,9 @@ def test_latest_frame_drops_stale_frames():
     assert slot.get(timeout=0.05) is None
 
 
-def test_crop_resize_pads_outside_the_frame():
-    img = np.full((100, 200, 3), 7, np.uint8)
-    out = crop_resize(img, (-20, -20, 80, 80), 32)
-    assert out.shape == (32, 32, 3) and (out == 7).all()
+def test_center_cropper_is_the_largest_centred_square():
+    box = CenterCropper()(np.zeros((100, 200, 3), np.uint8))
+    assert box.box == (50.0, 0.0, 150.0, 100.0)
 
 
 def moving_frames(n, h=120, w=160):

@@ -1,0 +1,221 @@
+"""mra-live: your webcam drives a portrait, streamed to a virtual camera (Zoom, Meet, OBS).
+
+    mra-live --source face.png                      # webcam 0 -> virtual camera "mra-live"
+    mra-live --source portraits/ --output window     # a folder of avatars, preview window
+    mra-live --source face.png --camera talk.mp4 --output out.mp4 --max-frames 300
+
+Keys (preview window, or typed + Enter on stdin when there is no window): r recalibrate (the face
+you make now counts as neutral), n / p next / previous avatar, m cycle modes, o overlay, q quit.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from nets.errors import ArgumentParser, UserError, entry_point
+
+from .pipeline import COMMANDS, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
+from .smoothing import OneEuroConfig
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="mra-live", description="Animate a portrait with your webcam, in real time, into a "
+                       "virtual camera.")
+    p.add_argument("--source", help="portrait image, or a folder of them (n / p switch avatars)")
+    p.add_argument("--camera", default="0", help="webcam index (default 0) or a video file played as a camera")
+    p.add_argument("--loop", action="store_true", help="loop a video file camera")
+    p.add_argument("--output", action="append", default=None,
+                   help="virtualcam (default), window, or a file (.mp4/.gif/directory); repeat for several")
+    p.add_argument("--checkpoint", help="model checkpoint (default: the model shipped with mra-live)")
+    p.add_argument("--config", help="preset or YAML for official checkpoints (vox256, ...)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="auto: ONNX Runtime on the CPU, PyTorch (CUDA graphs) on cuda")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="cuda only")
+    p.add_argument("--mode", choices=("relative", "avd", "standard"), default="relative")
+    p.add_argument("--crop", choices=("auto", "none"), default="auto",
+                   help="auto: track the face in the camera (and crop the source's face); none: centre square")
+    p.add_argument("--output-size", type=int, default=512, help="side of the output frames (default 512)")
+    p.add_argument("--fps", type=float, help="cap the output frame rate")
+    p.add_argument("--delay", type=float, metavar="MS", help="hold the end-to-end latency constant at MS")
+    p.add_argument("--max-frames", type=int, help="stop after N output frames (scripted runs)")
+    p.add_argument("--stats", type=Path, metavar="PATH.json", help="write run statistics there at the end")
+    p.add_argument("--no-smoothing", action="store_true", help="turn off the temporal smoothing of regions")
+    p.add_argument("--min-cutoff", type=float, default=OneEuroConfig.min_cutoff,
+                   help="One-Euro smoothing at rest, Hz (lower = smoother)")
+    p.add_argument("--beta", type=float, default=OneEuroConfig.beta,
+                   help="One-Euro speed coefficient (higher = less lag on fast moves)")
+    p.add_argument("--overlay", action="store_true", help="start with the overlay on (o toggles)")
+    p.add_argument("--threads", type=int, help="CPU threads for the networks")
+    p.add_argument("--camera-size", help="ask the webcam for WxH, e.g. 640x480")
+    p.add_argument("--list-cameras", action="store_true", help="list the cameras with index and resolution, exit")
+    p.add_argument("--quiet", action="store_true", help="no status line")
+    return p
+
+
+def _sources(spec: str) -> list[Path]:
+    p = Path(spec).expanduser()
+    if not p.exists():
+        raise UserError(f"source not found: {p}; give a portrait image or a folder of them")
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder {p}")
+        return files
+    return [p]
+
+
+def _engine(args):
+    from .animate import load_engine
+
+    backend = args.backend
+    if backend == "auto":
+        backend = "torch" if args.device == "cuda" else "onnx"
+    if args.precision != "fp32" and args.device != "cuda":
+        raise UserError("--precision fp16/bf16 needs --device cuda")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    if backend == "torch" and args.device == "cuda" and args.precision != "fp32":
+        import torch
+        from export.engine import TorchEngine
+        import nets
+        from .default_model import default_checkpoint
+        ckpt = args.checkpoint or default_checkpoint()
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
+        try:
+            return TorchEngine(nets.load_model(ckpt, config=args.config), device="cuda", dtype=dtype)
+        except Exception as e:
+            from export.engine import EngineError
+            if isinstance(e, EngineError):
+                raise UserError(str(e)) from None
+            raise
+    try:
+        return load_engine(args.checkpoint, args.config, backend=backend, device=args.device)
+    except UserError:
+        if args.backend == "auto" and backend == "onnx":  # ONNX Runtime unusable: PyTorch still works
+            return load_engine(args.checkpoint, args.config, backend="torch", device=args.device)
+        raise
+
+
+def _stdin_keys(commands: "queue.Queue[str]") -> None:
+    def run():
+        for line in sys.stdin:
+            for c in line.strip():
+                commands.put(c)
+    if sys.stdin is not None and sys.stdin.isatty():
+        threading.Thread(target=run, name="stdin-keys", daemon=True).start()
+
+
+def cli(argv: "Sequence[str] | None" = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .capture import list_cameras, open_capture
+
+    if args.list_cameras:
+        cams = list_cameras()
+        if not cams:
+            print("no cameras found (is one plugged in, and not used by another program?)")
+        for i, w, h, fps in cams:
+            print(f"{i}: {w}x{h} @ {fps:g} fps")
+        return 0
+    if not args.source:
+        raise UserError("--source is required: a portrait image or a folder of them (see mra-live --help)")
+    if args.output_size < 64 or args.output_size > 2048:
+        raise UserError("--output-size must be between 64 and 2048")
+    for name in ("fps", "max_frames", "delay"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    sources = _sources(args.source)
+    outputs = args.output or ["virtualcam"]
+    cam_w = cam_h = None
+    if args.camera_size:
+        try:
+            cam_w, cam_h = (int(v) for v in args.camera_size.lower().split("x"))
+        except ValueError:
+            raise UserError("--camera-size must look like 640x480") from None
+
+    engine = _engine(args)
+    from . import media
+    from .animate import source_crop
+    from .face import FaceDetector, FaceTracker, TrackerSettings
+
+    detector = FaceDetector() if args.crop == "auto" else None
+
+    def load(path: Path):
+        from .pipeline import to_input
+        rgb = media.read_image(path)
+        return to_input(source_crop(rgb, engine.frame_size, args.crop, detector, name=path.name))
+
+    capture = open_capture(args.camera, loop=args.loop, width=cam_w, height=cam_h)
+    commands: queue.Queue[str] = queue.Queue()
+    sinks = []
+    fps_out = args.fps or capture.fps
+    try:
+        from .sinks import FileSink, VirtualCamSink, WindowSink
+        for out in outputs:
+            if out == "virtualcam":
+                sinks.append(VirtualCamSink(args.output_size, args.output_size, fps_out))
+            elif out == "window":
+                sinks.append(WindowSink(commands))
+            else:
+                sinks.append(FileSink(out, fps_out, args.output_size, args.output_size))
+        cropper = FaceCropper(FaceTracker(detector, settings=TrackerSettings(detect_every=2))) if detector else \
+            CenterCropper()
+        avatars = Avatars(engine, sources, load)
+        options = LiveOptions(mode=args.mode, smoothing=not args.no_smoothing,
+                              one_euro=OneEuroConfig(min_cutoff=args.min_cutoff, beta=args.beta),
+                              output_size=args.output_size, fps=args.fps, delay_ms=args.delay,
+                              max_frames=args.max_frames, overlay=args.overlay)
+        if args.mode == "avd" and not engine.has_avd:
+            raise UserError("this model has no trained AVD network: use --mode relative or standard")
+        log = (lambda s: None) if args.quiet else (lambda s: print(f"\r{s}", end="", file=sys.stderr, flush=True))
+        print(f"mra-live: {engine.describe()}; camera {args.camera} ({capture.size[0]}x{capture.size[1]} @ "
+              f"{capture.fps:g} fps) -> {', '.join(outputs)}", file=sys.stderr)
+        if "window" not in outputs:
+            print("keys: " + ", ".join(f"{k} {v.split(' (')[0]}" for k, v in COMMANDS.items()) +
+                  " (type + Enter)", file=sys.stderr)
+        if engine.frame_size > 256 or engine.config_name in ("vox256", "taichi256", "ted384", "mgif256"):
+            if args.device == "cpu":
+                print(f"note: {engine.config_name} is a full-size network; on a CPU it runs at a few frames per "
+                      "second at best. Use the default model or --device cuda for real time.", file=sys.stderr)
+        _stdin_keys(commands)
+        pipe = LivePipeline(engine, capture, cropper, avatars, sinks, options, commands=commands, log=log)
+        stats = pipe.run()
+        if not args.quiet:
+            print(file=sys.stderr)
+        if args.stats:
+            stats.write_json(args.stats, extra={"engine": engine.describe(), "camera": args.camera,
+                                                "outputs": outputs, "mode": pipe.mode}, fps_in=pipe._fps_in())
+        snap = stats.snapshot(pipe._fps_in())
+        print(f"mra-live: {snap['frames_out']} frames out at {snap['fps_out']:.1f} fps, latency p50 "
+              f"{snap['latency_ms_all']['p50']:.0f} ms p95 {snap['latency_ms_all']['p95']:.0f} ms, "
+              f"{snap['frames_dropped']} dropped", file=sys.stderr)
+    except BaseException:
+        for s in sinks:  # no half-written recordings
+            getattr(s, "abort", s.close)()
+        sinks = []
+        raise
+    finally:
+        for s in sinks:
+            s.close()
+        if detector is not None:
+            detector.close()
+    return 0
+
+
+def main(argv: "Sequence[str] | None" = None) -> int:
+    """mra-live entry point."""
+    from nets.errors import run_cli
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    return run_cli(cli, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
