@@ -33,6 +33,7 @@ import json
 import os
 import re
 import secrets
+import signal
 import shutil
 import socket
 import struct
@@ -555,7 +556,7 @@ class LiveSession:
         try:
             def load(path: Path) -> np.ndarray:
                 rgb = media.read_image(path)
-                return to_input(source_crop(rgb, engine.frame_size, crop, self.detector, name=path.name))
+                return to_input(source_crop(rgb, engine.frame_size, crop, self.detector))  # mra-animate's wording
 
             self.avatars = Avatars(engine, [portrait], load)
             self.avatars.current()  # the portrait is checked (and prepared) now
@@ -1051,14 +1052,22 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
                   "default --host 127.0.0.1 unless you trust the network.", file=sys.stderr)
         print(f"mra-web: {engine.describe()}", file=sys.stderr)
         print(f"mra-web: serving on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
-        server.run(sockets=[sock])
+        if threading.current_thread() is threading.main_thread():
+            def terminate(signum, frame):
+                raise KeyboardInterrupt
+            signal.signal(signal.SIGTERM, terminate)  # uvicorn shuts down gracefully, then re-raises the signal
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        print("mra-web: stopped; temporary files removed", file=sys.stderr)
     finally:
         sock.close()
     return 0
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:
-    """Console entry point: 0 after Ctrl-C, 2 with one ``error:`` line for a problem to fix."""
+    """Console entry point: 0 when stopped (Ctrl-C, SIGTERM), 2 with one ``error:`` line for a problem to fix."""
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
     return run_cli(cli, argv)
 

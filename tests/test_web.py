@@ -1,0 +1,539 @@
+"""mra-web over HTTP and its web socket (no browser): jobs, queue, bad uploads, limits, cleanup, CLI.
+
+The browser-driven tests are in test_web_browser.py; these run everywhere.
+"""
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+httpx = pytest.importorskip("httpx", reason="httpx is needed to talk to the mra-web test server (pip install httpx)")
+pytest.importorskip("starlette", reason="mra-web needs starlette (pip install starlette uvicorn python-multipart)")
+
+import nets  # noqa: E402
+from live import animate  # noqa: E402
+from live.animate import load_engine  # noqa: E402
+from live.web import BackgroundServer, JobQueue, WebConfig, is_loopback, safe_name  # noqa: E402
+from mediagen import count_frames, make_video, pattern, save_image, tone, truncate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("web")
+    nets.save_model(nets.build_model("tiny").eval(), d / "tiny.pth")
+    save_image(d / "face.png", pattern(96, 96, seed=3))
+    make_video(d / "clip.mp4", n=12, size=(80, 80), audio=tone(48000, 12 / 25, bursts=[(0.1, 0.1)]))
+    return d
+
+
+@pytest.fixture(scope="module")
+def engine(files):
+    return load_engine(files / "tiny.pth")
+
+
+@pytest.fixture(scope="module")
+def server(engine):
+    with BackgroundServer(engine, WebConfig(port=0, max_upload_mb=2)) as s:
+        yield s
+
+
+def client(server) -> "httpx.Client":
+    return httpx.Client(base_url=server.url, timeout=60)
+
+
+def post_job(c, source: Path, driving: Path, **fields):
+    data = {"mode": "relative", "crop": "none", **fields}
+    return c.post("api/jobs", data=data, files={"source": (source.name, source.read_bytes()),
+                                                 "driving": (driving.name, driving.read_bytes())})
+
+
+def wait_job(c, job_id: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        j = c.get(f"api/jobs/{job_id}").json()
+        if j["state"] in ("done", "error", "cancelled"):
+            return j
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {j}")
+
+
+def cli_error(capfd, tmp: Path, source: str, driving: str, ckpt: Path, crop: str = "none") -> str:
+    """What mra-animate prints for these files, run in their folder (relative names, as a user would)."""
+    capfd.readouterr()
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        code = animate.main(["--source", source, "--driving", driving, "--output", "cli-out.mp4", "--checkpoint",
+                             str(ckpt), "--crop", crop])
+    finally:
+        os.chdir(cwd)
+    err = capfd.readouterr().err.strip().splitlines()
+    assert code == 2 and err, err
+    return err[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------
+
+def test_generate_and_download(server, files):
+    with client(server) as c:
+        info = c.get("api/info").json()
+        assert info["frame_size"] == 64 and info["defaults"] == {"mode": "relative", "crop": "auto"}
+        assert len(info["examples"]) >= 2
+        r = post_job(c, files / "face.png", files / "clip.mp4")
+        assert r.status_code == 200, r.text
+        j = wait_job(c, r.json()["id"])
+        assert j["state"] == "done", j
+        assert j["frames"] == 12 and j["fps"] == 25 and j["has_audio"] and j["total"] == 12
+        assert j["download_name"] == "face-clip.mp4"
+        d = c.get(j["download_url"])
+        assert d.status_code == 200 and 'attachment; filename="face-clip.mp4"' in d.headers["content-disposition"]
+        out = files / "downloaded.mp4"
+        out.write_bytes(d.content)
+        assert count_frames(out) == 12
+        with av.open(str(out)) as f:
+            assert f.streams.audio and f.streams.video[0].width == 64
+        inline = c.get(j["result_url"], headers={"Range": "bytes=0-99"})  # the <video> preview seeks with ranges
+        assert inline.status_code == 206 and len(inline.content) == 100
+
+
+def test_example_portrait_and_crop_auto(server, files):
+    """A bundled example portrait with the face crop (mediapipe) on a drawn talking clip."""
+    from webgen import talking
+    clip = make_video(files / "talk.mp4", n=8, size=(160, 120), frame_fn=lambda i: talking(i, 8, 2, 120, 160))
+    with client(server) as c:
+        r = c.post("api/jobs", data={"example": "drawn-1", "crop": "auto", "mode": "standard"},
+                   files={"driving": ("talk.mp4", clip.read_bytes())})
+        assert r.status_code == 200, r.text
+        j = wait_job(c, r.json()["id"])
+        assert j["state"] == "done" and j["frames"] == 8 and not j["has_audio"], j
+
+
+def test_several_jobs_at_once_queue_in_order_and_all_finish(server, files):
+    """Four users press Generate together: each sees its place, one job runs at a time, all results are right."""
+    clips = [make_video(files / f"c{n}.mp4", n=n, size=(64, 64), fps=20) for n in (5, 7, 9, 11)]
+    queue = server.web.queue
+    gate = threading.Event()
+    run = queue.run
+    running_at_once = []
+    active = [0]
+
+    def gated(job, progress):
+        gate.wait(30)
+        active[0] += 1
+        running_at_once.append(active[0])
+        try:
+            return run(job, progress)
+        finally:
+            active[0] -= 1
+
+    queue.run = gated
+    try:
+        results: dict = {}
+
+        def submit(clip):
+            with client(server) as c:
+                results[clip.name] = post_job(c, files / "face.png", clip).json()
+
+        threads = [threading.Thread(target=submit, args=(clip,)) for clip in clips]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        with client(server) as c:
+            ids = {name: r["id"] for name, r in results.items()}
+            status = {name: c.get(f"api/jobs/{i}").json() for name, i in ids.items()}
+            # the first job is held at the gate (running); the other three wait in line, each with its own place
+            places = sorted(s["position"] for s in status.values() if s["state"] == "queued")
+            assert places == [1, 2, 3], status
+            assert sum(s["state"] == "running" for s in status.values()) == 1
+            assert sorted(s["ahead"] for s in status.values() if s["state"] == "queued") == [1, 2, 3]
+            gate.set()
+            done = {name: wait_job(c, i) for name, i in ids.items()}
+            for clip, n in zip(clips, (5, 7, 9, 11)):
+                j = done[clip.name]
+                assert j["state"] == "done" and j["frames"] == n, j
+                data = c.get(j["download_url"]).content
+                (files / f"got-{clip.name}").write_bytes(data)
+                assert count_frames(files / f"got-{clip.name}") == n
+    finally:
+        queue.run = run
+        gate.set()
+    assert max(running_at_once) == 1
+
+
+def test_queue_unit_positions_cancel_and_expiry(tmp_path):
+    """JobQueue on its own: places, cancelling a waiting job, a failing job not stopping the next, expiry."""
+    from live.animate import AnimateOptions
+    from live.web import Job
+    from nets.errors import UserError
+
+    gate = threading.Event()
+    ran = []
+
+    def run(job, progress):
+        gate.wait(10)
+        ran.append(job.id)
+        if job.id == "bad":
+            raise UserError("no face found in the source image; use a photo where the face is clearly visible")
+        if job.id == "bug":
+            raise ZeroDivisionError("a bug")
+        progress(3, 3)
+        return animate.AnimateResult(output=job.output, kind="mp4", frames=3, fps=25, size=64, has_audio=False,
+                                     seconds=0.1)
+
+    logs = []
+    q = JobQueue(run, max_pending=3, keep_s=0.2, log=logs.append).start()
+    jobs = []
+    for name in ("first", "bad", "bug", "last"):
+        (tmp_path / name).mkdir()
+        jobs.append(Job(id=name, folder=tmp_path / name, source=tmp_path / "s.png", driving=tmp_path / "d.mp4",
+                        options=AnimateOptions(), download_name="x.mp4"))
+    q.submit(jobs[0])
+    time.sleep(0.2)  # "first" is taken by the worker (held at the gate)
+    for j in jobs[1:]:
+        q.submit(j)
+    with pytest.raises(UserError, match="queue is full"):
+        q.submit(Job(id="extra", folder=tmp_path, source=tmp_path, driving=tmp_path, options=AnimateOptions(),
+                     download_name="x.mp4"))
+    assert [q.position(j) for j in jobs] == [0, 1, 2, 3]
+    assert q.cancel("bug") and jobs[2].state == "cancelled" and not (tmp_path / "bug").exists()
+    assert q.position(jobs[3]) == 2
+    gate.set()
+    deadline = time.monotonic() + 10
+    while jobs[3].state != "done" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ran == ["first", "bad", "last"]
+    assert jobs[0].state == jobs[3].state == "done"
+    assert jobs[1].state == "error" and jobs[1].message.startswith("error: no face found")
+    assert not (tmp_path / "bad").exists()  # a failed job's uploads are removed at once
+    time.sleep(0.3)
+    q._expire()
+    assert q.get("first") is None and not (tmp_path / "first").exists()  # results expire
+    q.close()
+
+    # an unexpected exception: one line for the page, the traceback only in the server log
+    q = JobQueue(run, log=logs.append).start()
+    (tmp_path / "bug").mkdir()
+    bug = Job(id="bug", folder=tmp_path / "bug", source=tmp_path, driving=tmp_path, options=AnimateOptions(),
+              download_name="x.mp4")
+    q.submit(bug)
+    deadline = time.monotonic() + 10
+    while bug.state != "error" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    q.close()
+    assert bug.message == "error: internal error while animating (ZeroDivisionError); the server log has the details"
+    assert any("Traceback" in line and "ZeroDivisionError" in line for line in logs)
+
+
+def test_cancel_a_running_job(server, files):
+    long_clip = make_video(files / "long.mp4", n=150, size=(64, 64))
+    with client(server) as c:
+        job_id = post_job(c, files / "face.png", long_clip).json()["id"]
+        deadline = time.monotonic() + 30
+        while c.get(f"api/jobs/{job_id}").json()["state"] == "queued" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        c.delete(f"api/jobs/{job_id}")
+        j = wait_job(c, job_id)
+        assert j["state"] == "cancelled" and j["done"] < 150
+        assert not (server.web.root / job_id).exists()
+        r = c.get(f"api/jobs/{job_id}/result")
+        assert r.status_code == 409 and r.json()["error"].startswith("error: the job is cancelled")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad uploads: the same one-line messages as mra-animate; the server keeps serving
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_files(files):
+    d = files / "bad"
+    d.mkdir()
+    (d / "notes.txt").write_text("not an image")
+    (d / "paper.pdf").write_bytes(b"%PDF-1.4\n")
+    (d / "empty.png").write_bytes(b"")
+    good = save_image(d / "good.png", pattern(120, 120))
+    truncate(good, d / "cut.png", 0.5)
+    (d / "noise.jpg").write_bytes(os.urandom(2000))
+    truncate(files / "clip.mp4", d / "cut.mp4", 0.5)
+    (d / "noise.mp4").write_bytes(os.urandom(3000))
+    with av.open(str(d / "zero.avi"), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width = s.height = 64
+        c.start_encoding()
+    avi = make_video(d / "long.avi", n=24, size=(64, 64))
+    truncate(avi, d / "midcut.avi", 0.6)
+    shutil.copy(files / "clip.mp4", d / "clip.mp4")
+    shutil.copy(files / "face.png", d / "face.png")
+    return d
+
+
+BAD_CASES = [  # (source, driving, crop, when the page learns it)
+    ("notes.txt", "clip.mp4", "none", "upload"),
+    ("paper.pdf", "clip.mp4", "none", "upload"),
+    ("empty.png", "clip.mp4", "none", "upload"),
+    ("cut.png", "clip.mp4", "none", "upload"),
+    ("noise.jpg", "clip.mp4", "none", "upload"),
+    ("clip.mp4", "clip.mp4", "none", "upload"),
+    ("face.png", "notes.txt", "none", "upload"),
+    ("face.png", "face.png", "none", "upload"),
+    ("face.png", "cut.mp4", "none", "upload"),
+    ("face.png", "noise.mp4", "none", "upload"),
+    ("face.png", "zero.avi", "none", "upload"),
+    ("face.png", "midcut.avi", "none", "job"),  # decodes until the cut: fails while animating
+    ("face.png", "clip.mp4", "auto", "job"),  # no face in the source image
+]
+
+
+@pytest.mark.parametrize("source,driving,crop,when", BAD_CASES, ids=[f"{s}+{d}+{c}" for s, d, c, _ in BAD_CASES])
+def test_bad_upload_gives_the_mra_animate_message(server, files, bad_files, capfd, source, driving, crop, when):
+    expected = cli_error(capfd, bad_files, source, driving, files / "tiny.pth", crop)
+    with client(server) as c:
+        r = post_job(c, bad_files / source, bad_files / driving, crop=crop)
+        if when == "upload":
+            assert r.status_code == 400, r.text
+            message = r.json()["error"]
+        else:
+            assert r.status_code == 200, r.text
+            j = wait_job(c, r.json()["id"])
+            assert j["state"] == "error"
+            message = j["message"]
+            assert not (server.web.root / j["id"]).exists()
+        assert message == expected
+        assert "\n" not in message and "Traceback" not in message and str(server.web.root) not in message
+        # the server keeps serving, and the next job is fine
+        ok = post_job(c, files / "face.png", files / "clip.mp4")
+        assert wait_job(c, ok.json()["id"])["state"] == "done"
+
+
+def test_missing_fields_and_bad_options(server, files):
+    with client(server) as c:
+        r = c.post("api/jobs", data={"crop": "none"}, files={"driving": ("clip.mp4", (files / "clip.mp4").read_bytes())})
+        assert r.status_code == 400 and r.json()["error"] == "error: no portrait: upload an image or pick one of the examples"
+        r = c.post("api/jobs", data={"crop": "none"}, files={"source": ("face.png", (files / "face.png").read_bytes())})
+        assert r.json()["error"] == "error: no driving video: upload one or record one with the webcam"
+        r = c.post("api/jobs", data={"example": "../../etc/passwd"},
+                   files={"driving": ("clip.mp4", (files / "clip.mp4").read_bytes())})
+        assert r.status_code == 400 and "no example portrait named" in r.json()["error"]
+        r = post_job(c, files / "face.png", files / "clip.mp4", mode="sideways")
+        assert r.json()["error"] == "error: --mode must be one of relative, avd, standard, got 'sideways'"
+        r = c.post("api/jobs", json={"source": "x"})
+        assert r.status_code == 400 and "multipart/form-data" in r.json()["error"]
+        r = c.get("api/jobs/nope")
+        assert r.status_code == 404 and r.json()["error"].startswith("error: no such job")
+    assert list(server.web.root.iterdir()) == [p for p in server.web.root.iterdir() if (p / "result").exists()]
+
+
+def test_upload_size_limit(server, files):
+    big = make_video(files / "big.mp4", n=40, size=(320, 320), frame_fn=lambda i: np.random.default_rng(i).integers(
+        0, 256, (320, 320, 3), dtype=np.uint8))
+    assert big.stat().st_size > 2 * 1024 * 1024
+    with client(server) as c:
+        r = post_job(c, files / "face.png", big)
+        assert r.status_code == 413
+        assert r.json()["error"] == ("error: the driving video big.mp4 is larger than the upload limit of 2 MB; use a "
+                                     "smaller file (or start mra-web with a higher --max-upload-mb)")
+    # a body whose declared length is over the bound is refused before it is read
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 52428800\r\n\r\n--b\r\n")
+        answer = b""
+        while b"}" not in answer:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413") and b"over the limit of 2 MB per file" in answer
+    with client(server) as c:
+        assert wait_job(c, post_job(c, files / "face.png", files / "clip.mp4").json()["id"])["state"] == "done"
+    leftovers = [p for p in server.web.root.iterdir() if not (p / "result" / "result.mp4").exists()]
+    assert leftovers == []  # refused uploads leave nothing behind
+
+
+def test_safe_names_and_loopback():
+    assert safe_name("../../etc/passwd") == "passwd"
+    assert safe_name("C:\\Users\\me\\face photo.JPG") == "face photo.JPG"
+    assert safe_name("") == "upload" and safe_name("...") == "upload"
+    assert safe_name("a<b>|c.png") == "a_b_c.png"
+    assert safe_name("x" * 300 + ".png").endswith(".png") and len(safe_name("x" * 300 + ".png")) == 100
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("127.1.2.3")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.10") and not is_loopback("example.org")
+
+
+# ---------------------------------------------------------------------------------------------
+# Webcam tab protocol (what the page does, from Python)
+# ---------------------------------------------------------------------------------------------
+
+def _jpeg(rgb) -> bytes:
+    import cv2
+    return cv2.imencode(".jpg", rgb[:, :, ::-1])[1].tobytes()
+
+
+def test_live_socket_round_trip(server, files):
+    from websockets.sync.client import connect
+
+    url = server.url.replace("http", "ws") + "api/live"
+    with connect(url, max_size=None) as ws:
+        ws.send(json.dumps({"type": "start", "upload": "face.png", "crop": "none", "mode": "relative"}))
+        ws.send((files / "face.png").read_bytes())
+        ready = json.loads(ws.recv(timeout=30))
+        assert ready["type"] == "ready" and ready["size"] == 256
+        got, stats = [], None
+        for i in range(1, 31):
+            ws.send(struct.pack("<I", i) + _jpeg(pattern(160, 120, i / 30)))
+            time.sleep(0.03)
+            while True:
+                try:
+                    m = ws.recv(timeout=0.001)
+                except TimeoutError:
+                    break
+                if isinstance(m, bytes):
+                    got.append(m)
+                else:
+                    stats = json.loads(m)
+        deadline = time.monotonic() + 10
+        while (not got or stats is None) and time.monotonic() < deadline:
+            m = ws.recv(timeout=10)
+            (got.append(m) if isinstance(m, bytes) else None)
+            stats = json.loads(m) if isinstance(m, str) else stats
+        ws.send(json.dumps({"type": "stop"}))
+        final = None
+        for _ in range(100):
+            m = ws.recv(timeout=10)
+            if isinstance(m, str) and json.loads(m)["type"] == "stopped":
+                final = json.loads(m)
+                break
+    assert len(got) >= 5
+    ids = [struct.unpack_from("<I", m)[0] for m in got]
+    assert ids == sorted(ids) and all(1 <= i <= 30 for i in ids)  # each frame says which camera frame it came from
+    import cv2
+    img = cv2.imdecode(np.frombuffer(got[-1][4:], np.uint8), cv2.IMREAD_COLOR)
+    assert img.shape == (256, 256, 3)
+    assert final is not None and final["frames_out"] >= len(got) and final["frames_in"] == 30
+    assert {"regions", "animate"} <= set(final["stages_ms"])
+    deadline = time.monotonic() + 5
+    while server.web.live and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.web.live  # the session is gone
+    assert [p for p in server.web.root.iterdir() if not (p / "result").exists()] == []  # its portrait too
+
+
+def test_live_socket_errors(server, files, bad_files, capfd):
+    from websockets.sync.client import connect
+
+    url = server.url.replace("http", "ws") + "api/live"
+
+    def first_error(start: dict, data: "bytes | None" = None) -> str:
+        with connect(url, max_size=None) as ws:
+            ws.send(json.dumps(start))
+            if data is not None:
+                ws.send(data)
+            while True:
+                m = json.loads(ws.recv(timeout=30))
+                if m["type"] == "error":
+                    return m["message"]
+
+    expected = cli_error(capfd, bad_files, "face.png", "clip.mp4", files / "tiny.pth", crop="auto")
+    assert first_error({"type": "start", "upload": "face.png", "crop": "auto"}, (files / "face.png").read_bytes()) == expected
+    expected = cli_error(capfd, bad_files, "cut.png", "clip.mp4", files / "tiny.pth")
+    assert first_error({"type": "start", "upload": "cut.png", "crop": "none"}, (bad_files / "cut.png").read_bytes()) == expected
+    assert first_error({"type": "start", "example": "nope"}).startswith("error: no portrait")
+    # one webcam session at a time (--max-live 1)
+    with connect(url) as ws:
+        ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        assert first_error({"type": "start", "example": "drawn-2", "crop": "none"}).startswith("error: the webcam tab is busy")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: binding, warnings, errors, cleanup
+# ---------------------------------------------------------------------------------------------
+
+def _start_cli(*args, env_extra=None):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "live.web", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _read_until(proc, words: str, timeout: float = 60) -> list[str]:
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line.rstrip())
+        if words in line:
+            return lines
+    proc.kill()
+    raise AssertionError(f"no {words!r} in {lines}")
+
+
+def test_cli_serves_warns_off_loopback_and_cleans_up(files, tmp_path):
+    proc = _start_cli("--host", "0.0.0.0", "--port", 0, "--checkpoint", files / "tiny.pth", "--workdir", tmp_path)
+    try:
+        lines = _read_until(proc, "serving on")
+        warning = [line for line in lines if line.startswith("warning:")]
+        assert len(warning) == 1 and "no authentication" in warning[0] and "0.0.0.0" in warning[0]
+        port = int(lines[-1].split(":")[-1].split("/")[0])
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/", timeout=30) as c:
+            assert "mra-web" in c.get("/").text
+            assert c.get("api/info").json()["frame_size"] == 64
+            j = wait_job(c, post_job(c, files / "face.png", files / "clip.mp4").json()["id"])
+            assert j["state"] == "done"
+        assert len(list(tmp_path.iterdir())) == 1  # the server's temporary folder, with the result
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert list(tmp_path.iterdir()) == []  # removed at shutdown
+
+    proc = _start_cli("--port", 0, "--checkpoint", files / "tiny.pth")
+    try:
+        lines = _read_until(proc, "serving on")
+        assert not [line for line in lines if line.startswith("warning:")] and "http://127.0.0.1:" in lines[-1]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def test_cli_errors_are_one_line(files, tmp_path, capfd, monkeypatch):
+    from live import web
+
+    def run(*args):
+        capfd.readouterr()
+        try:
+            code = web.main([str(a) for a in args])
+        except SystemExit as e:  # argparse's one-line errors exit directly
+            code = e.code
+        lines = capfd.readouterr().err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+        return lines[0]
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert "already in use" in run("--port", port, "--checkpoint", files / "tiny.pth")
+    assert "checkpoint not found" in run("--port", 0, "--checkpoint", tmp_path / "nope.pth")
+    assert "--max-upload-mb must be positive" in run("--max-upload-mb", 0)
+    assert "invalid int value" in run("--port", "x")
+    assert "cannot listen on no-such-host.invalid" in run("--host", "no-such-host.invalid", "--port", 0)
+    from live import default_model
+    monkeypatch.setattr(default_model, "ASSETS", tmp_path)  # as installed before the default model ships
+    assert "no default model is shipped" in run("--port", 0)
