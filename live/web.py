@@ -859,7 +859,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
                 raise session.error
         except WebSocketDisconnect:
             pass
-        except (UserError, Exception) as e:  # noqa: BLE001 - one line to the page, never a traceback
+        except Exception as e:  # noqa: BLE001 - one line to the page, never a traceback
             from nets.checkpoint import CheckpointError
             if isinstance(e, (UserError, CheckpointError)):
                 text = error_text(e, [folder] if folder else [])
@@ -1023,6 +1023,8 @@ def _check_server_packages() -> None:
 def cli(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     _check_server_packages()
+    from .animate import _one_line_warnings
+    _one_line_warnings()  # e.g. "warning: the driving video recording.webm does not say its frame rate; ..."
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     if not args.max_upload_mb > 0:

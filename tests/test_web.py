@@ -457,6 +457,12 @@ def test_live_socket_errors(server, files, bad_files, capfd):
         ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
         assert json.loads(ws.recv(timeout=30))["type"] == "ready"
         assert first_error({"type": "start", "example": "drawn-2", "crop": "none"}).startswith("error: the webcam tab is busy")
+        ws.send(struct.pack("<I", 1) + _jpeg(pattern(160, 120)))
+    # the page went away without saying stop: the session ends and the next one may start
+    deadline = time.monotonic() + 10
+    while server.web.live and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not server.web.live
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,13 +98,31 @@ def cli_message(capfd, folder: Path, source: str, driving: str, ckpt: Path, crop
     return capfd.readouterr().err.strip().splitlines()[-1]
 
 
-def test_upload_generate_preview_download(page, files, tmp_path):
+def test_upload_generate_preview_download(page, server, files, tmp_path):
+    import threading
+
+    import httpx
     pg = page
     pg.set_input_files("#source", str(files / "portrait.png"))
     pg.set_input_files("#driving", str(files / "talk.mp4"))
     pg.select_option("#crop", "none")
     assert pg.input_value("#mode") == "relative"
-    assert generate(pg) == "done"
+    # another user's job runs first (held at a gate): this page shows its place in the queue
+    queue, run, gate = server.web.queue, server.web.queue.run, threading.Event()
+    queue.run = lambda job, progress: (gate.wait(30), run(job, progress))[1]
+    try:
+        with httpx.Client(base_url=server.url) as c:
+            r = c.post("api/jobs", data={"crop": "none"}, files={"source": ("p.png", (files / "portrait.png").read_bytes()),
+                                                                 "driving": ("t.mp4", (files / "talk.mp4").read_bytes())})
+            assert r.status_code == 200
+        pg.click("#generate")
+        pg.wait_for_selector('#status[data-state="queued"]', timeout=20000)
+        assert pg.inner_text("#status") == "Waiting in the queue: place 1 (1 job ahead of yours)"
+    finally:
+        gate.set()
+        queue.run = run
+    pg.wait_for_function("['done', 'error'].includes(document.getElementById('status').dataset.state)", timeout=60000)
+    assert pg.get_attribute("#status", "data-state") == "done"
     assert pg.is_hidden("#error")
     status = pg.inner_text("#status")
     assert "15 frames" in status and "audio" in status
