@@ -13,51 +13,52 @@ chooser (upload, or a bundled example) and two tabs:
   :func:`live.animate.animate_file` (the mra-animate pipeline, same defaults); bad inputs give the
   same one-line ``error: ...`` messages as mra-animate.
 * **Webcam**: the browser's webcam drives the portrait live. JPEG frames go over a web socket into
-  a :class:`BrowserSource` (a :class:`~live.capture.CaptureSource`), through the mra-live
+  a :class:`~live.web_live.BrowserSource` (a :class:`~live.capture.CaptureSource`), through the mra-live
   :class:`~live.pipeline.LivePipeline` (same face tracking, smoothing and engine calls) into a
-  :class:`BrowserSink` that sends the animated frames back; the page shows fps and latency.
+  :class:`~live.web_live.BrowserSink` that sends the animated frames back; the page shows fps and latency.
 
 Server side: Starlette on uvicorn (see ``docs/notes/web.md`` for why not Gradio). One engine (one
-model in memory) serves everything; Generate jobs run one at a time in a :class:`JobQueue`
-thread. Uploads are streamed to a private temporary folder with a size limit and removed when a
+model in memory) serves everything; Generate jobs run one at a time in a
+:class:`~live.web_jobs.JobQueue` thread. Uploads are streamed to a private temporary folder with a size limit and removed when a
 job fails, when its result expires, and when the server stops. Binds 127.0.0.1 by default: the
 page has no authentication.
+
+Modules: this one (configuration, routes, serving, command line), :mod:`live.web_upload`
+(streamed, size-limited form uploads), :mod:`live.web_jobs` (the job queue) and
+:mod:`live.web_live` (the webcam tab's source, sink and session).
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import ipaddress
 import json
 import os
-import re
 import secrets
-import signal
 import shutil
+import signal
 import socket
-import struct
 import sys
 import tempfile
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
-
-import numpy as np
+from typing import Sequence
 
 from nets.errors import ArgumentParser, UserError, run_cli
 
 from .animate import BACKENDS, CROPS, DEVICES, MODES, AnimateOptions, AnimateResult, animate_file, check_inputs, load_engine
-from .capture import CaptureSource, Frame, LatestFrame
-from .stats import LiveStats
+from .web_jobs import Job, JobQueue, QueueFull
+from .web_live import LiveSession
+from .web_upload import MB, UploadTooLarge, _limit_text, error_text, receive_form, safe_name
+
+__all__ = ["WebConfig", "WebApp", "create_app", "BackgroundServer", "main", "Job", "JobQueue", "LiveSession",
+           "safe_name", "is_loopback", "examples"]
 
 STATIC = Path(__file__).resolve().parent / "web_static"
 EXAMPLES = STATIC / "examples"
-MB = 1024 * 1024
-FIELD_LIMIT = 4096  # bytes of a plain form field (mode, crop, example)
 
 
 @dataclass
@@ -79,31 +80,6 @@ class WebConfig:
         return int(self.max_upload_mb * MB)
 
 
-def one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def error_text(e: BaseException, hide: Sequence[Path] = ()) -> str:
-    """The page's one-line message for a user-fixable error: ``error: ...`` as mra-animate prints it.
-
-    Upload folders are private to the server: a path inside one is shown as the bare file name
-    (what mra-animate prints when run next to the files)."""
-    msg = one_line(e)
-    for folder in hide:
-        msg = msg.replace(str(folder) + os.sep, "")
-    return f"error: {msg}"
-
-
-def safe_name(name: str, default: str = "upload") -> str:
-    """An uploaded file's name reduced to a harmless base name (extension kept, at most 100 chars)."""
-    base = re.split(r"[\\/]", name or "")[-1]
-    base = re.sub(r"[^\w.\- ]+", "_", base, flags=re.ASCII).strip(" .") or default
-    if len(base) > 100:
-        stem, dot, ext = base.rpartition(".")
-        base = (stem[: 100 - len(ext) - 1] + "." + ext) if dot and len(ext) <= 10 else base[:100]
-    return base
-
-
 def examples() -> list[str]:
     """Names of the bundled example portraits (``live/web_static/examples/*.png``)."""
     return sorted(p.stem for p in EXAMPLES.glob("*.png"))
@@ -116,287 +92,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-# ---------------------------------------------------------------------------------------------
-# Uploads: a streamed multipart/form-data body, size-limited, written into the job's folder
-# ---------------------------------------------------------------------------------------------
-
-class UploadTooLarge(UserError):
-    """An uploaded file is over ``--max-upload-mb`` (HTTP 413)."""
-
-
-def _limit_text(limit: int) -> str:
-    return f"{limit / MB:g} MB"
-
-
-async def receive_form(request, folder: Path, limit: int, files: "dict[str, str]") -> "tuple[dict[str, str], dict[str, Path]]":
-    """Stream a multipart form into ``folder``: ``(fields, {name: saved path})``.
-
-    ``files`` maps the accepted file fields to how messages name them (``{"source": "source
-    image"}``); each file goes to ``folder/<field>/<safe name>`` and may be at most ``limit`` bytes.
-    A file over the limit raises :class:`UploadTooLarge` after the rest of the body was read and
-    discarded (so the browser sees the answer rather than a reset connection); bodies over the
-    hard bound of every file at the limit plus 1 MB are refused from their Content-Length.
-    """
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
-    if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise UserError("the request is not a form upload (multipart/form-data)")
-    bound = len(files) * limit + MB
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > bound:
-        raise UploadTooLarge(f"the upload is {int(length) / MB:.1f} MB, over the limit of {_limit_text(limit)} per file; "
-                             "use smaller files (or start mra-web with a higher --max-upload-mb)")
-    fields: dict[str, str] = {}
-    saved: dict[str, Path] = {}
-    st = {"headers": {}, "hname": b"", "hvalue": b"", "name": None, "file": None, "path": None, "size": 0,
-          "value": bytearray(), "error": None}
-
-    def on_part_begin():
-        st.update(headers={}, hname=b"", hvalue=b"", name=None, file=None, path=None, size=0, value=bytearray())
-
-    def on_header_field(data, start, end):
-        st["hname"] += data[start:end]
-
-    def on_header_value(data, start, end):
-        st["hvalue"] += data[start:end]
-
-    def on_header_end():
-        st["headers"][st["hname"].decode("latin-1").lower()] = st["hvalue"]
-        st["hname"], st["hvalue"] = b"", b""
-
-    def on_headers_finished():
-        _, opts = parse_options_header(st["headers"].get("content-disposition", b""))
-        name = opts.get(b"name", b"").decode("utf-8", "replace")
-        st["name"] = name
-        filename = opts.get(b"filename")
-        if filename is not None and name in files and name not in saved:
-            sub = folder / name
-            sub.mkdir(parents=True, exist_ok=True)
-            path = sub / safe_name(filename.decode("utf-8", "replace"))
-            st["path"] = path
-            st["file"] = open(path, "wb")
-
-    def on_part_data(data, start, end):
-        n = end - start
-        st["size"] += n
-        if st["file"] is not None:
-            if st["size"] > limit:
-                if st["error"] is None:
-                    st["error"] = UploadTooLarge(
-                        f"the {files[st['name']]} {st['path'].name} is larger than the upload limit of "
-                        f"{_limit_text(limit)}; use a smaller file (or start mra-web with a higher --max-upload-mb)")
-                st["file"].close()
-                st["file"] = None
-                st["path"].unlink(missing_ok=True)
-                return
-            st["file"].write(data[start:end])
-        elif st["path"] is None and st["name"] not in files and len(st["value"]) < FIELD_LIMIT:
-            st["value"] += data[start:end]
-
-    def on_part_end():
-        if st["file"] is not None:
-            st["file"].close()
-            saved[st["name"]] = st["path"]
-        elif st["path"] is None and st["name"] and st["name"] not in files:
-            fields[st["name"]] = bytes(st["value"][:FIELD_LIMIT]).decode("utf-8", "replace")
-        st["file"] = None
-
-    parser = MultipartParser(params[b"boundary"], {
-        "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished, "on_part_data": on_part_data,
-        "on_part_end": on_part_end})
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > bound:
-                raise UploadTooLarge(f"the upload is over the limit of {_limit_text(limit)} per file; use smaller files "
-                                     "(or start mra-web with a higher --max-upload-mb)")
-            if chunk:
-                parser.write(chunk)
-        parser.finalize()
-    except UploadTooLarge:
-        raise
-    except Exception as e:  # a malformed body: python-multipart's own errors
-        if st["error"] is None:
-            raise UserError(f"the upload could not be read ({one_line(e)[:120]}); try again") from None
-    finally:
-        if st["file"] is not None:
-            st["file"].close()
-    if st["error"] is not None:
-        raise st["error"]
-    return fields, saved
-
-
-# ---------------------------------------------------------------------------------------------
-# Jobs: one worker thread, one engine, a queue whose positions users can see
-# ---------------------------------------------------------------------------------------------
-
-class JobCancelled(Exception):
-    pass
-
-
-@dataclass
-class Job:
-    """One Generate request: its inputs (in its own folder), options and progress."""
-
-    id: str
-    folder: Path
-    source: Path
-    driving: Path
-    options: AnimateOptions
-    download_name: str
-    state: str = "queued"  # queued | running | done | error | cancelled
-    done: int = 0
-    total: "int | None" = None
-    message: str = ""
-    result: "AnimateResult | None" = None
-    created: float = field(default_factory=time.monotonic)
-    started: "float | None" = None
-    finished: "float | None" = None
-    cancel: threading.Event = field(default_factory=threading.Event)
-    uploads: tuple = ()  # folders whose paths are shown as bare file names in messages
-
-    @property
-    def output(self) -> Path:
-        return self.folder / "result" / "result.mp4"
-
-
-class QueueFull(UserError):
-    pass
-
-
-class JobQueue:
-    """Jobs run one at a time, in order, by one worker thread (the engine is never shared between jobs).
-
-    ``run(job, progress)`` does the work (``progress(done, total)`` may raise to cancel); a
-    :class:`UserError` (or checkpoint/config error) becomes the job's one-line message, anything
-    else an internal-error message with the traceback in the server log; either way the job's
-    folder is removed and the next job starts normally. Finished results are removed
-    ``keep_s`` seconds after they finished.
-    """
-
-    def __init__(self, run: Callable[[Job, Callable[[int, "int | None"], None]], AnimateResult], max_pending: int = 16,
-                 keep_s: float = 3600.0, log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)):
-        self.run = run
-        self.max_pending = max_pending
-        self.keep_s = keep_s
-        self.log = log
-        self.jobs: dict[str, Job] = {}
-        self.pending: collections.deque[Job] = collections.deque()
-        self.running: "Job | None" = None
-        self._cond = threading.Condition()
-        self._stop = False
-        self._thread = threading.Thread(target=self._work, name="mra-web-jobs", daemon=True)
-
-    def start(self) -> "JobQueue":
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        with self._cond:
-            self._stop = True
-            for job in self.pending:
-                job.state, job.message = "cancelled", "error: the server is shutting down"
-            self.pending.clear()
-            if self.running is not None:
-                self.running.cancel.set()
-            self._cond.notify_all()
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
-
-    def submit(self, job: Job) -> int:
-        with self._cond:
-            if self._stop:
-                raise QueueFull("the server is shutting down")
-            if len(self.pending) >= self.max_pending:
-                raise QueueFull(f"the queue is full ({self.max_pending} jobs waiting); try again in a few minutes")
-            self.jobs[job.id] = job
-            self.pending.append(job)
-            self._cond.notify_all()
-            return len(self.pending)
-
-    def get(self, job_id: str) -> "Job | None":
-        with self._cond:
-            return self.jobs.get(job_id)
-
-    def position(self, job: Job) -> int:
-        """1 for the next job to run, 2 for the one after, ...; 0 when it is not waiting."""
-        with self._cond:
-            for i, j in enumerate(self.pending):
-                if j is job:
-                    return i + 1
-            return 0
-
-    def cancel(self, job_id: str) -> bool:
-        with self._cond:
-            job = self.jobs.get(job_id)
-            if job is None:
-                return False
-            if job.state == "queued":
-                self.pending.remove(job)
-                job.state, job.message, job.finished = "cancelled", "cancelled", time.monotonic()
-                shutil.rmtree(job.folder, ignore_errors=True)
-            elif job.state == "running":
-                job.cancel.set()
-            return True
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        with self._cond:
-            old = [j for j in self.jobs.values() if j.finished is not None and now - j.finished > self.keep_s]
-            for j in old:
-                del self.jobs[j.id]
-        for j in old:
-            shutil.rmtree(j.folder, ignore_errors=True)
-
-    def _work(self) -> None:
-        while True:
-            with self._cond:
-                if not self.pending and not self._stop:
-                    self._cond.wait(timeout=30)  # wakes up now and then to expire old results
-                if self._stop:
-                    return
-                job = self.pending.popleft() if self.pending else None
-                if job is not None:
-                    self.running = job
-                    job.state, job.started = "running", time.monotonic()
-            if job is not None:
-                self._run_one(job)
-                with self._cond:
-                    self.running = None
-            self._expire()
-
-    def _run_one(self, job: Job) -> None:
-        from nets.checkpoint import CheckpointError
-        from nets.config import ConfigError
-
-        def progress(done: int, total: "int | None") -> None:
-            if job.cancel.is_set():
-                raise JobCancelled
-            job.done, job.total = done, total
-
-        try:
-            job.result = self.run(job, progress)
-            job.done = job.result.frames
-            job.state, job.message = "done", job.result.describe().replace(str(job.output), job.download_name)
-        except JobCancelled:
-            job.state, job.message = "cancelled", "cancelled"
-        except (UserError, CheckpointError, ConfigError) as e:
-            job.state, job.message = "error", error_text(e, job.uploads)
-        except MemoryError:
-            job.state, job.message = "error", "error: out of memory; try a shorter or smaller driving video"
-        except Exception as e:  # a bug: the page gets one line, the log the details
-            self.log(f"mra-web: job {job.id} failed:\n{traceback.format_exc()}")
-            job.state = "error"
-            job.message = f"error: internal error while animating ({type(e).__name__}); the server log has the details"
-        finally:
-            job.finished = time.monotonic()
-            if job.state != "done":
-                shutil.rmtree(job.folder, ignore_errors=True)
 
 
 class SerializedEngine:
@@ -414,211 +109,6 @@ class SerializedEngine:
                     return value(*args, **kwargs)
             return call
         return value
-
-
-# ---------------------------------------------------------------------------------------------
-# Webcam tab: browser frames -> the mra-live pipeline -> browser
-# ---------------------------------------------------------------------------------------------
-
-class BrowserSource(CaptureSource):
-    """The browser's webcam as a :class:`~live.capture.CaptureSource`.
-
-    ``push(jpeg, client_id)`` (from the web socket) keeps only the newest undecoded frame; the
-    capture thread decodes it and hands it to the pipeline with the time it arrived, like a
-    camera. ``client_id`` (the page's frame number) is remembered by arrival time, so the frame
-    sent back can carry it (:meth:`client_id`)."""
-
-    name = "browser"
-
-    def __init__(self):
-        super().__init__()
-        self._raw = LatestFrame()
-        self._ids: "collections.OrderedDict[float, int]" = collections.OrderedDict()
-        self._ids_lock = threading.Lock()
-        self.bad_frames = 0
-
-    def push(self, data: bytes, client_id: int) -> None:
-        self._raw.put(Frame(image=data, timestamp=time.monotonic(), index=client_id))
-
-    def end(self) -> None:
-        """No more frames (the page stopped or left): the pipeline finishes like at the end of a file."""
-        self._raw.close()
-
-    def stop(self) -> None:
-        self._raw.close()
-        super().stop()
-
-    @property
-    def received(self) -> int:
-        return self._raw.received
-
-    @property
-    def dropped_before_decode(self) -> int:
-        return self._raw.dropped
-
-    def client_id(self, timestamp: float) -> int:
-        with self._ids_lock:
-            return self._ids.pop(timestamp, 0)
-
-    def _run(self) -> None:
-        import cv2
-        self.status = "running"
-        try:
-            while not self._stop.is_set():
-                raw = self._raw.get(timeout=0.5)
-                if raw is None:
-                    if self._raw.closed:
-                        break
-                    continue
-                bgr = cv2.imdecode(np.frombuffer(raw.image, np.uint8), cv2.IMREAD_COLOR)
-                if bgr is None or bgr.ndim != 3:
-                    self.bad_frames += 1
-                    continue
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                self.size = (rgb.shape[1], rgb.shape[0])
-                with self._ids_lock:
-                    self._ids[raw.timestamp] = raw.index
-                    while len(self._ids) > 256:
-                        self._ids.popitem(last=False)
-                self.slot.put(Frame(image=rgb, timestamp=raw.timestamp, index=raw.index))
-        finally:
-            self.status = "ended"
-            self.slot.close()
-
-
-class BrowserSink:
-    """Sends animated frames back to the page: ``<uint32 client frame id, little-endian> + JPEG``.
-
-    The pipeline's sink loop calls ``write(image)`` and right after it ``stats.output(capture
-    time)`` (see :class:`_SinkStats`), which calls :meth:`flush` with the id of the browser frame
-    the image was made from."""
-
-    name = "browser"
-
-    def __init__(self, send: Callable[[bytes], None], quality: int = 85):
-        self.send = send
-        self.quality = quality
-        self._pending: "np.ndarray | None" = None
-        self.sent = 0
-
-    def write(self, frame: np.ndarray) -> None:
-        self._pending = frame
-
-    def flush(self, client_id: int) -> None:
-        import cv2
-        frame, self._pending = self._pending, None
-        if frame is None:
-            return
-        ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(frame[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
-        if ok:
-            self.send(struct.pack("<I", client_id & 0xFFFFFFFF) + jpeg.tobytes())
-            self.sent += 1
-
-    def close(self) -> None:
-        self._pending = None
-
-
-class _SinkStats(LiveStats):
-    """LiveStats that tells the browser sink which captured frame the output it just got came from."""
-
-    def __init__(self, on_output: Callable[[float], None]):
-        super().__init__()
-        self._on_output = on_output
-
-    def output(self, capture_ts: float, now: "float | None" = None) -> None:
-        super().output(capture_ts, now)
-        self._on_output(capture_ts)
-
-
-class LiveSession:
-    """One webcam tab: a :class:`BrowserSource` -> :class:`~live.pipeline.LivePipeline` -> :class:`BrowserSink`.
-
-    The constructor prepares the avatar (so a portrait without a face fails here, with
-    mra-animate's message); :meth:`start` runs the pipeline in a thread; :meth:`close` ends it.
-    """
-
-    def __init__(self, engine, portrait: Path, crop: str, mode: str, output_size: int,
-                 send: Callable[[bytes], None], on_end: "Callable[[BaseException | None], None]" = lambda e: None):
-        import queue
-
-        from . import media
-        from .animate import source_crop
-        from .face import FaceDetector, FaceTracker, TrackerSettings
-        from .pipeline import Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline, to_input
-
-        if crop not in CROPS:
-            raise UserError(f"--crop must be auto or none, got {crop!r}")
-        if mode not in MODES:
-            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "avd" and not engine.has_avd:
-            raise UserError("this model has no trained AVD network: use --mode relative or standard")
-        self.detector = FaceDetector() if crop == "auto" else None
-        try:
-            def load(path: Path) -> np.ndarray:
-                rgb = media.read_image(path)
-                return to_input(source_crop(rgb, engine.frame_size, crop, self.detector))  # mra-animate's wording
-
-            self.avatars = Avatars(engine, [portrait], load)
-            self.avatars.current()  # the portrait is checked (and prepared) now
-            self.source = BrowserSource()
-            self.sink = BrowserSink(send)
-            self.stats = _SinkStats(lambda ts: self.sink.flush(self.source.client_id(ts)))
-            self.commands: "queue.Queue[str]" = queue.Queue()
-            cropper = (FaceCropper(FaceTracker(self.detector, settings=TrackerSettings(detect_every=2)))
-                       if self.detector is not None else CenterCropper())
-            self.pipeline = LivePipeline(engine, self.source, cropper, self.avatars, [self.sink],
-                                         LiveOptions(mode=mode, output_size=output_size), commands=self.commands,
-                                         stats=self.stats)
-        except BaseException:
-            self._close_detector()
-            raise
-        self.on_end = on_end
-        self.error: "BaseException | None" = None
-        self._thread = threading.Thread(target=self._run, name="mra-web-live", daemon=True)
-
-    def start(self) -> "LiveSession":
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        try:
-            self.pipeline.run()
-        except BaseException as e:  # noqa: BLE001 - reported to the page
-            self.error = e
-        finally:
-            self._close_detector()
-            self.on_end(self.error)
-
-    def push(self, data: bytes) -> None:
-        if len(data) > 4:
-            (client_id,) = struct.unpack_from("<I", data)
-            self.source.push(data[4:], client_id)
-
-    def command(self, key: str) -> None:
-        if key in ("r", "m"):
-            self.commands.put(key)
-
-    def close(self, timeout: float = 10.0) -> None:
-        self.source.end()
-        self.commands.put("q")
-        if self._thread.is_alive():
-            self._thread.join(timeout=timeout)
-        elif not self._thread.ident:
-            self._close_detector()
-
-    def _close_detector(self) -> None:
-        if getattr(self, "detector", None) is not None:
-            self.detector.close()
-            self.detector = None
-
-    def status(self) -> dict:
-        snap = self.stats.snapshot()
-        return {"type": "stats", "frames_in": self.source.received,
-                "frames_out": snap["frames_out"], "fps_out": snap["fps_out"],
-                "dropped": snap["frames_dropped"] + self.source.dropped_before_decode,
-                "face_lost_frames": snap["face_lost_frames"], "mode": self.pipeline.mode,
-                "server_latency_ms": snap["latency_ms"],
-                "stages_ms": {k: v["median_ms"] for k, v in snap["stages"].items()}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -799,7 +289,12 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
             if not isinstance(start, dict) or start.get("type") != "start":
                 raise UserError("the webcam tab must start with a 'start' message")
             if "upload" in start:
-                data = await websocket.receive_bytes()
+                msg = await websocket.receive()
+                if msg["type"] == "websocket.disconnect":
+                    raise WebSocketDisconnect()
+                data = msg.get("bytes")
+                if data is None:
+                    raise UserError("the portrait's bytes must follow the 'start' message")
                 if len(data) > config.max_upload_bytes:
                     raise UploadTooLarge(f"the source image is larger than the upload limit of "
                                          f"{_limit_text(config.max_upload_bytes)}; use a smaller file")

@@ -331,6 +331,9 @@ def test_missing_fields_and_bad_options(server, files):
         assert r.status_code == 400 and "no example portrait named" in r.json()["error"]
         r = post_job(c, files / "face.png", files / "clip.mp4", mode="sideways")
         assert r.json()["error"] == "error: --mode must be one of relative, avd, standard, got 'sideways'"
+        r = c.post("api/jobs", data={"crop": "none"}, files={"source": ("", b""),  # a form with no file chosen
+                                                             "driving": ("clip.mp4", (files / "clip.mp4").read_bytes())})
+        assert r.json()["error"] == "error: no portrait: upload an image or pick one of the examples"
         r = c.post("api/jobs", json={"source": "x"})
         assert r.status_code == 400 and "multipart/form-data" in r.json()["error"]
         r = c.get("api/jobs/nope")

@@ -1,0 +1,218 @@
+"""mra-web's webcam tab: browser frames -> the mra-live pipeline -> browser."""
+from __future__ import annotations
+
+import collections
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from nets.errors import UserError
+
+from .animate import CROPS, MODES
+from .capture import CaptureSource, Frame, LatestFrame
+from .stats import LiveStats
+
+
+class BrowserSource(CaptureSource):
+    """The browser's webcam as a :class:`~live.capture.CaptureSource`.
+
+    ``push(jpeg, client_id)`` (from the web socket) keeps only the newest undecoded frame; the
+    capture thread decodes it and hands it to the pipeline with the time it arrived, like a
+    camera. ``client_id`` (the page's frame number) is remembered by arrival time, so the frame
+    sent back can carry it (:meth:`client_id`)."""
+
+    name = "browser"
+
+    def __init__(self):
+        super().__init__()
+        self._raw = LatestFrame()
+        self._ids: "collections.OrderedDict[float, int]" = collections.OrderedDict()
+        self._ids_lock = threading.Lock()
+        self.bad_frames = 0
+
+    def push(self, data: bytes, client_id: int) -> None:
+        self._raw.put(Frame(image=data, timestamp=time.monotonic(), index=client_id))
+
+    def end(self) -> None:
+        """No more frames (the page stopped or left): the pipeline finishes like at the end of a file."""
+        self._raw.close()
+
+    def stop(self) -> None:
+        self._raw.close()
+        super().stop()
+
+    @property
+    def received(self) -> int:
+        return self._raw.received
+
+    @property
+    def dropped_before_decode(self) -> int:
+        return self._raw.dropped
+
+    def client_id(self, timestamp: float) -> int:
+        with self._ids_lock:
+            return self._ids.pop(timestamp, 0)
+
+    def _run(self) -> None:
+        import cv2
+        self.status = "running"
+        try:
+            while not self._stop.is_set():
+                raw = self._raw.get(timeout=0.5)
+                if raw is None:
+                    if self._raw.closed:
+                        break
+                    continue
+                bgr = cv2.imdecode(np.frombuffer(raw.image, np.uint8), cv2.IMREAD_COLOR)
+                if bgr is None or bgr.ndim != 3:
+                    self.bad_frames += 1
+                    continue
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                self.size = (rgb.shape[1], rgb.shape[0])
+                with self._ids_lock:
+                    self._ids[raw.timestamp] = raw.index
+                    while len(self._ids) > 256:
+                        self._ids.popitem(last=False)
+                self.slot.put(Frame(image=rgb, timestamp=raw.timestamp, index=raw.index))
+        finally:
+            self.status = "ended"
+            self.slot.close()
+
+
+class BrowserSink:
+    """Sends animated frames back to the page: ``<uint32 client frame id, little-endian> + JPEG``.
+
+    The pipeline's sink loop calls ``write(image)`` and right after it ``stats.output(capture
+    time)`` (see :class:`_SinkStats`), which calls :meth:`flush` with the id of the browser frame
+    the image was made from."""
+
+    name = "browser"
+
+    def __init__(self, send: Callable[[bytes], None], quality: int = 85):
+        self.send = send
+        self.quality = quality
+        self._pending: "np.ndarray | None" = None
+        self.sent = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        self._pending = frame
+
+    def flush(self, client_id: int) -> None:
+        import cv2
+        frame, self._pending = self._pending, None
+        if frame is None:
+            return
+        ok, jpeg = cv2.imencode(".jpg", np.ascontiguousarray(frame[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        if ok:
+            self.send(struct.pack("<I", client_id & 0xFFFFFFFF) + jpeg.tobytes())
+            self.sent += 1
+
+    def close(self) -> None:
+        self._pending = None
+
+
+class _SinkStats(LiveStats):
+    """LiveStats that tells the browser sink which captured frame the output it just got came from."""
+
+    def __init__(self, on_output: Callable[[float], None]):
+        super().__init__()
+        self._on_output = on_output
+
+    def output(self, capture_ts: float, now: "float | None" = None) -> None:
+        super().output(capture_ts, now)
+        self._on_output(capture_ts)
+
+
+class LiveSession:
+    """One webcam tab: a :class:`BrowserSource` -> :class:`~live.pipeline.LivePipeline` -> :class:`BrowserSink`.
+
+    The constructor prepares the avatar (so a portrait without a face fails here, with
+    mra-animate's message); :meth:`start` runs the pipeline in a thread; :meth:`close` ends it.
+    """
+
+    def __init__(self, engine, portrait: Path, crop: str, mode: str, output_size: int,
+                 send: Callable[[bytes], None], on_end: "Callable[[BaseException | None], None]" = lambda e: None):
+        import queue
+
+        from . import media
+        from .animate import source_crop
+        from .face import FaceDetector, FaceTracker, TrackerSettings
+        from .pipeline import Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline, to_input
+
+        if crop not in CROPS:
+            raise UserError(f"--crop must be auto or none, got {crop!r}")
+        if mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if mode == "avd" and not engine.has_avd:
+            raise UserError("this model has no trained AVD network: use --mode relative or standard")
+        self.detector = FaceDetector() if crop == "auto" else None
+        try:
+            def load(path: Path) -> np.ndarray:
+                rgb = media.read_image(path)
+                return to_input(source_crop(rgb, engine.frame_size, crop, self.detector))  # mra-animate's wording
+
+            self.avatars = Avatars(engine, [portrait], load)
+            self.avatars.current()  # the portrait is checked (and prepared) now
+            self.source = BrowserSource()
+            self.sink = BrowserSink(send)
+            self.stats = _SinkStats(lambda ts: self.sink.flush(self.source.client_id(ts)))
+            self.commands: "queue.Queue[str]" = queue.Queue()
+            cropper = (FaceCropper(FaceTracker(self.detector, settings=TrackerSettings(detect_every=2)))
+                       if self.detector is not None else CenterCropper())
+            self.pipeline = LivePipeline(engine, self.source, cropper, self.avatars, [self.sink],
+                                         LiveOptions(mode=mode, output_size=output_size), commands=self.commands,
+                                         stats=self.stats)
+        except BaseException:
+            self._close_detector()
+            raise
+        self.on_end = on_end
+        self.error: "BaseException | None" = None
+        self._thread = threading.Thread(target=self._run, name="mra-web-live", daemon=True)
+
+    def start(self) -> "LiveSession":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.pipeline.run()
+        except BaseException as e:  # noqa: BLE001 - reported to the page
+            self.error = e
+        finally:
+            self._close_detector()
+            self.on_end(self.error)
+
+    def push(self, data: bytes) -> None:
+        if len(data) > 4:
+            (client_id,) = struct.unpack_from("<I", data)
+            self.source.push(data[4:], client_id)
+
+    def command(self, key: str) -> None:
+        if key in ("r", "m"):
+            self.commands.put(key)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.source.end()
+        self.commands.put("q")
+        if self._thread.is_alive():
+            self._thread.join(timeout=timeout)
+        elif not self._thread.ident:
+            self._close_detector()
+
+    def _close_detector(self) -> None:
+        if getattr(self, "detector", None) is not None:
+            self.detector.close()
+            self.detector = None
+
+    def status(self) -> dict:
+        snap = self.stats.snapshot()
+        return {"type": "stats", "frames_in": self.source.received,
+                "frames_out": snap["frames_out"], "fps_out": snap["fps_out"],
+                "dropped": snap["frames_dropped"] + self.source.dropped_before_decode,
+                "face_lost_frames": snap["face_lost_frames"], "mode": self.pipeline.mode,
+                "server_latency_ms": snap["latency_ms"],
+                "stages_ms": {k: v["median_ms"] for k, v in snap["stages"].items()}}
