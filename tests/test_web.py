@@ -546,3 +546,26 @@ def test_cli_errors_are_one_line(files, tmp_path, capfd, monkeypatch):
     from live import default_model
     monkeypatch.setattr(default_model, "ASSETS", tmp_path)  # as installed before the default model ships
     assert "no default model is shipped" in run("--port", 0)
+
+
+def test_live_session_and_job_share_the_one_engine(server, files):
+    """A webcam session and a Generate job at the same time, on the same engine: both work."""
+    from websockets.sync.client import connect
+
+    url = server.url.replace("http", "ws") + "api/live"
+    with connect(url, max_size=None) as ws, client(server) as c:
+        ws.send(json.dumps({"type": "start", "example": "drawn-3", "crop": "none"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        job_id = post_job(c, files / "face.png", files / "clip.mp4").json()["id"]
+        got = 0
+        for i in range(1, 41):
+            ws.send(struct.pack("<I", i) + _jpeg(pattern(160, 120, i / 40)))
+            time.sleep(0.02)
+            try:
+                while True:
+                    got += isinstance(ws.recv(timeout=0.001), bytes)
+            except TimeoutError:
+                pass
+        j = wait_job(c, job_id)
+        assert j["state"] == "done" and j["frames"] == 12
+        assert got >= 5
