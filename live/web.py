@@ -537,29 +537,34 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
                        keep_minutes=args.keep_minutes, live_size=args.live_size, max_live=args.max_live,
                        batch_size=args.batch_size, workdir=args.workdir)
     sock = bind(config.host, config.port)  # fail fast: a busy port is known before the model loads
+    web = None
     try:
         engine = load_engine(args.checkpoint, args.config, args.backend, args.device)
         app = create_app(engine, config, args.device)
+        web = app.state.web
         server = make_server(app, sock, config)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        if not is_loopback(config.host):
-            print(f"warning: mra-web listens on {config.host}, so other machines can reach it, and it has no "
-                  "authentication: anyone who can connect can upload files and use this computer's CPU/GPU. Use the "
-                  "default --host 127.0.0.1 unless you trust the network.", file=sys.stderr)
-        print(f"mra-web: {engine.describe()}", file=sys.stderr)
-        print(f"mra-web: serving on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
         if threading.current_thread() is threading.main_thread():
             def terminate(signum, frame):
                 raise KeyboardInterrupt
-            signal.signal(signal.SIGTERM, terminate)  # uvicorn shuts down gracefully, then re-raises the signal
+            # SIGTERM stops the server like Ctrl-C (uvicorn shuts down gracefully, then re-raises the signal)
+            signal.signal(signal.SIGTERM, terminate)
         try:
+            if not is_loopback(config.host):
+                print(f"warning: mra-web listens on {config.host}, so other machines can reach it, and it has no "
+                      "authentication: anyone who can connect can upload files and use this computer's CPU/GPU. Use "
+                      "the default --host 127.0.0.1 unless you trust the network.", file=sys.stderr)
+            print(f"mra-web: {engine.describe()}", file=sys.stderr)
+            print(f"mra-web: serving on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
             server.run(sockets=[sock])
         except KeyboardInterrupt:
             pass
-        print("mra-web: stopped; temporary files removed", file=sys.stderr)
     finally:
+        if web is not None:
+            web.close()  # nothing left to do after a graceful shutdown; covers a stop before the server started
         sock.close()
+    print("mra-web: stopped; temporary files removed", file=sys.stderr)
     return 0
 
 

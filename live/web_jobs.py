@@ -161,21 +161,22 @@ class JobQueue:
                 raise JobCancelled
             job.done, job.total = done, total
 
+        state, message = "error", "error: the job stopped unexpectedly"
         try:
             job.result = self.run(job, progress)
             job.done = job.result.frames
-            job.state, job.message = "done", job.result.describe().replace(str(job.output), job.download_name)
+            state, message = "done", job.result.describe().replace(str(job.output), job.download_name)
         except JobCancelled:
-            job.state, job.message = "cancelled", "cancelled"
+            state, message = "cancelled", "cancelled"
         except (UserError, CheckpointError, ConfigError) as e:
-            job.state, job.message = "error", error_text(e, job.uploads)
+            message = error_text(e, job.uploads)
         except MemoryError:
-            job.state, job.message = "error", "error: out of memory; try a shorter or smaller driving video"
+            message = "error: out of memory; try a shorter or smaller driving video"
         except Exception as e:  # a bug: the page gets one line, the log the details
             self.log(f"mra-web: job {job.id} failed:\n{traceback.format_exc()}")
-            job.state = "error"
-            job.message = f"error: internal error while animating ({type(e).__name__}); the server log has the details"
+            message = f"error: internal error while animating ({type(e).__name__}); the server log has the details"
         finally:
-            job.finished = time.monotonic()
-            if job.state != "done":
+            if state != "done":  # uploads of a failed job go at once
                 shutil.rmtree(job.folder, ignore_errors=True)
+            job.finished = time.monotonic()
+            job.message, job.state = message, state  # the state last: a finished job is fully settled
