@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -95,6 +96,7 @@ def main() -> int:
         page.click("#live-stop")
         page.wait_for_selector('#live-stats[data-state="stopped"]', timeout=30_000)
         browser.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     print(json.dumps(result, indent=2, default=float))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=float))
