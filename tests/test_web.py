@@ -512,13 +512,15 @@ def test_cli_serves_warns_off_loopback_and_cleans_up(files, tmp_path):
             proc.kill()
     assert list(tmp_path.iterdir()) == []  # removed at shutdown
 
-    proc = _start_cli("--port", 0, "--checkpoint", files / "tiny.pth")
+    # SIGTERM, even right after start-up: exit 0 and nothing left behind
+    proc = _start_cli("--port", 0, "--checkpoint", files / "tiny.pth", "--workdir", tmp_path)
     try:
         lines = _read_until(proc, "serving on")
         assert not [line for line in lines if line.startswith("warning:")] and "http://127.0.0.1:" in lines[-1]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_errors_are_one_line(files, tmp_path, capfd, monkeypatch):
