@@ -393,6 +393,9 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                 model, ckpt, config_arg = load_target(spec, args.checkpoint, args.seed)
             except rn.Unavailable as e:
                 all_rows += [r for b, d in BACKENDS for r in rows_for(label, b, d, None, {}, None, threads, str(e))]
+                print(f"\n== {label}: unavailable: {e}", flush=True)
+                if args.json:
+                    write_json(all_rows, args.json)
                 continue
             label = model.config.name if not args.checkpoint else label
             size = model.frame_size
@@ -424,16 +427,38 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                     all_rows += rows_for(label, backend, device, stats, info, graphs[label], threads)
             del setup, model
             gc.collect()
-    add_speedups(all_rows)
-    for r in all_rows:
-        r["machine"] = info_machine
-    print(table(all_rows, graphs))
+            add_speedups(all_rows)
+            for r in all_rows:
+                r["machine"] = info_machine
+            print(table([r for r in all_rows if r["config"] == label], graphs), flush=True)
+            if args.json:  # after every config, so a run cut short keeps what it measured
+                write_json(all_rows, args.json)
+    print("\nper frame, end to end:")
+    print(summary(all_rows))
     print(f"\nmachine: {info_machine}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(all_rows, indent=1))
         print(f"wrote {len(all_rows)} rows to {args.json}")
     return 0
+
+
+def write_json(rows: list[dict], path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(rows, indent=1))
+    os.replace(tmp, path)
+
+
+def summary(rows: list[dict]) -> str:
+    """One line per (config, backend, device): the per_frame row."""
+    lines = [f"{'config':<10} {'backend':<16} {'device':<6} {'median ms':>10} {'p95 ms':>9} {'fps':>7} {'x naive':>8}"]
+    for r in rows:
+        if r["stage"] != "per_frame":
+            continue
+        if not r["available"]:
+            continue
+        lines.append(f"{r['config']:<10} {r['backend']:<16} {r['device']:<6} {r['median_ms']:>10.3f} {r['p95_ms']:>9.3f} "
+                     f"{r.get('fps', 0):>7.1f} {_fmt(r['speedup_vs_naive'], '8.2f')}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

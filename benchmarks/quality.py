@@ -442,10 +442,12 @@ def main(argv: "Sequence[str] | None" = None) -> int:
             agg: dict[str, Scores] = {}
             for path in clips:
                 scores, example, _ = reconstruct_clip(path, animator, mesh, args, lpips_metric, mode, bar.update)
+                if mode != modes[0]:
+                    scores.pop("no-motion")  # the same for every mode: scored once
                 for name, s in scores.items():
                     agg.setdefault(name, Scores()).extend(s)
-                    per_clip.append({"clip": path.name, "method": name, "mode": mode, "bg": args.bg and name == "model",
-                                     **s.summary()})
+                    per_clip.append({"clip": path.name, "method": name, "mode": mode if name == "model" else "-",
+                                     "bg": args.bg and name == "model", **s.summary()})
                 if len(examples) < args.sheet_examples:
                     examples.append(example)
             for name in ("model", "no-motion"):

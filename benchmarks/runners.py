@@ -283,8 +283,38 @@ class TorchRunner(Runner):
 # PyTorch CUDA graphs (fp32 / fp16 / bf16)
 # ---------------------------------------------------------------------------------------------
 
-def capture(fn: Callable[[], Any], warmup: int = 2) -> tuple[torch.cuda.CUDAGraph, Any]:
-    """Capture ``fn`` (reading static tensors only) as a CUDA graph; returns (graph, its static outputs)."""
+def _tensor_leaves(x: Any) -> list[torch.Tensor]:
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, Regions):
+        return [t for t in (x.shift, x.covar, x.affine, x.heatmap) if t is not None]
+    raise TypeError(f"unexpected graph output {type(x).__name__}")
+
+
+class EagerReplay:
+    """Stand-in for a captured CUDA graph where there is none (CPU tests of the same dataflow).
+
+    Like a graph, its outputs are fixed tensors that every :meth:`replay` overwrites in place, and
+    it reads whatever its static inputs hold at replay time.
+    """
+
+    def __init__(self, fn: Callable[[], Any]):
+        self.fn = fn
+        self.out = fn()
+
+    def replay(self) -> None:
+        for dst, src in zip(_tensor_leaves(self.out), _tensor_leaves(self.fn())):
+            dst.copy_(src)
+
+
+def capture(fn: Callable[[], Any], warmup: int = 2, graphs: bool = True) -> tuple[Any, Any]:
+    """Capture ``fn`` (reading static tensors only) as a CUDA graph; returns (graph, its static outputs).
+
+    ``graphs=False`` returns an :class:`EagerReplay` instead (same interface, any device).
+    """
+    if not graphs:
+        g = EagerReplay(fn)
+        return g, g.out
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -301,27 +331,32 @@ class CudaGraphRunner(Runner):
     """The cached path in ``dtype`` on CUDA, each stage and the whole frame replayed as CUDA graphs.
 
     Host copies (pinned buffers) are outside the graphs and inside the timed ``pre`` / ``post`` /
-    ``per_frame`` stages.
+    ``per_frame`` stages. ``graphs=False`` (tests, any device) replays eagerly with the same
+    static-buffer dataflow.
     """
 
-    def __init__(self, setup: Setup, device: str, dtype: torch.dtype):
+    def __init__(self, setup: Setup, device: str, dtype: torch.dtype, graphs: bool = True):
         super().__init__(setup, device)
         self.dtype = dtype
+        self.graphs = graphs
         self.backend = "torch-cuda-" + {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 
     def build(self) -> Stages:
         _check_cuda(self.device)
-        if not self.device.startswith("cuda"):
+        cuda = self.device.startswith("cuda")
+        if self.graphs and not cuda:
             raise Unavailable("CUDA graphs need --device cuda")
-        s, dev, dt = self.setup, self.device, self.dtype
+        s, dev, dt, graphs = self.setup, self.device, self.dtype, self.graphs
         model = copy.deepcopy(s.model).to(device=dev, dtype=dt).eval()
         if model.pca != "closed_form":
             raise Unavailable("CUDA graphs need the closed-form PCA (SVD syncs with the host)")
         size = model.frame_size
         nxt = _cycle(s.frames)
         h, w, _ = s.frames[0].shape
-        host_in = torch.empty((h, w, 3), dtype=torch.uint8).pin_memory()
-        host_out = torch.empty((size, size, 3), dtype=torch.uint8).pin_memory()
+        host_in = torch.empty((h, w, 3), dtype=torch.uint8)
+        host_out = torch.empty((size, size, 3), dtype=torch.uint8)
+        if cuda:
+            host_in, host_out = host_in.pin_memory(), host_out.pin_memory()
         dev_in = torch.empty((h, w, 3), dtype=torch.uint8, device=dev)
 
         def upload(frame: np.ndarray) -> None:
@@ -330,7 +365,8 @@ class CudaGraphRunner(Runner):
 
         def download(frame: torch.Tensor) -> np.ndarray:
             host_out.copy_(frame, non_blocking=True)
-            torch.cuda.current_stream().synchronize()
+            if cuda:
+                torch.cuda.current_stream().synchronize()
             return host_out.numpy()
 
         src = to_input(torch.from_numpy(s.source).to(dev), size, dt)
@@ -348,12 +384,13 @@ class CudaGraphRunner(Runner):
             return model.animate_cached(cache, new, with_deformed=False).prediction
 
         upload(s.frames[1 % len(s.frames)])
-        g_frame, out_frame = capture(lambda: to_frame(animate(transfer(region(to_input(dev_in, size, dt))))))
-        g_pre, x = capture(lambda: to_input(dev_in, size, dt))
-        g_region, drv = capture(lambda: region(x))
-        g_transfer, new = capture(lambda: transfer(drv))
-        g_animate, y = capture(lambda: animate(new))
-        g_post, out_post = capture(lambda: to_frame(y))
+        g_frame, out_frame = capture(lambda: to_frame(animate(transfer(region(to_input(dev_in, size, dt))))),
+                                     graphs=graphs)
+        g_pre, x = capture(lambda: to_input(dev_in, size, dt), graphs=graphs)
+        g_region, drv = capture(lambda: region(x), graphs=graphs)
+        g_transfer, new = capture(lambda: transfer(drv), graphs=graphs)
+        g_animate, y = capture(lambda: animate(new), graphs=graphs)
+        g_post, out_post = capture(lambda: to_frame(y), graphs=graphs)
 
         def run(frame: np.ndarray) -> np.ndarray:
             upload(frame)
@@ -373,9 +410,18 @@ class CudaGraphRunner(Runner):
             g_frame.replay()
             return download(out_frame)
 
-        return Stages(source=lambda: model.prepare_source(src), pre=pre, region=g_region.replay,
-                      transfer=g_transfer.replay, animate=g_animate.replay, post=post, per_frame=per_frame, run=run,
-                      info={"cuda_graphs": True})
+        def staged(frame: np.ndarray) -> np.ndarray:
+            """One frame through the stage graphs in turn (checks their dataflow)."""
+            upload(frame)
+            for g in (g_pre, g_region, g_transfer, g_animate, g_post):
+                g.replay()
+            return download(out_post).copy()
+
+        stages = Stages(source=lambda: model.prepare_source(src), pre=pre, region=g_region.replay,
+                        transfer=g_transfer.replay, animate=g_animate.replay, post=post, per_frame=per_frame,
+                        run=run, info={"cuda_graphs": graphs})
+        stages.staged = staged  # type: ignore[attr-defined]
+        return stages
 
 
 # ---------------------------------------------------------------------------------------------
