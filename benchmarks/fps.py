@@ -208,7 +208,7 @@ def rows_for(config: str, backend: str, device: str, stats: "dict[str, Stats] | 
     base = {"config": config, "backend": backend, "device": device,
             "dtype": {"torch-cuda-fp16": "float16", "torch-cuda-bf16": "bfloat16", "ort-trt-fp16": "float16",
                       "ort-cpu-int8": "int8"}.get(backend, "float32"),
-            "threads": threads if device == "cpu" or backend == "naive" else None}
+            "threads": threads}
     if stats is None:
         return [{**base, "stage": "per_frame", "available": False, "reason": reason, "median_ms": None,
                  "p95_ms": None, "speedup_vs_naive": None, "peak_mem_mb": None}]
@@ -232,7 +232,7 @@ def rows_for(config: str, backend: str, device: str, stats: "dict[str, Stats] | 
             row["gflops"] = round(c.flops / 1e9, 3)
             row["params_m"] = round(c.params / 1e6, 3)
             row["min_mb"] = round(c.min_bytes / 2**20, 2)
-            if gpu_name and backend.startswith(("naive", "torch")):
+            if gpu_name:
                 fl = costs.floor(c, gpu_name, backend in LOW_PRECISION)
                 if fl is not None:
                     row["floor_ms"] = round(fl.floor_ms, 4)
@@ -397,7 +397,8 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                 if args.json:
                     write_json(all_rows, args.json)
                 continue
-            label = model.config.name if not args.checkpoint else label
+            if not args.checkpoint:
+                label = f"default:{model.config.name}" if spec == "default" else model.config.name
             size = model.frame_size
             frames = rn.synthetic_frames(9, args.input_size or size, seed=args.seed)
             source = rn.synthetic_frames(1, args.input_size or size, seed=args.seed + 1)[0]

@@ -318,3 +318,16 @@ def test_face_mesh_finds_a_face_in_a_portrait():
         assert lm is not None and lm.shape == (len(SUBSET), 2)
         assert (lm > 0).all() and (lm < 256).all()
         assert mesh(np.full((256, 256, 3), 127, np.uint8)) is None
+
+
+def test_fps_times_a_checkpoint_file(tmp_path):
+    torch.manual_seed(3)
+    model = nets.build_model("tiny").eval()
+    path = tmp_path / "tiny.pt"
+    nets.save_model(model, path)
+    out = tmp_path / "fps.json"
+    assert run_cli(fps.main, ["--checkpoint", str(path), "--device", "cpu", "--frames", "2", "--warmup", "0",
+                              "--min-frames", "1", "--backends", "torch-eager", "--json", str(out)]) == 0
+    rows = [r for r in json.loads(out.read_text()) if r["available"]]
+    assert {r["config"] for r in rows} == {"tiny.pt"} and {r["backend"] for r in rows} == {"torch-eager"}
+    assert {r["stage"] for r in rows} == set(rn.STAGES)
