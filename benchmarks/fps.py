@@ -39,7 +39,7 @@ from nets.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 
 from benchmarks import cost as costs  # noqa: E402
 from benchmarks import runners as rn  # noqa: E402
-from benchmarks.timing import PeakMemory, Stats, cpu_threads_available, time_fn, timed_once  # noqa: E402
+from benchmarks.timing import Contention, PeakMemory, Stats, cpu_threads_available, time_fn, timed_once  # noqa: E402
 
 # (backend, device): every row the table can have, in display order.
 BACKENDS = [
@@ -166,7 +166,9 @@ def measure_backend(backend: str, device: str, setup: rn.Setup, reference: np.nd
         stats = {}
         for name, fn in stages.items():
             progress(f"{setup.model.config.name} {backend} {device} {name}")
-            stats[name] = time_fn(fn, opts.frames, opts.warmup, device, opts.max_seconds, opts.min_frames)
+            with Contention() as busy:
+                stats[name] = time_fn(fn, opts.frames, opts.warmup, device, opts.max_seconds, opts.min_frames)
+            stats[name].others_cpu, stats[name].others_niced_cpu = busy.cores, busy.niced
         info["peak_mem_mb"] = round(mem.peak_mb(), 1)
         info["peak_mem_kind"] = mem.kind
         del stages, runner
@@ -220,6 +222,9 @@ def rows_for(config: str, backend: str, device: str, stats: "dict[str, Stats] | 
                "frames": st.frames, "speedup_vs_naive": None, "peak_mem_mb": info.get("peak_mem_mb")}
         if st.gpu_median_ms is not None:
             row["gpu_median_ms"] = round(st.gpu_median_ms, 3)
+        if st.others_cpu is not None:
+            row["others_cpu"] = round(st.others_cpu, 2)
+            row["others_niced_cpu"] = round(st.others_niced_cpu, 2)
         if stage == "per_frame":
             row["fps"] = round(1000 / st.median_ms, 1)
             for k, v in info.items():
@@ -276,7 +281,7 @@ def table(rows: list[dict], graphs: dict[str, dict[str, costs.Cost]]) -> str:
                      f"animation part {g['animate'].params / 1e6:.2f}")
         lines.append(head)
         lines.append(f"{'backend':<16} {'device':<6} {'stage':<10} {'median ms':>10} {'p95 ms':>9} {'x naive':>8} "
-                     f"{'fps':>7} {'GFLOPs':>7} {'peak MB':>8} {'/floor':>7}  notes")
+                     f"{'fps':>7} {'GFLOPs':>7} {'peak MB':>8} {'/floor':>7} {'others':>6}  notes")
         for r in rows:
             if r["config"] != config:
                 continue
@@ -298,7 +303,8 @@ def table(rows: list[dict], graphs: dict[str, dict[str, costs.Cost]]) -> str:
                          f"{_fmt(r['p95_ms'], '9.3f')} {_fmt(r['speedup_vs_naive'], '8.2f')} "
                          f"{_fmt(r.get('fps'), '7.1f')} {_fmt(r.get('gflops'), '7.2f')} "
                          f"{_fmt(r['peak_mem_mb'] if r['stage'] == 'per_frame' else None, '8.0f')} "
-                         f"{_fmt(r.get('time_over_floor'), '7.1f')}  {'; '.join(notes)}")
+                         f"{_fmt(r.get('time_over_floor'), '7.1f')} {_fmt(r.get('others_cpu'), '6.2f')}  "
+                         f"{'; '.join(notes)}")
     return "\n".join(lines)
 
 

@@ -27,6 +27,8 @@ class Stats:
     min_ms: float
     frames: int
     gpu_median_ms: "float | None" = None  # CUDA-event time, when on a GPU
+    others_cpu: "float | None" = None  # cores busy with other processes meanwhile (see Contention)
+    others_niced_cpu: "float | None" = None  # of which niced processes
 
     @classmethod
     def of(cls, times_ms: "list[float]", gpu_ms: "list[float] | None" = None) -> "Stats":
@@ -148,3 +150,50 @@ def cpu_threads_available() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Contention: how much CPU other processes used while we measured
+# ---------------------------------------------------------------------------------------------
+
+def _busy_seconds() -> "tuple[float, float] | None":
+    """(CPU seconds all processes have been busy since boot, of which niced user time), or None (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    hz = os.sysconf("SC_CLK_TCK")
+    return busy / hz, fields[1] / hz
+
+
+def _own_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    c = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
+
+
+class Contention:
+    """CPU cores busy with *other* processes during a section, on average (Linux; else None).
+
+    ``cores``: all other processes; ``niced``: the part of it spent by niced processes (e.g. a
+    background training run at nice 10, which yields most of the CPU to us). 0 means the
+    benchmark had the machine to itself; on a 2-core machine with 2 threads, 1.0 means another
+    process took about half of it and the times are not to be trusted. Sections under 0.5 s
+    get None (the kernel counts in 10 ms ticks).
+    """
+
+    def __enter__(self) -> "Contention":
+        self.busy0, self.own0, self.t0 = _busy_seconds(), _own_seconds(), time.perf_counter()
+        self.cores: "float | None" = None
+        self.niced: "float | None" = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy1, own1, wall = _busy_seconds(), _own_seconds(), time.perf_counter() - self.t0
+        if self.busy0 is None or busy1 is None or wall < 0.5:
+            return
+        self.cores = max(0.0, ((busy1[0] - self.busy0[0]) - (own1 - self.own0)) / wall)
+        self.niced = max(0.0, (busy1[1] - self.busy0[1]) / wall)
