@@ -24,6 +24,7 @@ import os
 import platform
 import sys
 import tempfile
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -428,6 +429,10 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                         reason = str(e)
                     except torch.cuda.OutOfMemoryError as e:  # pragma: no cover - GPU only
                         reason = f"out of GPU memory: {str(e).splitlines()[0][:160]}"
+                    except Exception as e:  # noqa: BLE001 - one broken backend must not lose the table
+                        traceback.print_exc()
+                        first = (str(e).strip().splitlines() or [""])[0][:200]
+                        reason = f"error: {type(e).__name__}: {first} (traceback on stderr)"
                 if reason is not None:
                     all_rows += rows_for(label, backend, device, None, {}, None, threads, reason)
                 else:

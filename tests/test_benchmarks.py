@@ -331,3 +331,20 @@ def test_fps_times_a_checkpoint_file(tmp_path):
     rows = [r for r in json.loads(out.read_text()) if r["available"]]
     assert {r["config"] for r in rows} == {"tiny.pt"} and {r["backend"] for r in rows} == {"torch-eager"}
     assert {r["stage"] for r in rows} == set(rn.STAGES)
+
+
+def test_fps_reports_a_failing_backend_and_goes_on(tmp_path, monkeypatch):
+    real = fps.make_runner
+
+    def broken(backend, device, setup, opts):
+        if backend == "torch-eager":
+            raise RuntimeError("kaboom")
+        return real(backend, device, setup, opts)
+
+    monkeypatch.setattr(fps, "make_runner", broken)
+    out = tmp_path / "fps.json"
+    assert run_cli(fps.main, ["--config", "tiny", "--device", "cpu", "--frames", "2", "--warmup", "0",
+                              "--min-frames", "1", "--backends", "naive,torch-eager", "--json", str(out)]) == 0
+    rows = {(r["backend"], r["device"], r["stage"]): r for r in json.loads(out.read_text())}
+    assert "kaboom" in rows[("torch-eager", "cpu", "per_frame")]["reason"]
+    assert rows[("naive", "cpu", "per_frame")]["available"]
