@@ -61,6 +61,7 @@ class Options:
     compile_mode: "dict[str, str | None]"  # device -> mode (None: compile skipped)
     compile_configs: "set[str] | None"
     threads: int
+    onnx_dir: "str | None" = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,13 +143,13 @@ def make_runner(backend: str, device: str, setup: rn.Setup, opts: Options) -> rn
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[backend.rsplit("-", 1)[1]]
         return rn.CudaGraphRunner(setup, device, dtype)
     if backend == "ort-cpu":
-        return rn.OrtRunner(setup, "cpu", backend)
+        return rn.OrtRunner(setup, "cpu", backend, onnx_dir=opts.onnx_dir)
     if backend == "ort-cpu-int8":
-        return rn.OrtRunner(setup, "cpu", backend, int8=True)
+        return rn.OrtRunner(setup, "cpu", backend, precision="int8", onnx_dir=opts.onnx_dir)
     if backend == "ort-cuda":
-        return rn.OrtRunner(setup, "cuda", backend)
+        return rn.OrtRunner(setup, "cuda", backend, onnx_dir=opts.onnx_dir)
     if backend == "ort-trt-fp16":
-        return rn.OrtRunner(setup, "tensorrt", backend, fp16=True)
+        return rn.OrtRunner(setup, "tensorrt", backend, onnx_dir=opts.onnx_dir)
     raise ValueError(backend)
 
 
@@ -331,6 +332,8 @@ def parse_args(argv: "Sequence[str] | None"):
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ORT (default: all cores)")
     p.add_argument("--input-size", type=int, default=None,
                    help="side of the uint8 crop given to pre-processing (default: the model's size, no resize)")
+    p.add_argument("--onnx-dir", help="ORT rows open this mra-export directory instead of exporting the model "
+                                      "(int8 graphs need one, calibrated on real frames; its model must be the one timed)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it can take minutes on a CPU)")
     p.add_argument("--compile-mode", default=None,
                    help="torch.compile mode (default: 'default' on cpu, 'max-autotune-no-cudagraphs' on cuda; "
@@ -370,7 +373,8 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     elif args.quick:
         compile_configs = set(QUICK_COMPILE_CONFIGS)
     opts = Options(frames=args.frames, warmup=args.warmup, max_seconds=args.max_seconds, min_frames=args.min_frames,
-                   compile_mode=compile_mode, compile_configs=compile_configs, threads=threads)
+                   compile_mode=compile_mode, compile_configs=compile_configs, threads=threads,
+                   onnx_dir=args.onnx_dir)
 
     if args.checkpoint:
         configs = [args.config]

@@ -27,7 +27,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -432,45 +432,55 @@ ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                  "tensorrt": "TensorrtExecutionProvider"}
 
 
-def ort_options(factory: Callable, provider: str, threads: int, fp16: bool = False,
-                int8: bool = False) -> tuple[dict[str, Any], list[str]]:
-    """Keyword options for ``OrtEngine.from_checkpoint`` that it accepts, and notes on those it does not.
+def ort_options(factory: Callable, provider: str, threads: int, precision: str = "fp32",
+                devices: "Sequence[str] | None" = None) -> tuple[dict[str, Any], list[str]]:
+    """Keyword arguments for ``OrtEngine.from_checkpoint`` (beyond the checkpoint and config), and notes.
 
-    Expected names (the export issue's runtime): ``provider`` (``cpu`` | ``cuda`` | ``tensorrt``),
-    ``threads`` (ORT intra-op threads), ``fp16`` and ``int8``. Options a backend needs and the
-    factory lacks raise :class:`Unavailable`.
+    The export issue's runtime takes ``device`` = ``cpu`` | ``cuda`` | ``tensorrt`` (``devices``:
+    the values it accepts), ``threads`` (intra-op threads), ``precision`` = ``fp32`` | ``fp16`` |
+    ``int8`` and ``fallback`` = ``error`` (no silent provider fallback). Other spellings are
+    tolerated (``provider=``, ``int8=True``); what the factory cannot be asked for raises
+    :class:`Unavailable`.
     """
     params = inspect.signature(factory).parameters
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     accepts = lambda name: name in params or var_kw  # noqa: E731
     opts: dict[str, Any] = {}
     notes: list[str] = []
-    if accepts("provider"):
-        opts["provider"] = provider
-    elif "providers" in params:
-        opts["providers"] = [ORT_PROVIDERS[provider]]
-    elif provider != "cpu" and provider != "cuda":
-        raise Unavailable("OrtEngine.from_checkpoint takes no 'provider' option, so TensorRT cannot be asked for")
-    for name in ("threads", "intra_op_threads", "num_threads"):
-        if name in params or (name == "threads" and var_kw):
-            opts[name] = threads
-            break
+    if provider in ("cpu", "cuda") or (devices is not None and provider in devices):
+        opts["device"] = provider
+    elif "provider" in params:
+        opts["device"], opts["provider"] = "cuda", provider
+    else:
+        raise Unavailable(f"OrtEngine cannot be asked for the {provider} provider (device must be one of "
+                          f"{', '.join(devices or ('cpu', 'cuda'))})")
+    if "threads" in params or var_kw:
+        opts["threads"] = threads
     else:
         notes.append("ORT thread count not set (no threads option)")
-    for flag, name in ((fp16, "fp16"), (int8, "int8")):
-        if flag:
-            if not accepts(name):
-                raise Unavailable(f"OrtEngine.from_checkpoint has no '{name}' option")
-            opts[name] = True
+    if precision != "fp32":
+        if "precision" in params:
+            opts["precision"] = precision
+        elif precision in params:
+            opts[precision] = True
+        else:
+            raise Unavailable(f"OrtEngine.from_checkpoint cannot be asked for {precision} graphs")
+    if "fallback" in params:
+        opts["fallback"] = "error"
     return opts, notes
 
 
 class OrtRunner(Runner):
-    """An ``export.runtime.OrtEngine`` on one execution provider, through the Engine API."""
+    """An ``export.runtime.OrtEngine`` on one execution provider, through the Engine API.
 
-    def __init__(self, setup: Setup, provider: str, backend: str, fp16: bool = False, int8: bool = False):
+    ``onnx_dir``: an export directory (``mra-export --out``) to open instead of exporting the
+    checkpoint (int8 graphs need one: they are calibrated on real frames at export time).
+    """
+
+    def __init__(self, setup: Setup, provider: str, backend: str, precision: str = "fp32",
+                 onnx_dir: "str | None" = None):
         super().__init__(setup, "cpu" if provider == "cpu" else "cuda")
-        self.provider, self.backend, self.fp16, self.int8 = provider, backend, fp16, int8
+        self.provider, self.backend, self.precision, self.onnx_dir = provider, backend, precision, onnx_dir
 
     def build(self) -> Stages:
         s = self.setup
@@ -485,23 +495,30 @@ class OrtRunner(Runner):
         if self.provider != "cpu" and not torch.cuda.is_available():
             raise Unavailable("no CUDA GPU on this machine")
         try:
+            from export import runtime
             from export.runtime import OrtEngine
         except ImportError as e:
             raise Unavailable(f"export.runtime (the ONNX Runtime engine) is not available yet: {e}") from None
-        checkpoint = s.checkpoint_file()
-        opts, notes = ort_options(OrtEngine.from_checkpoint, self.provider, s.threads, self.fp16, self.int8)
+        target = self.onnx_dir or s.checkpoint_file()
+        opts, notes = ort_options(OrtEngine.from_checkpoint, self.provider, s.threads, self.precision,
+                                  getattr(runtime, "DEVICES", None))
         t0 = time.perf_counter()
         try:
-            engine = OrtEngine.from_checkpoint(str(checkpoint), config=s.config_arg, device=self.device, **opts)
+            engine = OrtEngine.from_checkpoint(str(target), config=s.config_arg, **opts)
         except Exception as e:  # noqa: BLE001 - report why, as an unavailable row
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise Unavailable(f"OrtEngine.from_checkpoint failed: {type(e).__name__}: {msg}") from None
+            msg = " ".join(str(e).split())[:240] or type(e).__name__
+            raise Unavailable(f"OrtEngine: {msg}") from None
         setup_s = time.perf_counter() - t0
         providers = engine.providers()
-        short = wanted.replace("ExecutionProvider", "").lower()
-        off = {k: v for k, v in providers.items() if short not in str(v).lower()}
+        gpu_words = ("cuda", "tensorrt")
+        if self.provider == "cpu":
+            off = {k: v for k, v in providers.items() if any(w in str(v).lower() for w in gpu_words)}
+        else:
+            off = {k: v for k, v in providers.items() if self.provider not in str(v).lower()}
         if not providers or off:
             raise Unavailable(f"ONNX Runtime does not run every graph on {wanted}: {providers or 'unknown'}")
+        if engine.frame_size != s.size:
+            raise Unavailable(f"the ONNX graphs are {engine.frame_size} px, the model {s.size} px")
         size = engine.frame_size
 
         def pre(frame: np.ndarray) -> np.ndarray:
@@ -521,7 +538,9 @@ class OrtRunner(Runner):
         def run(frame: np.ndarray) -> np.ndarray:
             return post(engine.animate(avatar, engine.transfer(avatar, engine.regions(pre(frame)), init, "relative")))
 
-        info = {"providers": providers, "setup_s": round(setup_s, 2), "ort_options": {k: v for k, v in opts.items()}}
+        info = {"providers": providers, "setup_s": round(setup_s, 2), "ort_options": dict(opts)}
+        if self.provider == "tensorrt":
+            notes.append("TensorRT builds fp16 engines (engine cache in the user cache dir; first build in setup_s)")
         if notes:
             info["notes"] = notes
         return Stages(source=lambda: engine.prepare_source(pre(s.source)), pre=lambda: pre(nxt()),

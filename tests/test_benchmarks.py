@@ -97,23 +97,23 @@ def test_shape_and_motion_metrics():
 
 
 def test_ort_options_follow_the_factory_signature():
-    def full(checkpoint, config=None, device="cpu", provider=None, threads=None, fp16=False, int8=False):
-        pass
-
-    def kwargs(checkpoint, config=None, device="cpu", **options):
+    def runtime_like(checkpoint, config=None, device="cpu", size=None, opset=None, precision="fp32",
+                     export_dir=None, **options):
         pass
 
     def bare(checkpoint, config=None, device="cpu"):
         pass
 
-    assert rn.ort_options(full, "tensorrt", 2, fp16=True) == ({"provider": "tensorrt", "threads": 2, "fp16": True}, [])
-    assert rn.ort_options(kwargs, "cpu", 3)[0] == {"provider": "cpu", "threads": 3}
-    opts, notes = rn.ort_options(bare, "cpu", 2)
-    assert opts == {} and notes
-    with pytest.raises(rn.Unavailable, match="provider"):
+    devices = ("auto", "cpu", "cuda", "tensorrt")
+    assert rn.ort_options(runtime_like, "tensorrt", 2, devices=devices) == ({"device": "tensorrt", "threads": 2}, [])
+    assert rn.ort_options(runtime_like, "cpu", 3, "int8", devices)[0] == {"device": "cpu", "threads": 3,
+                                                                          "precision": "int8"}
+    opts, notes = rn.ort_options(bare, "cuda", 2)
+    assert opts == {"device": "cuda"} and notes
+    with pytest.raises(rn.Unavailable, match="tensorrt"):
         rn.ort_options(bare, "tensorrt", 2)
     with pytest.raises(rn.Unavailable, match="int8"):
-        rn.ort_options(bare, "cpu", 2, int8=True)
+        rn.ort_options(bare, "cpu", 2, "int8")
 
 
 def _setup(seed=0):
