@@ -181,7 +181,7 @@ def test_fps_runs_on_tiny_and_writes_rows(tmp_path, capsys):
             assert by[(backend, stage)]["p95_ms"] >= by[(backend, stage)]["median_ms"]
     naive, eager = by[("naive", "per_frame")], by[("torch-eager", "per_frame")]
     assert naive["speedup_vs_naive"] == 1.0
-    assert eager["speedup_vs_naive"] == pytest.approx(naive["median_ms"] / eager["median_ms"], rel=0.02)
+    assert eager["speedup_vs_naive"] == pytest.approx(naive["median_ms"] / eager["median_ms"], abs=0.006)
     assert eager["max_diff"] <= 1 / 255 and eager["peak_mem_mb"] > 0 and eager["threads"] == 2
     assert by[("torch-eager", "region")]["gflops"] > 0 and by[("torch-eager", "animate")]["params_m"] > 0
     assert by[("naive", "animate")]["gflops"] > by[("torch-eager", "animate")]["gflops"]  # naive re-encodes the source
