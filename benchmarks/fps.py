@@ -40,7 +40,8 @@ from nets.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 
 from benchmarks import cost as costs  # noqa: E402
 from benchmarks import runners as rn  # noqa: E402
-from benchmarks.timing import Contention, PeakMemory, Stats, cpu_threads_available, time_fn, timed_once  # noqa: E402
+from benchmarks.timing import (Contention, PeakMemory, Stats, cpu_threads_available, time_fn,  # noqa: E402
+                               time_round_robin, timed_once)  # noqa: E402
 
 # (backend, device): every row the table can have, in display order.
 BACKENDS = [
@@ -154,8 +155,12 @@ def make_runner(backend: str, device: str, setup: rn.Setup, opts: Options) -> rn
 
 
 def measure_backend(backend: str, device: str, setup: rn.Setup, reference: np.ndarray, opts: Options,
-                    progress: Callable[[str], None]) -> tuple[dict[str, Stats], dict[str, Any]]:
-    """Build the backend, check one frame against the reference, time every stage."""
+                    progress: Callable[[str], None],
+                    keep: "dict[tuple[str, str], Callable[[], Any]] | None" = None) -> tuple[dict[str, Stats], dict[str, Any]]:
+    """Build the backend, check one frame against the reference, time every stage.
+
+    ``keep``: when given, the backend's per-frame callable is stored there (for round-robin timing).
+    """
     with PeakMemory(device) as mem, torch.inference_mode():
         runner = make_runner(backend, device, setup, opts)
         stages, build_s = timed_once(runner.build, device if torch.cuda.is_available() else "cpu")
@@ -173,6 +178,8 @@ def measure_backend(backend: str, device: str, setup: rn.Setup, reference: np.nd
             stats[name].others_cpu, stats[name].others_niced_cpu = busy.cores, busy.niced
         info["peak_mem_mb"] = round(mem.peak_mb(), 1)
         info["peak_mem_kind"] = mem.kind
+        if keep is not None:
+            keep[(backend, device)] = stages.per_frame
         del stages, runner
     gc.collect()
     if device.startswith("cuda"):
@@ -342,6 +349,9 @@ def parse_args(argv: "Sequence[str] | None"):
     p.add_argument("--quick", action="store_true",
                    help="the whole GPU table in under 3 minutes: 20 frames, 3 s per stage, no max-autotune, "
                         "compile only vox256 and lite256")
+    p.add_argument("--interleave", action="store_true",
+                   help="time the per_frame stage of all backends of a config round-robin (one frame each in turn), "
+                        "so a machine busy with other work slows them alike; keeps every backend in memory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the rows as JSON here")
     return p.parse_args(argv)
@@ -418,6 +428,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
             print(f"[{label}] counting FLOPs and the reference frame", file=sys.stderr, flush=True)
             graphs[label] = graph_costs(model, setup)
             reference = rn.reference_output(setup, frames[1])
+            kept: "dict[tuple[str, str], Callable[[], Any]] | None" = {} if args.interleave else None
             for backend, device in BACKENDS:
                 if selected is not None and backend not in selected:
                     reason = "not selected (--backends)"
@@ -428,7 +439,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                     reason = None
                 if reason is None:
                     try:
-                        stats, info = measure_backend(backend, device, setup, reference, opts, progress)
+                        stats, info = measure_backend(backend, device, setup, reference, opts, progress, kept)
                     except rn.Unavailable as e:
                         reason = str(e)
                     except torch.cuda.OutOfMemoryError as e:  # pragma: no cover - GPU only
@@ -441,7 +452,9 @@ def main(argv: "Sequence[str] | None" = None) -> int:
                     all_rows += rows_for(label, backend, device, None, {}, None, threads, reason)
                 else:
                     all_rows += rows_for(label, backend, device, stats, info, graphs[label], threads)
-            del setup, model
+            if kept:
+                interleave(all_rows, label, kept, opts, progress)
+            del setup, model, kept
             gc.collect()
             add_speedups(all_rows)
             for r in all_rows:
@@ -455,6 +468,29 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     if args.json:
         print(f"wrote {len(all_rows)} rows to {args.json}")
     return 0
+
+
+def interleave(rows: list[dict], label: str, kept: "dict[tuple[str, str], Callable[[], Any]]", opts: Options,
+               progress: Callable[[str], None]) -> None:
+    """Re-time the per_frame stage of the kept backends round-robin, per device; replace their per_frame rows."""
+    with torch.inference_mode():
+        for device in dict.fromkeys(d for _, d in kept):
+            fns = {b: fn for (b, d), fn in kept.items() if d == device}
+            if len(fns) < 2:
+                continue
+            progress(f"{label} per_frame round-robin on {device}: {', '.join(fns)}")
+            stats = time_round_robin(fns, opts.frames, opts.warmup, device, opts.max_seconds * len(fns),
+                                     opts.min_frames)
+            for r in rows:
+                if r["config"] == label and r["device"] == device and r["stage"] == "per_frame" and r["available"] \
+                        and r["backend"] in stats:
+                    st = stats[r["backend"]]
+                    r.update(median_ms=round(st.median_ms, 3), p95_ms=round(st.p95_ms, 3), mean_ms=round(st.mean_ms, 3),
+                             min_ms=round(st.min_ms, 3), frames=st.frames, fps=round(1000 / st.median_ms, 1),
+                             others_cpu=None if st.others_cpu is None else round(st.others_cpu, 2),
+                             others_niced_cpu=None if st.others_niced_cpu is None else round(st.others_niced_cpu, 2),
+                             interleaved=True)
+                    r.pop("gpu_median_ms", None)
 
 
 def write_json(rows: list[dict], path: str) -> None:

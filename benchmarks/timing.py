@@ -197,3 +197,31 @@ class Contention:
             return
         self.cores = max(0.0, ((busy1[0] - self.busy0[0]) - (own1 - self.own0)) / wall)
         self.niced = max(0.0, (busy1[1] - self.busy0[1]) / wall)
+
+
+def time_round_robin(fns: "dict[str, Callable[[], Any]]", frames: int, warmup: int, device: str = "cpu",
+                     max_seconds: float = float("inf"), min_frames: int = 1) -> "dict[str, Stats]":
+    """Time several callables in turn, one call of each per round (like :func:`time_fn` otherwise).
+
+    On a machine shared with other work, every callable then sees the same contention, so their
+    ratios hold even when the absolute times do not. ``max_seconds`` caps the whole loop.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    synchronize(device)
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    begin = time.perf_counter()
+    with Contention() as busy:
+        for i in range(frames):
+            if i >= min_frames and time.perf_counter() - begin > max_seconds:
+                break
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                synchronize(device)
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {k: Stats.of(v) for k, v in times.items()}
+    for st in out.values():
+        st.others_cpu, st.others_niced_cpu = busy.cores, busy.niced
+    return out

@@ -162,7 +162,7 @@ def test_fps_runs_on_tiny_and_writes_rows(tmp_path, capsys):
     code = run_cli(fps.main, ["--config", "tiny,default", "--device", "cpu", "--frames", "3", "--warmup", "1",
                               "--max-seconds", "1", "--min-frames", "2", "--threads", "2", "--no-compile",
                               "--backends", "naive,torch-eager,torch-compile,ort-cpu,torch-cuda-bf16",
-                              "--json", str(out)])
+                              "--interleave", "--json", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "== tiny" in text and "per frame, end to end" in text
@@ -180,6 +180,7 @@ def test_fps_runs_on_tiny_and_writes_rows(tmp_path, capsys):
             assert by[(backend, stage)]["median_ms"] > 0
             assert by[(backend, stage)]["p95_ms"] >= by[(backend, stage)]["median_ms"]
     naive, eager = by[("naive", "per_frame")], by[("torch-eager", "per_frame")]
+    assert naive["interleaved"] and eager["interleaved"] and naive["frames"] == eager["frames"]
     assert naive["speedup_vs_naive"] == 1.0
     assert eager["speedup_vs_naive"] == pytest.approx(naive["median_ms"] / eager["median_ms"], abs=0.006)
     assert eager["max_diff"] <= 1 / 255 and eager["peak_mem_mb"] > 0 and eager["threads"] == 2
