@@ -199,7 +199,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     m = {"cpu": cpu, "cpu_count": cpu_threads_available(), "torch": torch.__version__,
-         "python": platform.python_version(), "date": datetime.date.today().isoformat()}
+         "python": platform.python_version(), "date": datetime.date.today().isoformat(),
+         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)")}
     try:
         m["load_avg_1m"] = round(os.getloadavg()[0], 2)
     except OSError:
