@@ -19,6 +19,14 @@ from nets.errors import UserError, run_cli
 from conftest import shared_path
 
 
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The scripts set torch's thread count (one thread here: fast on a busy 2-core machine); restore it."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 # ---------------------------------------------------------------------------------------------
 # Helpers against simple references
 # ---------------------------------------------------------------------------------------------
@@ -160,7 +168,7 @@ def test_naive_and_eager_runners_match_the_reference():
 def test_fps_runs_on_tiny_and_writes_rows(tmp_path, capsys):
     out = tmp_path / "fps.json"
     code = run_cli(fps.main, ["--config", "tiny,default", "--device", "cpu", "--frames", "3", "--warmup", "1",
-                              "--max-seconds", "1", "--min-frames", "2", "--threads", "2", "--no-compile",
+                              "--max-seconds", "1", "--min-frames", "2", "--threads", "1", "--no-compile",
                               "--backends", "naive,torch-eager,torch-compile,ort-cpu,torch-cuda-bf16",
                               "--interleave", "--json", str(out)])
     assert code == 0
@@ -183,7 +191,7 @@ def test_fps_runs_on_tiny_and_writes_rows(tmp_path, capsys):
     assert naive["interleaved"] and eager["interleaved"] and naive["frames"] == eager["frames"]
     assert naive["speedup_vs_naive"] == 1.0
     assert eager["speedup_vs_naive"] == pytest.approx(naive["median_ms"] / eager["median_ms"], abs=0.006)
-    assert eager["max_diff"] <= 1 / 255 and eager["peak_mem_mb"] > 0 and eager["threads"] == 2
+    assert eager["max_diff"] <= 1 / 255 and eager["peak_mem_mb"] > 0 and eager["threads"] == 1
     assert by[("torch-eager", "region")]["gflops"] > 0 and by[("torch-eager", "animate")]["params_m"] > 0
     assert by[("naive", "animate")]["gflops"] > by[("torch-eager", "animate")]["gflops"]  # naive re-encodes the source
     unavailable = {(r["backend"], r["device"]): r["reason"] for r in tiny if not r["available"]}
@@ -235,7 +243,7 @@ def test_quality_runs_on_tiny_and_writes_json_and_sheet(tmp_path, capsys):
     out = tmp_path / "out"
     code = run_cli(quality.main, ["--videos", str(videos), "--config", "tiny", "--random-weights", "--size", "64",
                                   "--max-frames", "5", "--portraits", str(portraits), "--crop", "center",
-                                  "--modes", "standard,relative", "--batch", "3", "--out", str(out)])
+                                  "--modes", "standard,relative", "--batch", "3", "--threads", "1", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     res = json.loads((out / "quality.json").read_text())
     rows = res["reconstruction"]["rows"]
@@ -327,7 +335,7 @@ def test_fps_times_a_checkpoint_file(tmp_path):
     path = tmp_path / "tiny.pt"
     nets.save_model(model, path)
     out = tmp_path / "fps.json"
-    assert run_cli(fps.main, ["--checkpoint", str(path), "--device", "cpu", "--frames", "2", "--warmup", "0",
+    assert run_cli(fps.main, ["--checkpoint", str(path), "--device", "cpu", "--frames", "2", "--warmup", "0", "--threads", "1",
                               "--min-frames", "1", "--backends", "torch-eager", "--json", str(out)]) == 0
     rows = [r for r in json.loads(out.read_text()) if r["available"]]
     assert {r["config"] for r in rows} == {"tiny.pt"} and {r["backend"] for r in rows} == {"torch-eager"}
@@ -344,7 +352,7 @@ def test_fps_reports_a_failing_backend_and_goes_on(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fps, "make_runner", broken)
     out = tmp_path / "fps.json"
-    assert run_cli(fps.main, ["--config", "tiny", "--device", "cpu", "--frames", "2", "--warmup", "0",
+    assert run_cli(fps.main, ["--config", "tiny", "--device", "cpu", "--frames", "2", "--warmup", "0", "--threads", "1",
                               "--min-frames", "1", "--backends", "naive,torch-eager", "--json", str(out)]) == 0
     rows = {(r["backend"], r["device"], r["stage"]): r for r in json.loads(out.read_text())}
     assert "kaboom" in rows[("torch-eager", "cpu", "per_frame")]["reason"]
