@@ -1,0 +1,359 @@
+"""benchmarks/: the fps and quality scripts run briefly on the tiny preset; their helpers against references."""
+import json
+import math
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import nets
+from benchmarks import clips as cl
+from benchmarks import cost, fps, metrics, quality
+from benchmarks import runners as rn
+from benchmarks.timing import time_fn
+from nets.errors import UserError, run_cli
+
+from conftest import shared_path
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """The scripts set torch's thread count (one thread here: fast on a busy 2-core machine); restore it."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers against simple references
+# ---------------------------------------------------------------------------------------------
+
+def test_cost_counts_conv_flops_params_and_bytes():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    x = torch.rand(1, 3, 16, 16)
+    c = cost.measure(net, x)
+    macs = 16 * 16 * (8 * 3 * 9 + 4 * 8)
+    assert c.flops == 2 * macs
+    assert c.params == (8 * 3 * 9 + 8) + (4 * 8 + 4)
+    assert c.param_bytes == 4 * c.params
+    assert c.io_bytes == 4 * (3 * 16 * 16 + 4 * 16 * 16)
+    assert c.written_bytes >= 4 * (8 + 8 + 4) * 16 * 16  # conv, relu, conv outputs
+    fl = cost.floor(c.scaled(2), "NVIDIA H100 80GB HBM3", low_precision=True)
+    assert fl.compute_ms == pytest.approx(c.flops / 989e12 * 1e3)
+    assert fl.memory_ms == pytest.approx(c.scaled(2).min_bytes / 3.35e12 * 1e3)
+    assert cost.floor(c, "Some GPU", False) is None
+
+
+def test_time_fn_warmup_frames_and_time_cap():
+    calls = []
+    st = time_fn(lambda: calls.append(1), frames=7, warmup=2)
+    assert len(calls) == 9 and st.frames == 7 and st.median_ms >= 0
+    st = time_fn(lambda: time.sleep(0.01), frames=100, warmup=0, max_seconds=0.05, min_frames=3)
+    assert 3 <= st.frames < 20 and st.median_ms >= 9 and st.p95_ms >= st.median_ms
+
+
+def _ssim_brute(a, b, win=11, sigma=1.5):
+    t = np.arange(win) - (win - 1) / 2
+    g = np.exp(-t**2 / (2 * sigma**2))
+    w = np.outer(g, g) / np.outer(g, g).sum()
+    vals = []
+    for c in range(a.shape[2]):
+        for i in range(a.shape[0] - win + 1):
+            for j in range(a.shape[1] - win + 1):
+                x, y = a[i:i + win, j:j + win, c], b[i:i + win, j:j + win, c]
+                mx, my = (w * x).sum(), (w * y).sum()
+                vx, vy = (w * (x - mx) ** 2).sum(), (w * (y - my) ** 2).sum()
+                cxy = (w * (x - mx) * (y - my)).sum()
+                vals.append((2 * mx * my + 1e-4) * (2 * cxy + 9e-4) / ((mx**2 + my**2 + 1e-4) * (vx + vy + 9e-4)))
+    return float(np.mean(vals))
+
+
+def test_l1_and_ssim_against_references():
+    rng = np.random.default_rng(0)
+    a = rng.random((20, 18, 3))
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1)
+    assert metrics.l1(a, b) == pytest.approx(np.abs(a - b).mean())
+    assert metrics.ssim(a, a) == pytest.approx(1.0)
+    assert metrics.ssim(a, b) == pytest.approx(_ssim_brute(a, b), abs=1e-10)
+    assert metrics.ssim(a, b) < 0.9
+
+
+def test_shape_and_motion_metrics():
+    rng = np.random.default_rng(1)
+    p = rng.random((30, 2)) * 100
+    th = 0.3
+    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
+    q = 2.5 * p @ rot.T + np.array([7.0, -3.0])
+    assert metrics.procrustes_distance(p, q) == pytest.approx(0, abs=1e-9)
+    assert metrics.procrustes_distance(p, p + rng.standard_normal(p.shape)) > 0.005
+    assert metrics.keypoint_distance(p, p + np.array([3.0, 4.0])) == pytest.approx(5.0)
+    drv = [p + np.array([i, 0.5 * i]) for i in range(5)]
+    same = metrics.motion_transfer(drv, drv)
+    assert same.error == pytest.approx(0) and same.ratio == pytest.approx(1) and same.cosine == pytest.approx(1)
+    # the same motion on a face twice the size is the same normalised motion
+    big = [2 * d for d in drv]
+    assert metrics.motion_transfer(big, drv).error == pytest.approx(0, abs=1e-12)
+    still = metrics.motion_transfer([p] * 5, drv)
+    r = metrics.rms_radius(p)
+    expect = np.mean([np.hypot(i, 0.5 * i) / r for i in range(1, 5)])
+    assert still.error == pytest.approx(expect) and still.ratio == 0 and still.cosine == 0
+    missing = metrics.motion_transfer([p, None, p], [p, p, p])
+    assert missing.frames == 1
+
+
+def test_ort_options_follow_the_factory_signature():
+    def runtime_like(checkpoint, config=None, device="cpu", size=None, opset=None, precision="fp32",
+                     export_dir=None, **options):
+        pass
+
+    def bare(checkpoint, config=None, device="cpu"):
+        pass
+
+    devices = ("auto", "cpu", "cuda", "tensorrt")
+    assert rn.ort_options(runtime_like, "tensorrt", 2, devices=devices) == ({"device": "tensorrt", "threads": 2}, [])
+    assert rn.ort_options(runtime_like, "cpu", 3, "int8", devices)[0] == {"device": "cpu", "threads": 3,
+                                                                          "precision": "int8"}
+    opts, notes = rn.ort_options(bare, "cuda", 2)
+    assert opts == {"device": "cuda"} and notes
+    with pytest.raises(rn.Unavailable, match="tensorrt"):
+        rn.ort_options(bare, "tensorrt", 2)
+    with pytest.raises(rn.Unavailable, match="int8"):
+        rn.ort_options(bare, "cpu", 2, "int8")
+
+
+def _setup(seed=0):
+    torch.manual_seed(seed)
+    model = nets.build_model("tiny").eval()
+    return rn.Setup(model=model, checkpoint=None, config_arg=None, source=rn.synthetic_frames(1, 64, seed=5)[0],
+                    frames=rn.synthetic_frames(5, 64), threads=2)
+
+
+def test_cuda_graph_runner_dataflow_without_graphs():
+    """The static-buffer dataflow of the CUDA-graph backend, replayed eagerly on the CPU."""
+    setup = _setup()
+    with torch.inference_mode():
+        stages = rn.CudaGraphRunner(setup, "cpu", torch.float32, graphs=False).build()
+        outs = []
+        for f in setup.frames[1:4]:
+            ref = rn.reference_output(setup, f)
+            assert np.abs(stages.run(f).astype(int) - ref).max() <= 1
+            assert np.abs(stages.staged(f).astype(int) - ref).max() <= 1
+            outs.append(ref)
+        assert np.abs(outs[0].astype(int) - outs[1]).max() > 10  # frames differ: no stale buffers
+        for _, fn in stages.items():
+            fn()
+    with pytest.raises(rn.Unavailable, match="CUDA"):
+        rn.CudaGraphRunner(setup, "cpu", torch.float16).build()
+
+
+def test_naive_and_eager_runners_match_the_reference():
+    setup = _setup(1)
+    f = setup.frames[2]
+    ref = rn.reference_output(setup, f)
+    with torch.inference_mode():
+        for runner in (rn.NaiveRunner(setup, "cpu"), rn.TorchRunner(setup, "cpu")):
+            out = runner.build().run(f)
+            assert out.shape == (64, 64, 3) and out.dtype == np.uint8
+            # naive uses the official SVD PCA: equal up to rounding on this model
+            assert np.abs(out.astype(int) - ref).max() <= 2
+
+
+# ---------------------------------------------------------------------------------------------
+# fps.py end to end
+# ---------------------------------------------------------------------------------------------
+
+def test_fps_runs_on_tiny_and_writes_rows(tmp_path, capsys):
+    out = tmp_path / "fps.json"
+    code = run_cli(fps.main, ["--config", "tiny,default", "--device", "cpu", "--frames", "3", "--warmup", "1",
+                              "--max-seconds", "1", "--min-frames", "2", "--threads", "1", "--no-compile",
+                              "--backends", "naive,torch-eager,torch-compile,ort-cpu,torch-cuda-bf16",
+                              "--interleave", "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "== tiny" in text and "per frame, end to end" in text
+    rows = json.loads(out.read_text())
+    keys = {"config", "backend", "device", "stage", "median_ms", "p95_ms", "speedup_vs_naive", "peak_mem_mb"}
+    assert all(keys <= set(r) for r in rows)
+    tiny = [r for r in rows if r["config"] == "tiny"]
+    # every backend is listed, measured or with a reason
+    assert {(r["backend"], r["device"]) for r in tiny} == set(fps.BACKENDS)
+    for r in tiny:
+        assert r["available"] or r["reason"], r
+    by = {(r["backend"], r["stage"]): r for r in tiny if r["device"] == "cpu" and r["available"]}
+    for backend in ("naive", "torch-eager"):
+        for stage in rn.STAGES:
+            assert by[(backend, stage)]["median_ms"] > 0
+            assert by[(backend, stage)]["p95_ms"] >= by[(backend, stage)]["median_ms"]
+    naive, eager = by[("naive", "per_frame")], by[("torch-eager", "per_frame")]
+    assert naive["interleaved"] and eager["interleaved"] and naive["frames"] == eager["frames"]
+    assert naive["speedup_vs_naive"] == 1.0
+    assert eager["speedup_vs_naive"] == pytest.approx(naive["median_ms"] / eager["median_ms"], abs=0.006)
+    assert eager["max_diff"] <= 1 / 255 and eager["peak_mem_mb"] > 0 and eager["threads"] == 1
+    assert by[("torch-eager", "region")]["gflops"] > 0 and by[("torch-eager", "animate")]["params_m"] > 0
+    assert by[("naive", "animate")]["gflops"] > by[("torch-eager", "animate")]["gflops"]  # naive re-encodes the source
+    unavailable = {(r["backend"], r["device"]): r["reason"] for r in tiny if not r["available"]}
+    assert "--no-compile" in unavailable[("torch-compile", "cpu")]
+    assert "not selected" in unavailable[("ort-trt-fp16", "cuda")]
+    if not torch.cuda.is_available():
+        assert "CUDA" in unavailable[("torch-cuda-bf16", "cuda")]
+    default = [r for r in rows if r["config"] != "tiny"]
+    assert default and all(r["available"] or r["reason"] for r in default)
+
+
+def test_fps_rejects_unknown_names(capsys):
+    assert run_cli(fps.main, ["--config", "nope", "--device", "cpu"]) == 2
+    assert run_cli(fps.main, ["--config", "tiny", "--backends", "warp-drive", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# quality.py end to end
+# ---------------------------------------------------------------------------------------------
+
+def _write_clips(folder, n=6, size=64):
+    import av
+    from PIL import Image
+
+    frames = rn.synthetic_frames(n, size, seed=3)
+    png = folder / "clip_png"
+    png.mkdir(parents=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(png / f"{i:04d}.png")
+    mp4 = folder / "clip.mp4"
+    with av.open(str(mp4), "w") as c:
+        s = c.add_stream("mpeg4", rate=25)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        for f in rn.synthetic_frames(n, size, seed=4):
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode(None))
+    portraits = folder.parent / "portraits"
+    portraits.mkdir()
+    Image.fromarray(rn.synthetic_frames(1, 80, seed=9)[0][:, :70]).save(portraits / "p.png")  # not square
+    return folder, portraits
+
+
+def test_quality_runs_on_tiny_and_writes_json_and_sheet(tmp_path, capsys):
+    pytest.importorskip("mediapipe")
+    videos, portraits = _write_clips(tmp_path / "in")
+    out = tmp_path / "out"
+    code = run_cli(quality.main, ["--videos", str(videos), "--config", "tiny", "--random-weights", "--size", "64",
+                                  "--max-frames", "5", "--portraits", str(portraits), "--crop", "center",
+                                  "--modes", "standard,relative", "--batch", "3", "--threads", "1", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    res = json.loads((out / "quality.json").read_text())
+    rows = res["reconstruction"]["rows"]
+    assert {(r["method"], r["mode"]) for r in rows} == {("model", "standard"), ("model", "relative"),
+                                                        ("no-motion", "-")}
+    base = next(r for r in rows if r["method"] == "no-motion")
+    assert base["frames"] == 10 and 0 < base["l1"] < 0.5 and 0 < base["ssim"] <= 1
+    per_clip = res["reconstruction"]["per_clip"]
+    assert len([r for r in per_clip if r["method"] == "no-motion"]) == 2  # two clips, scored once
+    assert len([r for r in per_clip if r["method"] == "model"]) == 4  # two clips, two modes
+    for r in rows:
+        assert r["lpips"] is None  # no LPIPS weights here
+    assert any("LPIPS not computed" in n for n in res["notes"])
+    assert res["cross_identity"]["rows"] and res["cross_identity"]["rows"][0]["pairs"] == 1
+    assert res["model"]["random_weights"] is True
+    from PIL import Image
+
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.width > 6 * 64 and sheet.height > 3 * quality.THUMB
+    assert "Self-reenactment" in capsys.readouterr().out
+
+
+def test_quality_first_frame_scores_zero_for_no_motion(tmp_path):
+    pytest.importorskip("mediapipe")
+    from benchmarks.landmarks import FaceMesh
+
+    videos, _ = _write_clips(tmp_path / "in")
+
+    class Args:
+        size, max_frames, crop, center_fraction, batch, bg = 64, 4, "none", 1.0, 2, False
+
+    with FaceMesh() as mesh:
+        scores, example, _ = quality.reconstruct_clip(videos / "clip_png", None, mesh, Args, None, "standard",
+                                                      lambda n: None)
+    s = scores["no-motion"]
+    assert s.l1[0] == 0 and s.ssim[0] == pytest.approx(1) and s.l1[1] > 0 and len(s.l1) == 4
+    assert len(example.driving) == 4
+
+
+def test_quality_user_errors(tmp_path, capsys):
+    videos, _ = _write_clips(tmp_path / "in")
+    base = ["--videos", str(videos), "--config", "tiny", "--random-weights", "--out", str(tmp_path / "o")]
+    try:
+        import live.face  # noqa: F401
+        has_face = True
+    except ImportError:
+        has_face = False
+    if not has_face:
+        pytest.importorskip("mediapipe")
+        assert run_cli(quality.main, base + ["--crop", "auto"]) == 2
+        assert "crop auto is unavailable" in capsys.readouterr().err
+    assert run_cli(quality.main, ["--videos", str(videos), "--out", str(tmp_path / "o")]) == 2
+    assert "--checkpoint" in capsys.readouterr().err
+    with pytest.raises(UserError, match="not a square"):
+        cl.square(np.zeros((40, 50, 3), np.uint8), 32, "none")
+    assert cl.square(np.zeros((40, 50, 3), np.uint8), 32, "center").shape == (32, 32, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Landmarks
+# ---------------------------------------------------------------------------------------------
+
+def test_landmark_subset_is_mediapipes_contour_sets():
+    mp = pytest.importorskip("mediapipe")
+    from benchmarks import landmarks
+
+    conn = mp.solutions.face_mesh_connections
+    for group, name in landmarks.MEDIAPIPE_SETS.items():
+        assert set(landmarks.GROUPS[group]) == {i for e in getattr(conn, name) for i in e}, group
+    assert len(landmarks.SUBSET) == 152 and landmarks.SUBSET.max() < landmarks.NUM_MESH_POINTS
+
+
+@pytest.mark.shared
+def test_face_mesh_finds_a_face_in_a_portrait():
+    pytest.importorskip("mediapipe")
+    from benchmarks.landmarks import SUBSET, FaceMesh
+
+    image = cl.read_image(shared_path("data", "faces", "portraits", "s1.jpg"), 256, "center")
+    with FaceMesh() as mesh:
+        lm = mesh(image)
+        assert lm is not None and lm.shape == (len(SUBSET), 2)
+        assert (lm > 0).all() and (lm < 256).all()
+        assert mesh(np.full((256, 256, 3), 127, np.uint8)) is None
+
+
+def test_fps_times_a_checkpoint_file(tmp_path):
+    torch.manual_seed(3)
+    model = nets.build_model("tiny").eval()
+    path = tmp_path / "tiny.pt"
+    nets.save_model(model, path)
+    out = tmp_path / "fps.json"
+    assert run_cli(fps.main, ["--checkpoint", str(path), "--device", "cpu", "--frames", "2", "--warmup", "0", "--threads", "1",
+                              "--min-frames", "1", "--backends", "torch-eager", "--json", str(out)]) == 0
+    rows = [r for r in json.loads(out.read_text()) if r["available"]]
+    assert {r["config"] for r in rows} == {"tiny.pt"} and {r["backend"] for r in rows} == {"torch-eager"}
+    assert {r["stage"] for r in rows} == set(rn.STAGES)
+
+
+def test_fps_reports_a_failing_backend_and_goes_on(tmp_path, monkeypatch):
+    real = fps.make_runner
+
+    def broken(backend, device, setup, opts):
+        if backend == "torch-eager":
+            raise RuntimeError("kaboom")
+        return real(backend, device, setup, opts)
+
+    monkeypatch.setattr(fps, "make_runner", broken)
+    out = tmp_path / "fps.json"
+    assert run_cli(fps.main, ["--config", "tiny", "--device", "cpu", "--frames", "2", "--warmup", "0", "--threads", "1",
+                              "--min-frames", "1", "--backends", "naive,torch-eager", "--json", str(out)]) == 0
+    rows = {(r["backend"], r["device"], r["stage"]): r for r in json.loads(out.read_text())}
+    assert "kaboom" in rows[("torch-eager", "cpu", "per_frame")]["reason"]
+    assert rows[("naive", "cpu", "per_frame")]["available"]
