@@ -5,8 +5,9 @@
   source, the source region gaussians and the generator's encoder features.
 * ``regions`` (per frame): driving frames ``(B, 3, S, S)`` -> shift ``(B, K, 2)``, covar and affine
   ``(B, K, 2, 2)`` (no heatmaps: nothing downstream needs them).
-* ``animate`` (per frame): the cached source tensors (batch 1 or B, broadcast inside the graph) and
-  new region parameters plus a background matrix ``(B, 3, 3)`` -> prediction ``(B, 3, S, S)``.
+* ``animate`` (per frame): the cached source tensors and new region parameters plus a background
+  matrix ``(B, 3, 3)`` -> prediction ``(B, 3, S, S)`` (the runtime repeats a single avatar's cache
+  for a batch of B frames).
 * ``avd``     (per frame, only for models with a trained AVD network): source and driving region
   parameters -> new region parameters.
 
@@ -30,6 +31,8 @@ from torch import Tensor, nn
 
 import nets
 from nets.regions import Regions
+
+from .rewrite import export_friendly
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 16  # GridSample
@@ -152,9 +155,11 @@ class RegionGraph(_Part):
 
 
 class AnimateGraph(_Part):
-    """Cached source tensors (batch 1 or B) + new region params + bg ``(B, 3, 3)`` -> prediction ``(B, 3, S, S)``.
+    """Cached source tensors + new region params + bg ``(B, 3, 3)`` -> prediction ``(B, 3, S, S)``.
 
     Positional inputs: ``source``, then :func:`cache_names`, then the region fields, then ``bg``.
+    All share the batch size B: the runtime repeats a single avatar's cache for batched animation
+    (an Expand inside the graph would copy every cached tensor on every frame, also for B = 1).
     """
 
     def __init__(self, model: nets.MRAA):
@@ -167,14 +172,9 @@ class AnimateGraph(_Part):
         cached = dict(zip(self.cache, args[:n]))
         new = Regions(**dict(zip(self.fields, args[n:n + len(self.fields)])))
         bg = args[n + len(self.fields)]
-        b = new.shift.shape[0]
-        ex = lambda t: t.expand(b, *t.shape[1:])  # noqa: E731  (traced: a dynamic Expand, no-op when equal)
-        src_regions = Regions(shift=ex(cached["source_shift"]),
-                              affine=ex(cached["source_affine"]) if "source_affine" in cached else None)
-        flow = nets.FlowSource(image=ex(cached["source_small"]), regions=src_regions,
-                               gaussian=ex(cached["source_gaussian"]))
-        cache = nets.SourceCache(image=ex(source), flow=flow,
-                                 features=[ex(cached[f]) for f in feature_names(self.model)])
+        src_regions = Regions(shift=cached["source_shift"], affine=cached.get("source_affine"))
+        flow = nets.FlowSource(image=cached["source_small"], regions=src_regions, gaussian=cached["source_gaussian"])
+        cache = nets.SourceCache(image=source, flow=flow, features=[cached[f] for f in feature_names(self.model)])
         return self.model.animate_cached(cache, new, bg, with_deformed=False).prediction
 
 
@@ -227,9 +227,12 @@ def _trace_export(module: nn.Module, args: tuple, path: Path, input_names: list[
 
 
 def export_graphs(model: nets.MRAA, out_dir: "str | Path", opset: int = DEFAULT_OPSET,
-                  progress=None) -> dict[str, GraphInfo]:
+                  progress=None, rewrite: bool = True) -> dict[str, GraphInfo]:
     """Export the graphs of ``model`` (any PCA form is switched to ``closed_form`` for the export)
     into ``out_dir`` as ``<name>.onnx``; returns their :class:`GraphInfo` by name.
+
+    ``rewrite``: trace an :func:`export.rewrite.export_friendly` copy (same function, fewer
+    operations); ``model`` itself is never modified.
 
     ``progress``: optional callable(name) called before each graph.
     """
@@ -237,7 +240,7 @@ def export_graphs(model: nets.MRAA, out_dir: "str | Path", opset: int = DEFAULT_
         raise ValueError(f"opset must be >= {MIN_OPSET} (GridSample), got {opset}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    model = export_friendly(model) if rewrite else model.eval()
     pca_before = model.pca
     model.pca = "closed_form"
     fields_ = region_fields(model)
@@ -274,20 +277,17 @@ def export_graphs(model: nets.MRAA, out_dir: "str | Path", opset: int = DEFAULT_
                 progress("animate")
             anim = AnimateGraph(model)
             bg = torch.eye(3).expand(frames.shape[0], 3, 3).contiguous()
-            cache_in = [cached[n] for n in anim.cache]
-            args = (source, *cache_in, *reg_out, bg)
+            b = frames.shape[0]
+            rep = lambda t: t.expand(b, *t.shape[1:]).contiguous()  # noqa: E731
+            cache_in = [rep(cached[n]) for n in anim.cache]
+            args = (rep(source), *cache_in, *reg_out, bg)
             in_names = ["source", *anim.cache, *fields_, "bg"]
             pred = anim(*args)
-            info = GraphInfo(
-                "animate", "animate.onnx",
-                [TensorInfo("source", _shape(source, CACHE_BATCH))]
-                + [TensorInfo(n, _shape(t, CACHE_BATCH)) for n, t in zip(anim.cache, cache_in)]
-                + [TensorInfo(f, _shape(t, BATCH)) for f, t in zip(fields_, reg_out)]
-                + [TensorInfo("bg", _shape(bg, BATCH))],
-                [TensorInfo("prediction", _shape(pred, BATCH))])
-            dyn = {n: {0: CACHE_BATCH} for n in ["source", *anim.cache]}
-            dyn.update({n: {0: BATCH} for n in [*fields_, "bg", "prediction"]})
-            _trace_export(anim, args, out_dir / info.file, in_names, ["prediction"], dyn, opset)
+            info = GraphInfo("animate", "animate.onnx",
+                             [TensorInfo(n, _shape(t, BATCH)) for n, t in zip(in_names, args)],
+                             [TensorInfo("prediction", _shape(pred, BATCH))])
+            _trace_export(anim, args, out_dir / info.file, in_names, ["prediction"],
+                          {n: {0: BATCH} for n in [*in_names, "prediction"]}, opset)
             infos["animate"] = info
 
             if model.has_avd and "affine" in fields_:

@@ -163,10 +163,13 @@ def check_active(plan: ProviderPlan, active: ActiveProviders, graph: str) -> "st
     want = plan.wanted or plan.names[0]
     if active.runs(want):
         return None
-    what = f"--device {plan.device}" if plan.wanted else f"{SHORT.get(want, want)} (best provider offered)"
-    return (f"{what} asked for, but ONNX Runtime runs the {graph} graph on {active.describe() or 'nothing'} "
-            f"({SHORT.get(want, want)} did not start: see onnxruntime's log above; with CUDA, check that the "
-            "CUDA and cuDNN libraries load, e.g. pip install 'mra-live[gpu]')")
+    name = SHORT.get(want, want)
+    what = f"--device {plan.device} asked for" if plan.wanted else f"device {plan.device}: {name} is offered"
+    hint = ("check that the TensorRT libraries load (pip install tensorrt) and that a GPU is visible"
+            if want == TENSORRT else "check that a GPU is visible (nvidia-smi) and that the CUDA and cuDNN "
+            "libraries load (pip install 'mra-live[gpu]')")
+    return (f"{what}, but {name} did not start and ONNX Runtime runs the {graph} graph on "
+            f"{active.describe() or 'nothing'} (see onnxruntime's log above; {hint})")
 
 
 def create_session(path: Path, plan: ProviderPlan, threads: "int | None"):
@@ -212,13 +215,13 @@ class Graph:
         primary = active.primary
         self.device_type = "cuda" if primary in (TENSORRT, CUDA) else "cpu"
 
-    def run(self, feeds: dict[str, Any], keep_on_device: bool = False) -> dict[str, Any]:
-        """Run with ``feeds`` (extra keys ignored); returns numpy arrays, or OrtValues on the
-        session's device with ``keep_on_device`` (e.g. an avatar's cache on the GPU)."""
+    def run(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Run with ``feeds`` (extra keys ignored) -> numpy outputs by name. OrtValues (e.g. an
+        avatar's cache already on the GPU) are bound without a copy."""
         missing = [n for n in self.inputs if n not in feeds]
         if missing:
             raise EngineError(f"{self.name} graph: missing input(s) {', '.join(missing)}")
-        if not keep_on_device and not any(_is_ortvalue(feeds[n]) for n in self.inputs):
+        if not any(_is_ortvalue(feeds[n]) for n in self.inputs):
             values = self.session.run(self.outputs, {n: feeds[n] for n in self.inputs})
             return dict(zip(self.outputs, values))
         binding = self.session.io_binding()
@@ -229,10 +232,8 @@ class Graph:
             else:
                 binding.bind_cpu_input(n, np.ascontiguousarray(v))
         for n in self.outputs:
-            binding.bind_output(n, self.device_type if keep_on_device else "cpu")
+            binding.bind_output(n, "cpu")
         self.session.run_with_iobinding(binding)
-        if keep_on_device:
-            return dict(zip(self.outputs, binding.get_outputs()))
         return dict(zip(self.outputs, binding.copy_outputs_to_cpu()))
 
 
@@ -279,6 +280,7 @@ class OrtEngine(Engine):
         variant = m.variants[precision]
         files = dict(m.variants["fp32"].files)
         files.update(variant.files)  # a variant may replace only some graphs (int8: regions, animate)
+        self.graph_precision = {g: precision if g in variant.files else "fp32" for g in files}
         cache = Path(trt_cache_dir) if trt_cache_dir else user_cache_dir() / "trt" / self.export_id()
         self.plan = plan_providers(device, available_providers(), cache, device_id, fallback)
         self.device = device
@@ -287,18 +289,23 @@ class OrtEngine(Engine):
             if TENSORRT in self.plan.names:
                 cache.mkdir(parents=True, exist_ok=True)
         self.graphs: dict[str, Graph] = {}
+        plan = self.plan
         for name in ("source", "regions", "animate", "avd"):
             if name not in files:
                 continue
-            session = create_session(self.export_dir / files[name], self.plan, threads)
+            session = create_session(self.export_dir / files[name], plan, threads)
             active = active_providers(session)
-            problem = check_active(self.plan, active, name)
+            problem = check_active(plan, active, name)
             if problem:
-                if self.plan.fallback == "error":
+                if plan.fallback == "error":
                     raise EngineError(problem)
-                warnings.warn(problem)
+                warnings.warn(problem, stacklevel=2)
+                # warned once: the other graphs ask only for what did start (no retries, no repeats)
+                plan = ProviderPlan(plan.device, [p for p in plan.providers if p[0] in active.providers] or
+                                    [(CPU, {})], None, plan.fallback)
             self.graphs[name] = Graph(name, session, active)
         self.has_avd = "avd" in self.graphs
+        self._device = (self.graphs["animate"].device_type, device_id)
 
     # -- construction ------------------------------------------------------------------------
     @classmethod
@@ -349,16 +356,13 @@ class OrtEngine(Engine):
         image = self._frames(image, "source image")
         if image.shape[0] != 1:
             raise EngineError(f"prepare one source image at a time, got a batch of {image.shape[0]}")
-        graph = self.graphs["source"]
-        out = graph.run({"source": image}, keep_on_device=graph.device_type != "cpu")
-        regions = self._params(out, "source_")
-        cache = dict(out)
-        cache["source"] = image if graph.device_type == "cpu" else _to_device(image, graph.device_type)
-        return Avatar(image=image, regions=regions, cache=cache)
+        out = self.graphs["source"].run({"source": image})
+        host = {"source": image, **out}
+        return Avatar(image=image, regions=self._params(out, "source_"), cache=SourceTensors(host, self._device))
 
     def source_tensors(self, avatar: Avatar) -> dict[str, np.ndarray]:
         """The avatar's cached source tensors as numpy (for checks)."""
-        return {k: _numpy(v) for k, v in avatar.cache.items()}
+        return dict(avatar.cache.host)
 
     def regions(self, frames: np.ndarray) -> RegionParams:
         out = self.graphs["regions"].run({"frames": self._frames(frames, "frames")})
@@ -382,7 +386,7 @@ class OrtEngine(Engine):
         b = params.batch_size
         if bg is None:
             bg = np.broadcast_to(np.eye(3, dtype=np.float32), (b, 3, 3))
-        feeds = dict(avatar.cache)
+        feeds = dict(avatar.cache.batch(b))
         for f in self.fields:
             value = getattr(params, f)
             if value is None:
@@ -392,13 +396,31 @@ class OrtEngine(Engine):
         return self.graphs["animate"].run(feeds)["prediction"]
 
     def providers(self) -> dict[str, str]:
-        return {name: f"onnxruntime {g.active.describe()} {self.precision}" for name, g in self.graphs.items()}
+        return {name: f"onnxruntime {g.active.describe()} {self.graph_precision[name]}"
+                for name, g in self.graphs.items()}
 
 
-def _to_device(a: np.ndarray, device_type: str):
-    import onnxruntime as ort
+class SourceTensors:
+    """An avatar's cached source tensors: numpy on the host, and (with a GPU provider) OrtValues on
+    the GPU so they are not copied there on every frame; repeated per batch size on first use."""
 
-    return ort.OrtValue.ortvalue_from_numpy(a, device_type, 0)
+    def __init__(self, host: dict[str, np.ndarray], device: "tuple[str, int]"):
+        self.host = host
+        self.device = device
+        self._batched: dict[int, dict[str, Any]] = {}
+
+    def batch(self, b: int) -> dict[str, Any]:
+        if b not in self._batched:
+            arrays = self.host if b == 1 else {k: np.ascontiguousarray(np.repeat(v, b, axis=0))
+                                               for k, v in self.host.items()}
+            if self.device[0] != "cpu":
+                import onnxruntime as ort
+
+                arrays = {k: ort.OrtValue.ortvalue_from_numpy(v, self.device[0], self.device[1])
+                          for k, v in arrays.items()}
+            self._batched = {1: self._batched[1]} if 1 in self._batched else {}  # keep B=1 and the latest B
+            self._batched[b] = arrays
+        return self._batched[b]
 
 
 def is_export_dir(path: "str | os.PathLike") -> bool:

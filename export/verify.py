@@ -29,7 +29,7 @@ import torch
 import nets
 
 FP32_TOLERANCE = 1e-4
-FP16_TOLERANCE = 2e-2  # documented in docs/notes/export.md (measured: see the manifest)
+FP16_TOLERANCE = 5e-2  # max pixel difference (of 1); measured values are in the manifest and docs/notes/export.md
 
 
 class VerificationError(RuntimeError):
@@ -193,7 +193,8 @@ def verify_engine(model: nets.MRAA, engine, tolerance: float = FP32_TOLERANCE, c
             # AVD graph
             if getattr(engine, "has_avd", False) and model.has_avd:
                 drv = model.regions(torch.from_numpy(clip[1:3]))
-                new = model.transfer(cache.regions.map(lambda t: t.expand(2, *t.shape[1:])), drv, mode="avd")
+                b = drv.shift.shape[0]
+                new = model.transfer(cache.regions.map(lambda t: t.expand(b, *t.shape[1:])), drv, mode="avd")
                 got = engine.transfer(avatar, RegionParams.from_regions(drv), None, mode="avd")
                 for name in ("shift", "covar", "affine"):
                     rep.add(f"avd/{name}/face", max_abs(getattr(got, name), getattr(new, name).numpy()))
