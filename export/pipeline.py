@@ -23,7 +23,7 @@ from nets.checkpoint import checkpoint_kind, read_checkpoint, sha256_file
 
 from . import onnx as ox
 from .manifest import MANIFEST, Manifest, Variant, read_manifest, ManifestError
-from .verify import FP16_TOLERANCE, FP32_TOLERANCE, Report, VerificationError, verify_engine
+from .verify import FP16_TOLERANCE, FP32_CHAIN_TOLERANCE, FP32_TOLERANCE, Report, VerificationError, verify_engine
 
 FAILED_REPORT = "verification_failed.json"
 
@@ -100,10 +100,10 @@ def export_model(model: nets.MRAA, out_dir: "str | os.PathLike", opset: int = ox
         versions=_versions())
     manifest.write(out_dir)  # provisional: lets the runtime open the directory for verification
 
-    def verified(precision: str, tolerance: float) -> Report:
+    def verified(precision: str, tolerance: float, chain_tolerance: float) -> Report:
         say(f"verifying the {precision} graphs against PyTorch")
         engine = OrtEngine(out_dir, device="cpu", precision=precision, threads=threads)
-        report = verify_engine(model, engine, tolerance=tolerance)
+        report = verify_engine(model, engine, tolerance=tolerance, chain_tolerance=chain_tolerance)
         if report.failures():
             (out_dir / MANIFEST).unlink(missing_ok=True)
             (out_dir / FAILED_REPORT).write_text(json.dumps({precision: report.to_dict()}, indent=2) + "\n")
@@ -112,7 +112,7 @@ def export_model(model: nets.MRAA, out_dir: "str | os.PathLike", opset: int = ox
 
     try:
         if verify:
-            manifest.variants["fp32"].verification = verified("fp32", FP32_TOLERANCE).to_dict()
+            manifest.variants["fp32"].verification = verified("fp32", FP32_TOLERANCE, FP32_CHAIN_TOLERANCE).to_dict()
         if fp16:
             say("converting to fp16")
             f16 = {}
@@ -122,7 +122,7 @@ def export_model(model: nets.MRAA, out_dir: "str | os.PathLike", opset: int = ox
             manifest.variants["fp16"] = Variant("fp16", f16, {g: sha256_file(out_dir / f) for g, f in f16.items()})
             manifest.write(out_dir)
             if verify:
-                manifest.variants["fp16"].verification = verified("fp16", FP16_TOLERANCE).to_dict()
+                manifest.variants["fp16"].verification = verified("fp16", FP16_TOLERANCE, FP16_TOLERANCE).to_dict()
         if calibration is not None:
             from .quantize import quantize_export
 

@@ -18,11 +18,19 @@ class TinyExport:
     manifest: object
 
 
+_made: dict[str, TinyExport] = {}
+
+
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory) -> TinyExport:
+    """Made once per session even though several test modules import this fixture (each import
+    registers its own session fixture, so the result is kept here)."""
     from export.pipeline import export_model
 
-    model = randomize(nets.build_model("tiny").eval(), seed=7)
-    directory = tmp_path_factory.mktemp("tiny_export")
-    manifest = export_model(model, directory, fp16=True, checkpoint={"path": "in-memory", "sha256": "", "kind": "test"})
-    return TinyExport(model, directory, manifest)
+    if "tiny" not in _made:
+        model = randomize(nets.build_model("tiny").eval(), seed=7)
+        directory = tmp_path_factory.mktemp("tiny_export")
+        manifest = export_model(model, directory, fp16=True,
+                                checkpoint={"path": "in-memory", "sha256": "", "kind": "test"})
+        _made["tiny"] = TinyExport(model, directory, manifest)
+    return _made["tiny"]
