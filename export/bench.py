@@ -4,8 +4,11 @@ benchmark is benchmarks/fps.py).
     python -m export.bench [--config vox256] [--threads 2] [--frames 20] [--calibration PATH]
                            [--export-dir DIR] [--video CLIP] [--json OUT]
 
-Paths timed per driving frame, relative mode, batch 1, round-robin (each frame runs every path
-in turn, so a busy machine slows all of them alike):
+Paths timed per driving frame, relative mode, batch 1, round-robin (each round runs every path
+on the same frame). Rounds during which other processes used more than ``--max-other-cpu`` of
+the machine's CPUs (from /proc/<pid>/stat; niced background work is not counted) are dropped
+and repeated, and each round waits for an otherwise idle second, so a shared machine does not
+bias the comparison:
 
 * ``official``: PyTorch eager recomputing everything from the source each frame (source regions,
   encoder, flow source part, deformed output), the way the official demo does;
@@ -46,6 +49,43 @@ def random_weights(model: nets.MRAA, seed: int = 0) -> nets.MRAA:
             else:
                 t.copy_(torch.randn(t.shape, generator=g) * 0.1 + (1.0 if name.endswith("norm.weight") else 0.0))
     return model.eval()
+
+
+def _others_cpu_seconds() -> float:
+    """CPU seconds used so far by every other process at normal or higher priority (nice <= 0).
+
+    Niced background work yields to us and is not counted; neither is this process."""
+    tick = os.sysconf("SC_CLK_TCK")
+    own = os.getpid()
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == own:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[16]) <= 0:  # nice
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+    return total / tick
+
+
+def _cpu_snapshot() -> tuple[float, float]:
+    """(CPU seconds of other normal-priority processes, wall seconds); NaN without /proc."""
+    try:
+        other = _others_cpu_seconds()
+    except OSError:
+        other = float("nan")
+    return other, time.monotonic()
+
+
+def _other_cpu_share(a, b) -> float:
+    """Share of the machine's CPU capacity used by other normal-priority processes between two snapshots
+    (processes that start and end between the snapshots are missed: short rounds keep that rare)."""
+    wall = max(b[1] - a[1], 1e-9)
+    share = (b[0] - a[0]) / (wall * (os.cpu_count() or 1))
+    return 0.0 if share != share else max(share, 0.0)  # NaN (no /proc): keep every round
 
 
 def _load() -> str:
@@ -114,17 +154,43 @@ def run(args: argparse.Namespace) -> dict:
     times = {k: [] for k in paths}
     outputs = {k: [] for k in paths}
     load_before = _load()
-    for i in range(n):
+    rounds = dropped = 0
+    t_end = time.monotonic() + args.max_seconds
+    while len(times[next(iter(paths))]) < n and time.monotonic() < t_end:
+        i = rounds % len(driving)
         frame = driving[i:i + 1]
+        if args.max_other_cpu < 1:  # wait (politely) for a second in which the machine is otherwise idle
+            while time.monotonic() < t_end:
+                a = _cpu_snapshot()
+                time.sleep(1.0)
+                if _other_cpu_share(a, _cpu_snapshot()) <= args.max_other_cpu:
+                    break
+        before = _cpu_snapshot()
+        took = {}
         for name, fn in paths.items():
             t = time.perf_counter()
             out = fn(frame)
-            times[name].append(time.perf_counter() - t)
-            if name.startswith("ort") or name == "official":
+            took[name] = time.perf_counter() - t
+            if rounds < len(driving) and (name.startswith("ort") or name == "official"):
                 outputs[name].append(np.asarray(out))
-    result = {"config": args.config, "threads": args.threads, "frames": n - args.warmup, "warmup": args.warmup,
-              "cpu": _cpu_name(), "load_before": load_before, "load_after": _load(),
-              "input": args.video or "synthetic face clip", "export_dir": str(export_dir), "paths": {}}
+        rounds += 1
+        other = _other_cpu_share(before, _cpu_snapshot())
+        if args.verbose:
+            print(f"round {rounds}: other processes {other:.0%} of the CPUs"
+                  + (" (dropped)" if rounds > args.warmup and other > args.max_other_cpu else ""), file=sys.stderr)
+        if rounds > args.warmup and other > args.max_other_cpu:
+            dropped += 1  # another process took CPU time during this round: it would bias the comparison
+            continue
+        for name, t in took.items():
+            times[name].append(t)
+    result = {"config": args.config, "threads": args.threads, "frames": len(times[next(iter(paths))]) - args.warmup,
+              "warmup": args.warmup, "rounds": rounds, "rounds_dropped_busy_machine": dropped,
+              "max_other_cpu": args.max_other_cpu, "cpu": _cpu_name(), "load_before": load_before,
+              "load_after": _load(), "input": args.video or "synthetic face clip", "export_dir": str(export_dir),
+              "paths": {}}
+    if result["frames"] < 1:
+        raise SystemExit(f"no round ran on an otherwise idle machine within {args.max_seconds:.0f} s "
+                         "(raise --max-other-cpu to 1 to time on a busy machine anyway)")
     for name, ts in times.items():
         ms = [t * 1e3 for t in ts[args.warmup:]]
         result["paths"][name] = {"median_ms": round(statistics.median(ms), 1), "min_ms": round(min(ms), 1),
@@ -154,6 +220,11 @@ def main(argv=None) -> int:
     p.add_argument("--calibration", help="also export and time int8 (calibration frames: video or folder)")
     p.add_argument("--video", help="driving clip (default: a synthetic face clip)")
     p.add_argument("--skip-torch", action="store_true", help="time only the ONNX Runtime paths")
+    p.add_argument("--max-other-cpu", type=float, default=0.15,
+                   help="wait for, and keep only, rounds in which other processes used at most this share of the "
+                   "CPUs (default 0.15; 1 = time regardless)")
+    p.add_argument("--max-seconds", type=float, default=1800, help="give up collecting rounds after this long")
+    p.add_argument("--verbose", action="store_true", help="report every round on stderr")
     p.add_argument("--json", help="write the result here too")
     args = p.parse_args(argv)
     result = run(args)

@@ -59,7 +59,8 @@ def run(args) -> dict:
     source = torch.from_numpy(synthetic_face(s, seed=1))
     clip = torch.from_numpy(synthetic_clip(s, args.frames, seed=2))
     n_ref = min(args.ref_frames, args.frames)
-    result = {"gpu": torch.cuda.get_device_name(0) if dev.type == "cuda" else "none (dry run)", "torch": torch.__version__, "config": args.config,
+    gpu = torch.cuda.get_device_name(0) if dev.type == "cuda" else "none (dry run)"
+    result = {"gpu": gpu, "torch": torch.__version__, "config": args.config,
               "frames": args.frames, "paths": {}}
     with torch.inference_mode():
         cache = base.prepare_source(source)

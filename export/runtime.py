@@ -269,9 +269,9 @@ class OrtEngine(Engine):
             raise EngineError(str(e)) from None
         m = self.manifest
         if precision not in m.variants:
+            how = f"mra-export --{precision}" + (" --calibration DIR" if precision == "int8" else "")
             raise EngineError(f"{self.export_dir} has no {precision} graphs (it has {', '.join(m.variants)}); "
-                              f"export them with mra-export --{precision}" + (" --calibration DIR" if precision == "int8"
-                                                                              else ""))
+                              f"export them with {how}")
         self.precision = precision
         self.frame_size = m.frame_size
         self.num_regions = m.num_regions

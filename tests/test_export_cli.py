@@ -1,12 +1,16 @@
-"""mra-export: a working export and one-line errors with exit status 2."""
+"""mra-export: exporting an official-layout checkpoint (random weights) at another size, and
+one-line errors with exit status 2. (An own-format checkpoint is exported in test_export_runtime.)"""
 import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import nets
 from export.cli import main
+from export.runtime import OrtEngine
+from export.verify import synthetic_clip, synthetic_face
 
 from conftest import ROOT
 from test_networks import randomize
@@ -27,13 +31,6 @@ def one_error_line(capsys) -> str:
     return err[0]
 
 
-def test_export_own_checkpoint(checkpoints, tmp_path, capsys):
-    assert main([str(checkpoints / "own.pth"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    data = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert data["config"]["name"] == "tiny" and data["checkpoint"]["kind"] == "own"
-    assert data["checkpoint"]["sha256"] == nets.sha256_file(checkpoints / "own.pth")
-
-
 def test_export_official_checkpoint_at_another_size(checkpoints, tmp_path, capsys):
     assert main([str(checkpoints / "official.pth"), "--config", "tiny", "--size", "96", "--opset", "17",
                  "--out", str(tmp_path / "out")]) == 0
@@ -42,6 +39,12 @@ def test_export_official_checkpoint_at_another_size(checkpoints, tmp_path, capsy
     data = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert data["frame_size"] == 96 and data["config"]["frame_size"] == 96 and data["opset"] == 17
     assert data["graphs"]["animate"]["outputs"][0]["shape"] == ["batch", 3, 96, 96]
+    assert data["checkpoint"]["kind"] == "official"
+    assert data["checkpoint"]["sha256"] == nets.sha256_file(checkpoints / "official.pth")
+    assert data["variants"]["fp32"]["verification"]["max_diff"] <= 1e-4
+    engine = OrtEngine(tmp_path / "out")
+    out = engine.animate(engine.prepare_source(synthetic_face(96)), engine.regions(synthetic_clip(96, 2)))
+    assert out.shape == (2, 3, 96, 96) and np.isfinite(out).all()
 
 
 @pytest.mark.parametrize("args,message", [

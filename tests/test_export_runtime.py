@@ -171,6 +171,9 @@ def test_open_engine_with_export_dir_and_cached_checkpoint_export(tiny_export, t
     first = open_engine(path, backend="onnx")
     cached = list((tmp_path / "cache" / "onnx").iterdir())
     assert len(cached) == 1 and first.export_dir == cached[0]
+    assert first.manifest.checkpoint["kind"] == "own"
+    assert first.manifest.checkpoint["sha256"] == nets.sha256_file(path)
+    assert first.manifest.variants["fp32"].verification["max_diff"] <= 1e-4
     import export.pipeline as pipeline
     monkeypatch.setattr(pipeline, "export_model", lambda *a, **k: pytest.fail("exported again"))
     again = open_engine(path, backend="onnx")
