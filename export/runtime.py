@@ -104,8 +104,9 @@ def plan_providers(device: str, available: list[str], trt_cache_dir: "Path | str
         return ProviderPlan(device, chain, None, fallback)
     wanted = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT}[device]
     if wanted not in available:
-        hint = ("install onnxruntime-gpu (pip install 'mra-live[gpu]') with CUDA 12/13 and cuDNN 9"
-                if wanted == CUDA else "install onnxruntime-gpu and the TensorRT wheels (pip install tensorrt)")
+        gpu_build = "pip uninstall onnxruntime && pip install onnxruntime-gpu (Linux x86-64)"
+        hint = (gpu_build if wanted == CUDA else
+                f"{gpu_build if CUDA not in available else 'onnxruntime-gpu is there'}; pip install 'tensorrt-cu13<11'")
         raise EngineError(f"--device {device} asked for, but this onnxruntime has no {wanted} (it offers "
                           f"{', '.join(available) or 'nothing'}); {hint}, or use --device cpu")
     chain = {"cpu": [cpu], "cuda": [cuda, cpu], "tensorrt": [trt, cuda, cpu] if CUDA in available else [trt, cpu]}
@@ -165,9 +166,9 @@ def check_active(plan: ProviderPlan, active: ActiveProviders, graph: str) -> "st
         return None
     name = SHORT.get(want, want)
     what = f"--device {plan.device} asked for" if plan.wanted else f"device {plan.device}: {name} is offered"
-    hint = ("check that the TensorRT libraries load (pip install tensorrt) and that a GPU is visible"
-            if want == TENSORRT else "check that a GPU is visible (nvidia-smi) and that the CUDA and cuDNN "
-            "libraries load (pip install 'mra-live[gpu]')")
+    hint = ("check that the TensorRT libraries load (pip install 'tensorrt-cu13<11') and that a GPU is visible"
+            if want == TENSORRT else "check that a GPU is visible (nvidia-smi) and that the CUDA 13 and cuDNN 9 "
+            "libraries load: torch's cu130 wheels bring them")
     return (f"{what}, but {name} did not start and ONNX Runtime runs the {graph} graph on "
             f"{active.describe() or 'nothing'} (see onnxruntime's log above; {hint})")
 
