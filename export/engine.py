@@ -248,9 +248,17 @@ def open_engine(checkpoint, config=None, backend: str = "torch", device: str = "
     run by ``backend`` (``torch`` | ``onnx``) on ``device`` (``cpu`` | ``cuda``).
 
     ``onnx`` is provided by ``export.runtime`` (``OrtEngine.from_checkpoint(checkpoint, config=...,
-    device=..., **options)``, which may also accept a directory written by mra-export).
+    device=..., **options)``): ``checkpoint`` may also be a directory written by mra-export; a
+    checkpoint file is exported once into the user cache. ``device``: ``cpu`` | ``cuda`` |
+    ``tensorrt`` | ``auto`` (onnx); options: ``precision`` (fp32 | fp16 | int8), ``threads``,
+    ``fallback`` (error | warn).
     """
     if backend == "torch":
+        from pathlib import Path
+
+        if (Path(checkpoint) / "manifest.json").is_file():
+            raise EngineError(f"{checkpoint} is an ONNX export directory (made by mra-export): use --backend onnx, "
+                              "or give the checkpoint it was exported from")
         model = nets.load_model(checkpoint, config=config, pca=pca)
         dtype = options.pop("dtype", torch.float32)
         return TorchEngine(model, device=device, dtype=dtype, cuda_graphs=options.pop("cuda_graphs", None))
