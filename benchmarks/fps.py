@@ -75,11 +75,12 @@ def load_target(spec: str, checkpoint: "str | None", seed: int) -> tuple[nets.MR
         model = nets.load_model(checkpoint, config=spec)
         return model, Path(checkpoint), spec
     if spec == "default":
+        from live.default_model import default_checkpoint
+        from nets.errors import UserError
         try:
-            from live.default_model import default_checkpoint
-        except ImportError as e:
-            raise rn.Unavailable(f"no model is shipped with the package yet (live.default_model: {e})") from None
-        path = Path(default_checkpoint())
+            path = Path(default_checkpoint())
+        except UserError as e:
+            raise rn.Unavailable(f"default model unavailable: {e}") from None
         return nets.load_model(path), path, None
     torch.manual_seed(seed)
     model = nets.build_model(spec).eval()
