@@ -303,7 +303,7 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
 
 
 def load_engine(checkpoint: "str | os.PathLike | None" = None, config: "str | None" = None, backend: str = "torch",
-                device: str = "cpu"):
+                device: str = "cpu", threads: "int | None" = None):
     """The engine for a checkpoint (None: the default model shipped with the package).
 
     Engine problems (no CUDA, ONNX backend missing) become :class:`UserError`; checkpoint and
@@ -317,7 +317,11 @@ def load_engine(checkpoint: "str | os.PathLike | None" = None, config: "str | No
     if device not in DEVICES:
         raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
     if checkpoint is None:
-        checkpoint = default_checkpoint()
+        if backend == "onnx":
+            from .default_model import default_export_dir
+            checkpoint = default_export_dir()  # the shipped, verified ONNX export: no export at start-up
+        else:
+            checkpoint = default_checkpoint()
     else:
         p = Path(checkpoint).expanduser()
         if not p.exists():
@@ -325,7 +329,8 @@ def load_engine(checkpoint: "str | os.PathLike | None" = None, config: "str | No
                             "default model)")
         checkpoint = p
     try:
-        return open_engine(checkpoint, config=config, backend=backend, device=device)
+        options = {"threads": threads} if threads and backend == "onnx" else {}
+        return open_engine(checkpoint, config=config, backend=backend, device=device, **options)
     except EngineError as e:
         raise UserError(str(e)) from None
 

@@ -42,3 +42,23 @@ def default_checkpoint(assets: "Path | None" = None) -> Path:
         raise UserError(f"the default model {path} is damaged (its SHA-256 does not match {sha.name}); reinstall "
                         "mra-live or pass --checkpoint PATH --config PRESET")
     return path
+
+
+def default_export_dir(assets: "Path | None" = None) -> Path:
+    """The shipped ONNX export of the default model (``live/assets/lite256_onnx``), checked to be the
+    export of the verified shipped checkpoint; UserError when absent or inconsistent."""
+    import json
+
+    assets = Path(assets) if assets is not None else ASSETS
+    ckpt = default_checkpoint(assets)
+    folder = assets / f"{NAME}_onnx"
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+    except (OSError, ValueError):
+        raise UserError(f"the default model's ONNX export {folder} is missing or damaged; reinstall mra-live or "
+                        "use --backend torch") from None
+    expected = (ckpt.with_suffix(".sha256").read_text().split() or [""])[0].strip().lower()
+    if manifest.get("checkpoint", {}).get("sha256") != expected:
+        raise UserError(f"the default model's ONNX export {folder} was made from another checkpoint; reinstall "
+                        "mra-live or use --backend torch")
+    return folder

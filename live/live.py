@@ -52,7 +52,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--beta", type=float, default=OneEuroConfig.beta,
                    help="One-Euro speed coefficient (higher = less lag on fast moves)")
     p.add_argument("--overlay", action="store_true", help="start with the overlay on (o toggles)")
-    p.add_argument("--threads", type=int, help="CPU threads for the networks")
+    p.add_argument("--threads", type=int, help="CPU threads per network stage (default: half the cores)")
     p.add_argument("--camera-size", help="ask the webcam for WxH, e.g. 640x480")
     p.add_argument("--list-cameras", action="store_true", help="list the cameras with index and resolution, exit")
     p.add_argument("--quiet", action="store_true", help="no status line")
@@ -96,8 +96,13 @@ def _engine(args):
             if isinstance(e, EngineError):
                 raise UserError(str(e)) from None
             raise
+    # the region and animation stages run at the same time: by default each gets half the cores
+    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
+    if backend == "torch" and not args.threads:
+        import torch
+        torch.set_num_threads(threads)
     try:
-        return load_engine(args.checkpoint, args.config, backend=backend, device=args.device)
+        return load_engine(args.checkpoint, args.config, backend=backend, device=args.device, threads=threads)
     except UserError:
         if args.backend == "auto" and backend == "onnx":  # ONNX Runtime unusable: PyTorch still works
             return load_engine(args.checkpoint, args.config, backend="torch", device=args.device)
