@@ -104,22 +104,30 @@ def _raw_frames(path: Path, max_frames: "int | None") -> Iterator[np.ndarray]:
             yield frame.to_ndarray(format="rgb24")
 
 
-def auto_crop(frames: Iterable[np.ndarray], size: int) -> Iterator[np.ndarray]:
-    """Face-tracked square crops by ``live.face`` (mediapipe face detection with smoothed boxes).
+def auto_crop(frames: Iterable[np.ndarray], size: int, detect_every: int = 2) -> Iterator[np.ndarray]:
+    """One stable face crop per clip, as ``mra-prepare`` makes for training (``live.face.face_tube``:
+    the union of the face boxes, enlarged), every frame cut to it and resized to ``size``.
 
-    Expected interface: ``live.face.crop_frames(frames, size)`` -> iterator of uint8
-    ``(size, size, 3)`` crops. Until that module exists this raises a UserError.
+    The frames are held in memory (clips are bounded by ``--max-frames``). A still image is a
+    one-frame clip. UserError when no face is found.
     """
-    try:
-        from live import face
-    except ImportError as e:
-        raise UserError(f"--crop auto is unavailable: live.face (face detection and crops) is not importable ({e}); "
-                        "give square face clips (mra-prepare) or use --crop center") from None
-    crop_frames = getattr(face, "crop_frames", None)
-    if crop_frames is None:
-        raise UserError("--crop auto is unavailable: live.face has no crop_frames(frames, size); "
-                        "give square face clips (mra-prepare) or use --crop center")
-    return crop_frames(frames, size)
+    from live.face import FaceDetector, crop_resize, face_tube
+
+    frames = list(frames)
+    if not frames:
+        return iter(())
+    h, w = frames[0].shape[:2]
+    with FaceDetector() as detector:
+        faces = []
+        for i, f in enumerate(frames):
+            if i % detect_every == 0:
+                found = detector.detect(f)
+                faces.append(found[0] if found else None)
+    tube = face_tube(faces, w, h)
+    if tube is None:
+        raise UserError("--crop auto found no face in a clip or portrait; give square face crops (mra-prepare) or "
+                        "use --crop center")
+    return (crop_resize(f, tube, size) for f in frames)
 
 
 def read_clip(path: "str | Path", size: int, max_frames: "int | None" = None, crop: str = "none",

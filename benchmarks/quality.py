@@ -279,7 +279,7 @@ class CrossResult:
 def cross_pair(portrait: Path, clip: Path, animator: Optional[Animator], mesh: FaceMesh, args,
                progress) -> tuple[CrossResult, Example]:
     """Animate a portrait by a clip (relative transfer) and compare landmark motion and shape."""
-    src_img = cl.read_image(portrait, args.size, args.crop, args.center_fraction)
+    src_img = cl.read_image(portrait, args.size, args.portrait_crop, args.center_fraction)
     lm_src = mesh(src_img)
     frames = cl.read_clip(clip, args.size, args.max_frames, args.crop, args.center_fraction)
     src = animator.prepare(src_img) if animator else None
@@ -388,6 +388,8 @@ def parse_args(argv: "Sequence[str] | None"):
     p.add_argument("--random-weights", action="store_true", help="evaluate an untrained model of --config (a trial)")
     p.add_argument("--baseline-only", action="store_true", help="no model: only the no-motion baseline")
     p.add_argument("--portraits", help="portraits (folder or file) for cross-identity animation")
+    p.add_argument("--portrait-crop", choices=("none", "center", "auto"), default="auto",
+                   help="how portraits are cropped (default auto: the face, as mra-animate does)")
     p.add_argument("--pairs", type=int, default=None,
                    help="cross-identity pairs (portrait i with clip i mod #clips; default: one per portrait)")
     p.add_argument("--max-clips", type=int, default=None)
