@@ -30,7 +30,7 @@ import nets
 
 FP32_TOLERANCE = 1e-4
 FP32_CHAIN_TOLERANCE = 1e-3  # the whole per-frame path (see Report)
-FP16_TOLERANCE = 5e-2  # max pixel difference (of 1); measured values are in the manifest and docs/notes/export.md
+FP16_TOLERANCE = 5e-2  # max pixel difference (of 1); measured values are in the manifest and docs/export.md
 
 
 class VerificationError(RuntimeError):

@@ -17,7 +17,7 @@ chooser (upload, or a bundled example) and two tabs:
   :class:`~live.pipeline.LivePipeline` (same face tracking, smoothing and engine calls) into a
   :class:`~live.web_live.BrowserSink` that sends the animated frames back; the page shows fps and latency.
 
-Server side: Starlette on uvicorn (see ``docs/notes/web.md`` for why not Gradio). One engine (one
+Server side: Starlette on uvicorn (see ``docs/web.md`` for why not Gradio). One engine (one
 model in memory) serves everything; Generate jobs run one at a time in a
 :class:`~live.web_jobs.JobQueue` thread. Uploads are streamed to a private temporary folder with a size limit and removed when a
 job fails, when its result expires, and when the server stops. Binds 127.0.0.1 by default: the

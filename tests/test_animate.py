@@ -450,7 +450,7 @@ def test_crop_auto_on_real_portrait_and_clip(files, tmp_path, capfd):
 # TC05: identity preservation (needs the shipped, trained model)
 # ---------------------------------------------------------------------------------------------
 
-IDENTITY_BOUND = 0.06  # mean absolute difference on [0, 1]; see docs/notes/animate.md
+IDENTITY_BOUND = 0.06  # mean absolute difference on [0, 1]; see docs/animate.md
 
 
 def identity_error(engine, source_rgb, tmp_path, n=8):

@@ -1,4 +1,4 @@
-"""``mra-train``: self-supervised training of MRAA on a folder of videos (see docs/notes/train.md).
+"""``mra-train``: self-supervised training of MRAA on a folder of videos (see docs/training.md).
 
 Examples::
 
