@@ -66,7 +66,31 @@ def _convert_fp16(src: Path, dst: Path) -> None:
     keep = ["GridSample", "Resize", "Softmax", "Exp", "Sqrt", "Div", "Where", "Sign", "ReduceSum", "Einsum",
             "MatMul", "Gemm", "Abs"]
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=keep)
+    _drop_repeated_nodes(converted.graph)
     onnx.save(converted, str(dst))
+
+
+def _drop_repeated_nodes(graph) -> int:
+    """Removes exact repeats of a node (same op, inputs, outputs and attributes).
+
+    onnxruntime 1.31's fp16 converter inserts one ``Cast`` per *consumer* of a float16 tensor that
+    feeds a blocked op, all with the same name and output, which ONNX Runtime then refuses to load
+    ("two nodes with same node name"); 1.32 shares one Cast. Keeping the first of each repeat gives
+    the 1.32 graph with either version. Returns how many nodes were dropped.
+    """
+    seen: set[bytes] = set()
+    keep = []
+    for node in graph.node:
+        key = node.SerializeToString(deterministic=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        keep.append(node)
+    dropped = len(graph.node) - len(keep)
+    if dropped:
+        del graph.node[:]
+        graph.node.extend(keep)
+    return dropped
 
 
 def export_model(model: nets.MRAA, out_dir: "str | os.PathLike", opset: int = ox.DEFAULT_OPSET, fp16: bool = False,

@@ -243,7 +243,7 @@ def test_quality_runs_on_tiny_and_writes_json_and_sheet(tmp_path, capsys):
     out = tmp_path / "out"
     code = run_cli(quality.main, ["--videos", str(videos), "--config", "tiny", "--random-weights", "--size", "64",
                                   "--max-frames", "5", "--portraits", str(portraits), "--crop", "center",
-                                  "--modes", "standard,relative", "--batch", "3", "--threads", "1", "--out", str(out)])
+                                  "--portrait-crop", "center", "--modes", "standard,relative", "--batch", "3", "--threads", "1", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     res = json.loads((out / "quality.json").read_text())
     rows = res["reconstruction"]["rows"]

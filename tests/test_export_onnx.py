@@ -199,3 +199,26 @@ def test_export_friendly_model_computes_the_same():
     with torch.no_grad():
         a, b = model(src, drv)[3].prediction, friendly(src, drv)[3].prediction
     assert (a - b).abs().max() < 1e-5
+
+
+def test_repeated_cast_nodes_are_dropped_and_distinct_ones_kept():
+    """onnxruntime 1.31's fp16 converter writes one identical Cast per consumer; the model must load."""
+    from onnx import TensorProto, helper
+
+    from export.pipeline import _drop_repeated_nodes
+
+    cast = lambda name, out: helper.make_node("Cast", ["x"], [out], to=TensorProto.FLOAT, name=name)  # noqa: E731
+    graph = helper.make_graph(
+        [cast("c", "y"), cast("c", "y"), cast("d", "z"), helper.make_node("Add", ["y", "z"], ["w"], name="add")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [2])],
+        [helper.make_tensor_value_info("w", TensorProto.FLOAT, [2])])
+    assert _drop_repeated_nodes(graph) == 1
+    assert [n.name for n in graph.node] == ["c", "d", "add"]
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    import onnxruntime as ort
+
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": np.array([1, 2], np.float16)})[0]
+    assert out.tolist() == [2.0, 4.0]
