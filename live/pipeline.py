@@ -339,6 +339,11 @@ class LivePipeline:
                     last_status = time.monotonic()
                     self._update_counts()
                     self.log(self.stats.status_line(self._fps_in()))
+        except KeyboardInterrupt:
+            # Ctrl-C is how a terminal user stops a live tool: stop like "q" (recordings kept, stats
+            # written); a second Ctrl-C during the clean-up interrupts that as usual
+            self.log("interrupted: stopping")
+            self.stats.event("interrupted (Ctrl-C)")
         finally:
             self._stop.set()
             self.capture.stop()

@@ -121,6 +121,20 @@ def test_pipeline_hot_keys_through_the_command_queue(engine):
     assert time.monotonic() - t < 10 and pipe2.stats.frames_out < 100
 
 
+def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(engine):
+    class InterruptingSink(ListSink):
+        def write(self, frame):
+            if len(self.frames) == 5:
+                raise KeyboardInterrupt
+            super().write(frame)
+
+    pipe, _ = make_pipeline(engine, IteratorSource(moving_frames(1000), fps=60))
+    sink = pipe.sinks[0] = InterruptingSink()
+    stats = pipe.run()  # returns instead of raising
+    assert len(sink.frames) == 5 and stats.frames_out == 5
+    assert any("interrupted" in e for e in stats.events)
+
+
 def test_pipeline_ends_with_a_file_camera(engine):
     pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(15), fps=100))
     pipe.run()
