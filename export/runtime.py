@@ -182,6 +182,11 @@ def create_session(path: Path, plan: ProviderPlan, threads: "int | None"):
     if threads:
         so.intra_op_num_threads = int(threads)
         so.inter_op_num_threads = 1
+    if os.environ.get("MRA_ORT_SPIN", "0") != "1":
+        # ONNX Runtime's pool threads spin after each run by default: on a small CPU they then take
+        # the cores from the next stage (PyTorch pre/post, the other graph's session, the face
+        # tracker). Measured with benchmarks/fps.py (lite256, 2 threads, 2 cores): see README.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry(RECORD_ASSIGNMENT, "1")
     so.log_severity_level = 3  # errors only; fallbacks are detected and reported by the engine
     return ort.InferenceSession(str(path), so, providers=plan.providers)
