@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from nets.errors import ArgumentParser, UserError, entry_point  # noqa: E402
+from nets.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 
 
 def rss_mb(pid: int) -> "float | None":
@@ -108,4 +108,4 @@ def main(argv: "Sequence[str] | None" = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(entry_point(main))
+    sys.exit(run_cli(main))

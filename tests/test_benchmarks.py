@@ -1,6 +1,7 @@
 """benchmarks/: the fps and quality scripts run briefly on the tiny preset; their helpers against references."""
 import json
 import math
+import os
 import sys
 import time
 
@@ -357,3 +358,21 @@ def test_fps_reports_a_failing_backend_and_goes_on(tmp_path, monkeypatch):
     rows = {(r["backend"], r["device"], r["stage"]): r for r in json.loads(out.read_text())}
     assert "kaboom" in rows[("torch-eager", "cpu", "per_frame")]["reason"]
     assert rows[("naive", "cpu", "per_frame")]["available"]
+
+
+def test_soak_memory_slope_and_rss_reading():
+    from benchmarks import soak
+
+    t = [0, 30, 60, 90, 120]
+    assert soak.slope_mb_per_min(t, [100 + 2 * x / 60 for x in t]) == pytest.approx(2.0)  # 2 MB per minute
+    assert soak.slope_mb_per_min(t, [100, 101, 100, 101, 100]) == pytest.approx(0.0, abs=0.3)
+    assert np.isnan(soak.slope_mb_per_min([5], [100]))
+    assert soak.rss_mb(os.getpid()) > 10
+    assert soak.rss_mb(2 ** 22 + 12345) is None  # no such process
+
+
+def test_soak_refuses_a_missing_camera(tmp_path, capsys):
+    from benchmarks import soak
+
+    assert run_cli(soak.main, ["--camera", str(tmp_path / "none.mp4"), "--minutes", "0.01"]) == 2
+    assert "camera video not found" in capsys.readouterr().err
