@@ -511,3 +511,12 @@ def test_memory_flat_for_long_1080p_video(files, tmp_path):
     # one 1080p RGB frame kept per frame would be +6 MB per frame
     assert r["slope_kb_per_frame"] < 50, r
     assert r["growth_mb"] < 30, r
+
+
+def test_auto_backend_uses_onnx_only_for_the_shipped_model_on_the_cpu():
+    from live.animate import auto_backend
+
+    assert auto_backend("auto", None, "cpu") == "onnx"  # its verified export ships with it
+    assert auto_backend("auto", "mine.pth", "cpu") == "torch"  # would need an export first
+    assert auto_backend("auto", None, "cuda") == "torch"
+    assert auto_backend("torch", None, "cpu") == "torch" and auto_backend("onnx", "mine.pth", "cpu") == "onnx"

@@ -1,7 +1,7 @@
 """Measure mra-web's webcam tab in headless Chromium, and take the README screenshot.
 
-    python -m tests.web_probe --checkpoint model.pth [--seconds 20] [--crop auto] \
-        [--screenshot docs/screenshot-web.png] [--json out.json]
+    python -m tests.web_probe --checkpoint model.pth | --shipped [--backend torch|onnx] [--seconds 20] \
+        [--crop auto] [--screenshot docs/screenshot-web.png] [--json out.json]
 
 Chromium's fake camera plays a generated y4m (a drawn face that talks and nods, 640x480 at
 25 fps) into the page; the page streams it to the server (web socket, JPEG), the mra-live
@@ -35,6 +35,8 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint")
     ap.add_argument("--config")
+    ap.add_argument("--shipped", action="store_true", help="the model shipped with the package (no --checkpoint)")
+    ap.add_argument("--backend", default="torch", choices=("torch", "onnx"))
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--crop", default="auto")
     ap.add_argument("--screenshot")
@@ -52,10 +54,10 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="mra-web-probe-"))
     ckpt = args.checkpoint
-    if ckpt is None:
+    if ckpt is None and not args.shipped:
         ckpt = tmp / "lite256-random.pth"
         nets.save_model(nets.build_model("lite256").eval(), ckpt)
-    engine = load_engine(ckpt, args.config)
+    engine = load_engine(ckpt, args.config, backend=args.backend)
     cam = write_y4m(tmp / "camera.y4m", [talking(i, 100, 0, 480, 640) for i in range(100)], fps=25)
     result: dict = {"engine": engine.describe(), "crop": args.crop, "camera": "y4m 640x480 @ 25 fps",
                     "load_average_before": os.getloadavg()}
