@@ -167,7 +167,8 @@ class LivePipeline:
         self.log = log or (lambda s: None)
         self.size = engine.frame_size
         self.modes = [m for m in ("relative", "avd", "standard") if m != "avd" or engine.has_avd]
-        if options.mode not in self.modes:
+        if options.mode not in self.modes:  # mra-live refuses --mode avd up front; library callers get a note
+            self.stats.event(f"mode {options.mode} is not available for this model (no AVD network): relative")
             options.mode = "relative"
         self.mode = options.mode
         self.overlay = options.overlay

@@ -192,3 +192,10 @@ def test_delay_holds_latency(engine):
     pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(300), fps=30), max_frames=15, delay_ms=250)
     stats = pipe.run()
     assert stats.snapshot()["latency_ms"]["p50"] >= 245
+
+
+def test_avd_mode_without_avd_network_falls_back_with_a_note(engine, monkeypatch):
+    monkeypatch.setattr(engine, "has_avd", False)
+    pipe, _ = make_pipeline(engine, IteratorSource(moving_frames(10), fps=60), mode="avd", max_frames=2)
+    assert pipe.mode == "relative" and "avd" not in pipe.modes
+    assert any("no AVD network" in e for e in pipe.stats.events)
