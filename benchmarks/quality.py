@@ -48,6 +48,7 @@ from nets.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 from benchmarks import clips as cl  # noqa: E402
 from benchmarks import metrics as mt  # noqa: E402
 from benchmarks.landmarks import SUBSET, FaceMesh, LandmarksUnavailable  # noqa: E402
+from live.animate import batched  # noqa: E402
 
 AKD_SCALE = 256  # AKD is reported in pixels of a 256 x 256 frame
 THUMB = 128
@@ -215,17 +216,6 @@ def thumb(image: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((THUMB, THUMB), Image.LANCZOS))
 
 
-def chunks(it, n: int):
-    buf = []
-    for x in it:
-        buf.append(x)
-        if len(buf) == n:
-            yield buf
-            buf = []
-    if buf:
-        yield buf
-
-
 def reconstruct_clip(path: Path, animator: Optional[Animator], mesh: FaceMesh, args, lpips_metric,
                      mode: str, progress) -> tuple[dict[str, Scores], Example, list[Optional[np.ndarray]]]:
     """Self-reenactment of one clip: per-frame scores of the model and of the no-motion baseline."""
@@ -246,7 +236,7 @@ def reconstruct_clip(path: Path, animator: Optional[Animator], mesh: FaceMesh, a
         yield first
         yield from frames
 
-    for batch in chunks(all_frames(), args.batch):
+    for batch in batched(all_frames(), args.batch):
         outs = animator.animate(src, batch, mode, initial=src.regions if mode == "relative" else None,
                                 background=args.bg) if animator else None
         for i, real in enumerate(batch):
@@ -287,7 +277,7 @@ def cross_pair(portrait: Path, clip: Path, animator: Optional[Animator], mesh: F
     lm_drv: list[Optional[np.ndarray]] = []
     lm_out: list[Optional[np.ndarray]] = []
     initial = None
-    for batch in chunks(frames, args.batch):
+    for batch in batched(frames, args.batch):
         if animator and initial is None:
             initial = animator.regions(batch[0])
         outs = animator.animate(src, batch, "relative", initial=initial) if animator else [src_img] * len(batch)

@@ -27,18 +27,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.timing import status_kb  # noqa: E402
 from nets.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 
 
 def rss_mb(pid: int) -> "float | None":
     """Resident memory of a process in MB, None once it has exited."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
+    kb = status_kb("VmRSS", pid)
+    return None if kb is None else kb / 1024
 
 
 def slope_mb_per_min(times_s: Sequence[float], rss: Sequence[float]) -> float:

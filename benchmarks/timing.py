@@ -88,9 +88,10 @@ def timed_once(fn: Callable[[], Any], device: str = "cpu") -> tuple[Any, float]:
 # Peak memory
 # ---------------------------------------------------------------------------------------------
 
-def _status_kb(field: str) -> "int | None":
+def status_kb(field: str, pid: "int | str" = "self") -> "int | None":
+    """A kB field of ``/proc/PID/status`` (e.g. ``VmRSS``); None off Linux or once the process is gone."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -122,7 +123,7 @@ class PeakMemory:
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")
-                self.reset_ok = _status_kb("VmHWM") is not None
+                self.reset_ok = status_kb("VmHWM") is not None
             except OSError:
                 self.reset_ok = False
         return self
@@ -134,7 +135,7 @@ class PeakMemory:
         if self.device.startswith("cuda"):
             return torch.cuda.max_memory_allocated() / 2**20
         if self.reset_ok:
-            return _status_kb("VmHWM") / 1024
+            return status_kb("VmHWM") / 1024
         # ru_maxrss is in kilobytes on Linux
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
