@@ -302,16 +302,22 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
                          seconds=time.perf_counter() - t_start)
 
 
-def auto_backend(backend: str, checkpoint: "str | os.PathLike | None", device: str) -> str:
-    """``auto``: ONNX Runtime for the shipped model on the CPU (its verified export ships with it; 26 vs
-    16 frames/s here), PyTorch for other checkpoints (they would need an export first) and on CUDA."""
+def auto_backend(backend: str, checkpoint: "str | os.PathLike | None", device: str,
+                 export_checkpoints: bool = False) -> str:
+    """``auto`` -> ``onnx`` or ``torch`` (any other value is returned as it is).
+
+    ONNX Runtime on the CPU when onnxruntime is installed, PyTorch on CUDA. A checkpoint other than
+    the shipped one (whose verified export ships with it) must first be exported: tools that run for
+    long (mra-live, mra-web) pass ``export_checkpoints=True`` and pay that once; a one-off mra-animate
+    job keeps PyTorch for it (ONNX Runtime: 26 vs 16 frames/s here on the shipped model).
+    """
     import importlib.util
 
     if backend != "auto":
         return backend
-    if checkpoint is None and device == "cpu" and importlib.util.find_spec("onnxruntime"):
-        return "onnx"
-    return "torch"
+    if device != "cpu" or not importlib.util.find_spec("onnxruntime"):
+        return "torch"
+    return "onnx" if checkpoint is None or export_checkpoints else "torch"
 
 
 def load_engine(checkpoint: "str | os.PathLike | None" = None, config: "str | None" = None, backend: str = "torch",

@@ -72,11 +72,9 @@ def _sources(spec: str) -> list[Path]:
 
 
 def _engine(args):
-    from .animate import load_engine
+    from .animate import auto_backend, load_engine
 
-    backend = args.backend
-    if backend == "auto":
-        backend = "torch" if args.device == "cuda" else "onnx"
+    backend = auto_backend(args.backend, args.checkpoint, args.device, export_checkpoints=True)
     if args.precision != "fp32" and args.device != "cuda":
         raise UserError("--precision fp16/bf16 needs --device cuda")
     if args.threads:

@@ -49,7 +49,8 @@ from typing import Sequence
 
 from nets.errors import ArgumentParser, UserError, run_cli
 
-from .animate import BACKENDS, CROPS, DEVICES, MODES, AnimateOptions, AnimateResult, animate_file, check_inputs, load_engine
+from .animate import (BACKENDS, CROPS, DEVICES, MODES, AnimateOptions, AnimateResult, animate_file, auto_backend,
+                      check_inputs, load_engine)
 from .web_jobs import Job, JobQueue, QueueFull
 from .web_live import LiveSession
 from .web_upload import MB, UploadTooLarge, _limit_text, error_text, receive_form, safe_name
@@ -540,7 +541,8 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     sock = bind(config.host, config.port)  # fail fast: a busy port is known before the model loads
     web = None
     try:
-        engine = _load_engine(args)
+        backend = auto_backend(args.backend, args.checkpoint, args.device, export_checkpoints=True)
+        engine = load_engine(args.checkpoint, args.config, backend, args.device)
         app = create_app(engine, config, args.device)
         web = app.state.web
         server = make_server(app, sock, config)
@@ -567,17 +569,6 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         sock.close()
     print("mra-web: stopped; temporary files removed", file=sys.stderr)
     return 0
-
-
-def _load_engine(args):
-    """``--backend auto``: ONNX Runtime on the CPU (about twice PyTorch's frame rate in the webcam tab on
-    2 cores, see docs/web.md), PyTorch on CUDA or when onnxruntime is not installed."""
-    import importlib.util
-
-    backend = args.backend
-    if backend == "auto":
-        backend = "onnx" if args.device == "cpu" and importlib.util.find_spec("onnxruntime") else "torch"
-    return load_engine(args.checkpoint, args.config, backend, args.device)
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:

@@ -520,3 +520,6 @@ def test_auto_backend_uses_onnx_only_for_the_shipped_model_on_the_cpu():
     assert auto_backend("auto", "mine.pth", "cpu") == "torch"  # would need an export first
     assert auto_backend("auto", None, "cuda") == "torch"
     assert auto_backend("torch", None, "cpu") == "torch" and auto_backend("onnx", "mine.pth", "cpu") == "onnx"
+    # mra-live and mra-web export any checkpoint once (they run for long)
+    assert auto_backend("auto", "mine.pth", "cpu", export_checkpoints=True) == "onnx"
+    assert auto_backend("auto", "mine.pth", "cuda", export_checkpoints=True) == "torch"
