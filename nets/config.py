@@ -91,6 +91,11 @@ class ModelConfig:
     num_channels: int = 3
     estimate_affine: bool = True
     revert_axis_swap: bool = True
+    # Coordinate grid of heatmaps and motions (nets.geometry.coordinate_grid). False: the official
+    # grid (x_i = 2 i/(w-1) - 1, sampled with align_corners=False: the identity motion zooms out by
+    # about a pixel and blurs); official checkpoints learned with it. True: pixel centres, so that
+    # the identity motion returns the image exactly (this project's own models).
+    pixel_centres: bool = False
     region: RegionPredictorConfig = field(default_factory=RegionPredictorConfig)
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
@@ -111,6 +116,9 @@ class AugmentationConfig:
 @dataclass
 class DatasetConfig:
     id_sampling: bool = True
+    # share of training pairs whose driving frame is the source frame itself (identity motion:
+    # teaches the model to give the portrait back unchanged at rest); 0 = the official sampling
+    identity_pairs: float = 0.0
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
 
@@ -296,6 +304,8 @@ def lite(width: int = 16, name: str | None = None) -> Config:
     m.flow = FlowConfig(block_expansion=width, max_features=8 * width, num_blocks=4, scale_factor=0.25, separable=True)
     m.generator = GeneratorConfig(block_expansion=width, max_features=4 * width, num_down_blocks=2,
                                   num_bottleneck_blocks=4, separable=True)
+    m.pixel_centres = True
+    cfg.dataset.identity_pairs = 0.05
     cfg.train.batch_size = 16
     return cfg
 

@@ -63,13 +63,15 @@ class PixelwiseFlowPredictor(nn.Module):
                           if cfg.estimate_occlusion_map else None)
         self.down = AntiAliasDownsample(c, cfg.scale_factor) if cfg.scale_factor != 1 else None
         side = -(-frame_size // int(1 / cfg.scale_factor)) if cfg.scale_factor != 1 else frame_size
-        self.register_buffer("grid", geo.coordinate_grid(side, side), persistent=False)
+        self.pixel_centres = model.pixel_centres
+        self.register_buffer("grid", geo.coordinate_grid(side, side, pixel_centres=self.pixel_centres),
+                             persistent=False)
 
     def _grid_for(self, x: Tensor) -> Tensor:
         h, w = x.shape[2:]
         if self.grid.shape[0] == h and self.grid.shape[1] == w and self.grid.dtype == x.dtype:
             return self.grid
-        return geo.coordinate_grid(h, w, dtype=x.dtype, device=x.device)
+        return geo.coordinate_grid(h, w, dtype=x.dtype, device=x.device, pixel_centres=self.pixel_centres)
 
     def _gaussian(self, regions: Regions, grid: Tensor) -> Tensor:
         if self.use_covar_heatmap:

@@ -29,8 +29,9 @@ class Generator(nn.Module):
     same size (finally the warped source image) is blended in: ``warp(skip) * occ + x * (1 - occ)``.
     """
 
-    def __init__(self, cfg: GeneratorConfig, num_channels: int = 3):
+    def __init__(self, cfg: GeneratorConfig, num_channels: int = 3, pixel_centres: bool = False):
         super().__init__()
+        self.pixel_centres = pixel_centres  # the flow's grid convention (ModelConfig.pixel_centres)
         e, m, n = cfg.block_expansion, cfg.max_features, cfg.num_down_blocks
         self.skips = cfg.skips
         self.first = SameBlock2d(num_channels, e, kernel_size=7, padding=3)
@@ -65,7 +66,7 @@ class Generator(nn.Module):
             size = tuple(x.shape[2:])
             if size not in resized:
                 occ = _resize_like(occlusion, x) if occlusion is not None else None
-                resized[size] = (geo.resize_flow(flow, size), occ)
+                resized[size] = (geo.resize_flow(flow, size, self.pixel_centres), occ)
             return resized[size]
 
         def blend(skip: Tensor, current: Tensor) -> Tensor:

@@ -23,12 +23,25 @@ from torch import Tensor
 # Grids and kernels
 # ---------------------------------------------------------------------------------------------
 
-def coordinate_grid(h: int, w: int, dtype: torch.dtype = torch.float32, device=None) -> Tensor:
-    """Grid of pixel-centre coordinates ``(h, w, 2)`` with x_i = 2 i/(w-1) - 1, y_j = 2 j/(h-1) - 1."""
+def coordinate_grid(h: int, w: int, dtype: torch.dtype = torch.float32, device=None,
+                    pixel_centres: bool = False) -> Tensor:
+    """Grid of pixel coordinates ``(h, w, 2)`` in [-1, 1].
+
+    ``pixel_centres=False`` (the official MRAA grid): x_i = 2 i/(w-1) - 1, the corner pixels at
+    exactly -1 and 1 (the ``align_corners=True`` convention). Sampled with ``grid_sample(...,
+    align_corners=False)`` as everywhere here, this identity grid zooms out by about a pixel and
+    reads half-way between pixels; official checkpoints learned with it, so their presets keep it.
+    ``pixel_centres=True``: x_i = (2 i + 1)/w - 1, the centres of the pixels in the
+    ``align_corners=False`` convention, so that sampling at the grid returns the image exactly.
+    """
     x = torch.arange(w, dtype=dtype, device=device)
     y = torch.arange(h, dtype=dtype, device=device)
-    x = 2 * (x / (w - 1)) - 1
-    y = 2 * (y / (h - 1)) - 1
+    if pixel_centres:
+        x = (2 * x + 1) / w - 1
+        y = (2 * y + 1) / h - 1
+    else:
+        x = 2 * (x / (w - 1)) - 1
+        y = 2 * (y / (h - 1)) - 1
     return torch.stack([x.view(1, w).expand(h, w), y.view(h, 1).expand(h, w)], dim=-1).contiguous()
 
 
@@ -205,17 +218,28 @@ def background_motion(grid: Tensor, bg: "Tensor | None", batch: int) -> Tensor:
     return out[..., :2] / out[..., 2:3]
 
 
-def resize_flow(flow: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinear resize of a ``(B, h, w, 2)`` flow to ``(B, H, W, 2)`` (no-op when equal)."""
+def resize_flow(flow: Tensor, size: tuple[int, int], pixel_centres: bool = False) -> Tensor:
+    """Bilinear resize of a ``(B, h, w, 2)`` flow to ``(B, H, W, 2)`` (no-op when equal).
+
+    ``pixel_centres=False`` (official): the sampling coordinates themselves are interpolated.
+    ``pixel_centres=True``: the displacement from the identity grid is interpolated and added to
+    the identity grid of the new size, so the identity flow stays exactly the identity.
+    """
     if tuple(flow.shape[1:3]) == tuple(size):
         return flow
+    if pixel_centres:
+        h, w = flow.shape[1:3]
+        here = coordinate_grid(h, w, dtype=flow.dtype, device=flow.device, pixel_centres=True)
+        there = coordinate_grid(size[0], size[1], dtype=flow.dtype, device=flow.device, pixel_centres=True)
+        d = F.interpolate((flow - here).permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
+        return d.permute(0, 2, 3, 1) + there
     f = F.interpolate(flow.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
     return f.permute(0, 2, 3, 1)
 
 
-def warp(image: Tensor, flow: Tensor) -> Tensor:
+def warp(image: Tensor, flow: Tensor, pixel_centres: bool = False) -> Tensor:
     """Backward warp ``image`` ``(B, C, H, W)`` by ``flow`` ``(B, h, w, 2)`` (resized to H x W first)."""
-    flow = resize_flow(flow, tuple(image.shape[2:]))
+    flow = resize_flow(flow, tuple(image.shape[2:]), pixel_centres)
     return F.grid_sample(image, flow, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

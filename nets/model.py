@@ -77,7 +77,7 @@ class MRAA(nn.Module):
         self.region_predictor = RegionPredictor(m, size)
         self.bg_predictor = BackgroundPredictor(m.background, m.num_channels)
         self.flow_predictor = PixelwiseFlowPredictor(m, size)
-        self.generator = Generator(m.generator, m.num_channels)
+        self.generator = Generator(m.generator, m.num_channels, m.pixel_centres)
         self.avd_network = AVDNetwork(m.num_regions, m.avd, m.revert_axis_swap)
         self.has_avd = True  # False when weights were loaded without an AVD network
         self.pca = pca
@@ -142,7 +142,7 @@ class MRAA(nn.Module):
             cache = cache.expand(new.shift.shape[0])
         motion = self.flow_predictor(cache.flow, new, bg)
         prediction = self.generator.decode(cache.features, cache.image, motion.optical_flow, motion.occlusion)
-        deformed = geo.warp(cache.image, motion.optical_flow) if with_deformed else prediction
+        deformed = geo.warp(cache.image, motion.optical_flow, self.config.model.pixel_centres) if with_deformed else prediction
         return AnimationOutput(prediction=prediction, optical_flow=motion.optical_flow, occlusion=motion.occlusion,
                                deformed=deformed, mask=motion.mask, sparse_deformed=motion.sparse_deformed)
 

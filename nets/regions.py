@@ -73,6 +73,7 @@ class RegionPredictor(nn.Module):
         self.pca_based = cfg.pca_based
         self.pca = pca
         self.pad = cfg.pad
+        self.pixel_centres = model.pixel_centres
         self.predictor = Hourglass(cfg.block_expansion, model.num_channels, cfg.num_blocks, cfg.max_features,
                                    cfg.separable)
         self.regions = conv(self.predictor.out_channels, model.num_regions, 7, cfg.pad, cfg.separable)
@@ -88,7 +89,7 @@ class RegionPredictor(nn.Module):
         else:
             self.down = None
         h = self.heatmap_size(frame_size)
-        self.register_buffer("grid", geo.coordinate_grid(h, h), persistent=False)
+        self.register_buffer("grid", geo.coordinate_grid(h, h, pixel_centres=self.pixel_centres), persistent=False)
 
     def heatmap_size(self, frame_size: int) -> int:
         """Side of the heatmaps for a square frame of side ``frame_size``."""
@@ -101,7 +102,7 @@ class RegionPredictor(nn.Module):
         h, w = heatmap.shape[2:]
         if self.grid.shape[0] == h and self.grid.shape[1] == w and self.grid.dtype == heatmap.dtype:
             return self.grid
-        return geo.coordinate_grid(h, w, dtype=heatmap.dtype, device=heatmap.device)
+        return geo.coordinate_grid(h, w, dtype=heatmap.dtype, device=heatmap.device, pixel_centres=self.pixel_centres)
 
     def forward(self, frame: Tensor) -> Regions:
         """frame ``(B, C, H, W)`` in [0, 1] -> :class:`Regions`."""

@@ -240,3 +240,18 @@ def test_matmul2x2_and_gram_match_matmul_and_stay_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = geo.matmul2x2(a.float(), b.float())
     assert out.dtype == torch.float32
+
+
+def test_pixel_centre_grid_and_flow_resize_return_the_image():
+    """The pixel-centre grid is the identity of grid_sample(align_corners=False), at any flow size;
+    the official grid zooms out and blurs (what official checkpoints learned with)."""
+    img = torch.rand(1, 3, 32, 32)
+    for side in (32, 8):  # the flow at the image size and resized from a coarser one
+        flow = geo.coordinate_grid(side, side, pixel_centres=True).unsqueeze(0)
+        assert torch.allclose(geo.warp(img, flow, pixel_centres=True), img, atol=1e-5)
+    official = geo.warp(img, geo.coordinate_grid(32, 32).unsqueeze(0))
+    assert (official - img).abs().mean() > 0.05
+    g = geo.coordinate_grid(4, 8, pixel_centres=True)
+    assert torch.allclose(g[0, :, 0], torch.tensor([-7, -5, -3, -1, 1, 3, 5, 7]) / 8)
+    assert torch.allclose(g[:, 0, 1], torch.tensor([-3.0, -1, 1, 3]) / 4)
+

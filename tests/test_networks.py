@@ -241,4 +241,15 @@ def test_lite_preset_is_separable_and_small():
         r = model.regions(x)
         out = model.animate(x, r, r)
     assert out.prediction.shape == (1, 3, 256, 256) and r.heatmap.shape == (1, 10, 64, 64)
-    assert torch.allclose(out.optical_flow, geo.coordinate_grid(64, 64).expand_as(out.optical_flow), atol=1e-5)
+    assert torch.allclose(out.optical_flow, geo.coordinate_grid(64, 64, pixel_centres=True).expand_as(out.optical_flow), atol=1e-5)
+
+
+def test_lite_models_give_the_portrait_back_at_rest():
+    """Identity motion with pixel centres: the warped source is the source (no border, no blur)."""
+    model = nets.build_model("lite256").eval()
+    assert model.config.model.pixel_centres and not nets.build_model("vox256").config.model.pixel_centres
+    x = torch.rand(1, 3, 256, 256)
+    with torch.no_grad():
+        r = model.regions(x)
+        out = model.animate(x, r, r)
+    assert torch.allclose(geo.warp(x, out.optical_flow, pixel_centres=True), x, atol=1e-4)

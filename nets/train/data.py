@@ -236,8 +236,10 @@ class PairDataset(torch.utils.data.Dataset):
 
     def __init__(self, root: "str | os.PathLike", frame_size: int, split: str = "train",
                  id_sampling: bool = False, augmentation: "AugmentationConfig | None" = None,
-                 num_repeats: int = 1, preload: bool = False, progress: bool = False):
+                 num_repeats: int = 1, preload: bool = False, progress: bool = False,
+                 identity_pairs: float = 0.0):
         self.root = Path(root)
+        self.identity_pairs = float(identity_pairs)
         self.frame_size = int(frame_size)
         self.augmentation = augmentation
         self.num_repeats = max(1, int(num_repeats))
@@ -290,6 +292,8 @@ class PairDataset(torch.utils.data.Dataset):
         if n == 0:
             raise DataError(f"{entry.path} has no frames")
         idx = np.sort(rng.choice(n, size=2, replace=n < 2))
+        if self.identity_pairs > 0 and rng.random() < self.identity_pairs:
+            idx[1] = idx[0]
         if video is not None:
             return video[idx]
         return read_video(entry, self.frame_size, [int(i) for i in idx])

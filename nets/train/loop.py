@@ -157,13 +157,14 @@ class ReconstructionObjective(nn.Module):
         self.w_affine = float(t.equivariance_affine)
         self.points_tps = int(t.points_tps)
         self.revert_axis_swap = bool(config.model.revert_axis_swap)
+        self.pixel_centres = bool(config.model.pixel_centres)
 
     def forward(self, source: Tensor, driving: Tensor, theta: Tensor, tps_weights: Tensor):
         src_r, drv_r, bg, out = self.model(source, driving)
         parts = {"reconstruction": self.loss(out.prediction, driving)}
         if self.w_shift or self.w_affine:
             warp = RandomWarp(theta, control_grid(self.points_tps, theta.device, theta.dtype), tps_weights)
-            transformed = warp.warp_frame(driving)
+            transformed = warp.warp_frame(driving, self.pixel_centres)
             t_r = self.model.regions(transformed)
             shift_l, affine_l = equivariance_losses(drv_r, t_r, warp, self.revert_axis_swap)
             if self.w_shift:
@@ -443,7 +444,8 @@ def _train(opts: TrainOptions, session: distributed.Session, t0: float) -> Train
         raise UserError("--data DIR is required (a folder with train/ and test/ splits)")
     dataset = PairDataset(plan.data, cfg.frame_size, "train", id_sampling=cfg.dataset.id_sampling,
                           augmentation=cfg.dataset.augmentation, num_repeats=hyper.num_repeats,
-                          preload=opts.preload, progress=opts.progress and session.is_main)
+                          preload=opts.preload, progress=opts.progress and session.is_main,
+                          identity_pairs=cfg.dataset.identity_pairs)
     sampler = PairSampler(len(dataset), seed=seed, rank=session.rank, world_size=session.world_size)
     steps_per_epoch = sampler.per_rank // hyper.batch_size
     if steps_per_epoch < 1:

@@ -82,10 +82,15 @@ class RandomWarp:
         return theta[:, None, :, :2] + tps
 
     # -- images --------------------------------------------------------------------------------
-    def warp_frame(self, frame: Tensor) -> Tensor:
-        """The transformed frame: ``frame`` ``(B, C, H, W)`` sampled at T(grid) (reflection padding)."""
+    def warp_frame(self, frame: Tensor, pixel_centres: bool = False) -> Tensor:
+        """The transformed frame: ``frame`` ``(B, C, H, W)`` sampled at T(grid) (reflection padding).
+
+        ``pixel_centres``: the model's grid convention (``ModelConfig.pixel_centres``), so that the
+        identity warp returns the frame exactly when the model's coordinates are pixel centres.
+        """
         b, _, h, w = frame.shape
-        grid = geo.coordinate_grid(h, w, dtype=torch.float32, device=frame.device).view(1, h * w, 2)
+        grid = geo.coordinate_grid(h, w, dtype=torch.float32, device=frame.device,
+                                   pixel_centres=pixel_centres).view(1, h * w, 2)
         src = self(grid.expand(b, h * w, 2)).view(b, h, w, 2)
         return F.grid_sample(frame, src.to(frame.dtype), mode="bilinear", padding_mode="reflection",
                              align_corners=False)
