@@ -141,6 +141,11 @@ class TrainConfig:
     perceptual_weights: tuple[float, ...] = (10.0, 10.0, 10.0, 10.0, 10.0)
     equivariance_shift: float = 10.0
     equivariance_affine: float = 10.0
+    # multi-scale patch discriminator (nets/train/discriminator.py): 0 and 0 = off (official)
+    gan_weight: float = 0.0
+    feature_matching_weight: float = 0.0
+    discriminator_scales: tuple[float, ...] = (1.0, 0.5)
+    discriminator_block_expansion: int = 16
 
 
 @dataclass
@@ -306,6 +311,8 @@ def lite(width: int = 16, name: str | None = None) -> Config:
                                   num_bottleneck_blocks=4, separable=True)
     m.pixel_centres = True
     cfg.dataset.identity_pairs = 0.05
+    cfg.train.gan_weight = 1.0
+    cfg.train.feature_matching_weight = 10.0
     cfg.train.batch_size = 16
     return cfg
 

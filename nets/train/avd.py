@@ -98,5 +98,15 @@ class AVDStage:
         scale = 1 + (2 * torch.rand(b, 2, generator=g) - 1) * s
         return batch["source"], batch["driving"], scale.to(batch["source"].device)
 
+    def after_step(self, batch: dict[str, Tensor], visuals: dict[str, Tensor], autocast) -> dict[str, Tensor]:
+        """Nothing runs after the optimiser step in this stage."""
+        return {}
+
+    def extra_state(self) -> dict:
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
     def visualise(self, batch, visuals):
         return None

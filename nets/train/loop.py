@@ -7,7 +7,9 @@ Ctrl-C / SIGTERM, and always leaves a checkpoint that continues bit-identically.
 
 Reconstruction stage (the paper's first stage): ``src_r, drv_r, bg, out = model(source, driving)``;
 loss = perceptual pyramid(out.prediction, driving) + equivariance (shift and affine) on a random
-affine + TPS warp of the driving frame. Region, background, flow predictors and the generator
+affine + TPS warp of the driving frame (+ a patch discriminator's LSGAN and feature-matching terms
+when ``train.gan_weight`` / ``feature_matching_weight`` are set: :mod:`.discriminator`; the
+discriminator steps after the generator, see ``ReconstructionStage.after_step``). Region, background, flow predictors and the generator
 are trained with Adam(lr, betas=(0.5, 0.999)); the learning rate drops by 10x at each of
 ``epoch_milestones``. An epoch is one pass over the dataset repeated ``num_repeats`` times
 (``len = num_repeats x number of videos``, or of identities with id_sampling), i.e.
@@ -46,6 +48,7 @@ from . import distributed, state as st
 from .data import PairDataset, PairSampler
 from .logs import LossLog, warn
 from .losses import L1SSIMPyramidLoss, PerceptualPyramidLoss, equivariance_losses
+from .discriminator import Adversary, MultiScaleDiscriminator, generator_losses
 from .transforms import RandomWarp, control_grid
 from .vgg import find_vgg_weights, load_vgg19, torchvision_cache_path
 from .vis import grid_image, heatmap_overlay, save_png
@@ -148,20 +151,29 @@ def _print(session, *args) -> None:
 class ReconstructionObjective(nn.Module):
     """Model + losses in one module (what DDP wraps): returns (total, parts, visuals)."""
 
-    def __init__(self, model: MRAA, loss: nn.Module, config: Config):
+    def __init__(self, model: MRAA, loss: nn.Module, config: Config,
+                 discriminator: "MultiScaleDiscriminator | None" = None):
         super().__init__()
         self.model = model
         self.loss = loss
+        self.discriminator = discriminator
         t = config.train
         self.w_shift = float(t.equivariance_shift)
         self.w_affine = float(t.equivariance_affine)
         self.points_tps = int(t.points_tps)
         self.revert_axis_swap = bool(config.model.revert_axis_swap)
         self.pixel_centres = bool(config.model.pixel_centres)
+        self.gan_weight = float(t.gan_weight)
+        self.feature_matching_weight = float(t.feature_matching_weight)
 
     def forward(self, source: Tensor, driving: Tensor, theta: Tensor, tps_weights: Tensor):
         src_r, drv_r, bg, out = self.model(source, driving)
         parts = {"reconstruction": self.loss(out.prediction, driving)}
+        if self.discriminator is not None:
+            adv = generator_losses(self.discriminator, out.prediction, driving, self.gan_weight,
+                                   self.feature_matching_weight)
+            parts["gan"] = adv.gan
+            parts["feature_matching"] = adv.feature_matching
         if self.w_shift or self.w_affine:
             warp = RandomWarp(theta, control_grid(self.points_tps, theta.device, theta.dtype), tps_weights)
             transformed = warp.warp_frame(driving, self.pixel_centres)
@@ -179,7 +191,8 @@ class ReconstructionObjective(nn.Module):
 class ReconstructionStage:
     name = "reconstruction"
     csv_name = "losses.csv"
-    loss_names = ("reconstruction", "equivariance_shift", "equivariance_affine")
+    loss_names = ("reconstruction", "equivariance_shift", "equivariance_affine", "gan", "feature_matching",
+                  "discriminator")
 
     def __init__(self, model: MRAA, config: Config, opts: TrainOptions, session: distributed.Session):
         self.model = model
@@ -207,12 +220,39 @@ class ReconstructionStage:
         self.loss_kind = loss.kind
         model.avd_network.requires_grad_(False)
         model.has_avd = False  # the AVD network no longer matches the regions once they are retrained
-        self.objective = ReconstructionObjective(model, loss, config)
+        self.adversary: "Adversary | None" = None
+        disc = None
+        if t.gan_weight or t.feature_matching_weight:
+            if session.distributed:
+                raise UserError("the discriminator loss (train.gan_weight / feature_matching_weight) runs in a "
+                                "single process; set both to 0 for torchrun")
+            if opts.amp == "fp16":
+                raise UserError("the discriminator loss runs with --amp bf16 or none, not fp16")
+            disc = MultiScaleDiscriminator(t.discriminator_scales, model.config.model.num_channels,
+                                           t.discriminator_block_expansion)
+            self.adversary = Adversary(disc, opts.lr if opts.lr is not None else t.lr)
+            self.info.update(discriminator={"scales": list(t.discriminator_scales), "gan_weight": t.gan_weight,
+                                            "feature_matching_weight": t.feature_matching_weight})
+        self.objective = ReconstructionObjective(model, loss, config, disc)
 
     def trainable(self) -> list[nn.Parameter]:
         m = self.model
         nets = [m.region_predictor, m.bg_predictor, m.flow_predictor, m.generator]
         return [p for net in nets for p in net.parameters() if p.requires_grad]
+
+    def after_step(self, batch: dict[str, Tensor], visuals: dict[str, Tensor], autocast) -> dict[str, Tensor]:
+        """Runs after the optimiser step: the discriminator's update (when there is one); its loss."""
+        if self.adversary is None:
+            return {}
+        return {"discriminator": self.adversary.step(visuals["prediction"], batch["driving"], autocast)}
+
+    def extra_state(self) -> dict[str, Any]:
+        """What a resumed run needs besides the model and the optimiser (the discriminator)."""
+        return {"adversary": self.adversary.state_dict()} if self.adversary is not None else {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if self.adversary is not None and state.get("adversary"):
+            self.adversary.load_state_dict(state["adversary"])
 
     def inputs(self, batch: dict[str, Tensor], seed: int) -> tuple[Tensor, ...]:
         t = self.config.train
@@ -482,6 +522,7 @@ def _train(opts: TrainOptions, session: distributed.Session, t0: float) -> Train
             scaler.load_state_dict(tstate["scaler"])
         step, epoch, epoch_samples = int(tstate["step"]), int(tstate["epoch"]), int(tstate["epoch_samples"])
         st.restore_rng(tstate["rng"], loader_gen)
+        stage.load_extra_state(tstate)
         if tstate.get("loss") != stage.loss_kind and session.is_main:
             warn([f"this run was trained so far with the loss {tstate.get('loss')!r}; it continues with "
                   f"{stage.loss_kind!r}."])
@@ -522,7 +563,7 @@ def _train(opts: TrainOptions, session: distributed.Session, t0: float) -> Train
                 "scaler": scaler.state_dict() if scaler is not None else {},
                 "rng": st.capture_rng(loader_gen), "seed": seed, "loss": stage.loss_kind,
                 "batch_size": hyper.batch_size, "world_size": session.world_size, "data": str(plan.data),
-                "config_name": cfg.name}
+                "config_name": cfg.name, **stage.extra_state()}
 
     last_save = [0.0]
 
@@ -597,6 +638,7 @@ def _train(opts: TrainOptions, session: distributed.Session, t0: float) -> Train
                 else:
                     total.backward()
                     optimizer.step()
+                parts.update(stage.after_step(batch, visuals, autocast))
                 step += 1
                 steps_run += 1
                 epoch_samples += hyper.batch_size * session.world_size
