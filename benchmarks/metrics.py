@@ -3,7 +3,10 @@
 Images are float ``(H, W, 3)`` in [0, 1]; landmarks are ``(N, 2)`` pixel coordinates (x, y) or
 None when no face was found.
 
-* :func:`l1`: mean absolute error over pixels and channels.
+* :func:`l1`: mean absolute error over pixels and channels; :func:`border_l1`: the same in the
+  outer ``border`` pixels and in the rest (a resampling convention off by a pixel shows as a
+  border much worse than the inside).
+* :func:`ratio`: a model's figure over a baseline's (None when undefined).
 * :func:`ssim`: structural similarity (Wang et al. 2004): 11x11 gaussian window, sigma 1.5,
   K1 = 0.01, K2 = 0.03, data range 1, computed on the valid region of each RGB channel and averaged.
 * :func:`keypoint_distance`: mean Euclidean distance between corresponding landmarks (AKD per frame).
@@ -24,6 +27,23 @@ import numpy as np
 def l1(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of two float images in [0, 1]."""
     return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
+def border_l1(a: np.ndarray, b: np.ndarray, border: int = 8) -> tuple[float, float]:
+    """(L1 in the outer ``border`` pixels of each side, L1 of the inner part) of two ``(H, W, C)`` images."""
+    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    h, w = d.shape[:2]
+    if not 0 < 2 * border < min(h, w):
+        raise ValueError(f"border {border} does not fit a {w}x{h} image")
+    inner = d[border:h - border, border:w - border]
+    return float((d.sum() - inner.sum()) / (d.size - inner.size)), float(inner.mean())
+
+
+def ratio(model: Optional[float], baseline: Optional[float]) -> Optional[float]:
+    """``model / baseline``; None when either is missing or the baseline is 0."""
+    if model is None or baseline is None or baseline == 0:
+        return None
+    return float(model / baseline)
 
 
 def _gaussian_taps(size: int = 11, sigma: float = 1.5) -> np.ndarray:

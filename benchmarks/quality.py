@@ -1,512 +1,599 @@
-"""Animation quality of a model on face clips (``python benchmarks/quality.py --help``).
+"""Animation quality of a model on face clips, animated as the tools animate them.
 
-Self-reenactment (the paper's reconstruction protocol): the first frame of each clip is the
-source and every frame drives it with *standard* transfer (the driving region parameters as
-they are, plus the predicted background motion, as the paper's reconstruction does); each
-output is compared with the real frame: L1 (mean absolute error on [0, 1] RGB), SSIM, LPIPS
-(only when its weights are on this machine), AKD (mean distance in pixels at 256 between
-mediapipe face-mesh landmarks of output and real frame, see ``benchmarks/landmarks.py``) and MKR
-(fraction of frames whose real frame has a face that the output lost). A no-motion baseline
-(the source repeated) is scored in the same table.
+    python benchmarks/quality.py --videos heldout/ --crop none --max-frames 60 --json q.json --sheet q.png
 
-Cross-identity animation (``--portraits``): each portrait is animated by a driving clip with
-*relative* transfer (the live path); reported: how the output's landmark displacements follow
-the driving's (both relative to their first frames, normalised by face size), and how much of
-the portrait's face shape is kept (Procrustes distance of output landmarks to the portrait's and
-to the driving frame's).
+The model is the shipped default (``live/assets/lite256.pth``) unless ``--checkpoint`` is given;
+it runs through the tools' engine (``live.animate.load_engine``; backend ``auto`` as mra-animate:
+ONNX Runtime for the shipped model on the CPU, PyTorch otherwise), frames are read and cropped by
+mra-animate's own reader (``benchmarks.clips``: ``--crop auto`` is its face tracker, ``--crop
+none`` a plain resize for prepared square crops), and every transfer is the engine's
+``transfer`` with the first driving frame as the initial frame, as in mra-animate.
 
-Writes ``quality.json`` and a contact sheet ``contact_sheet.png`` (per example: source, driving
-and output rows) to ``--out``.
+1. **Self-reenactment**, per clip and per mode (``relative``, the tools' default; ``standard``;
+   ``avd`` when the model has an AVD network): the clip's first frame is the portrait and the whole
+   clip drives it. Each output frame is compared with the real frame: L1 (mean absolute error of
+   RGB in [0, 1], every frame, the first included) and AKD (mean distance in pixels at 256 between
+   mediapipe face-mesh landmarks of output and real frame, ``benchmarks/landmarks.py``, every
+   ``--akd-every``-th frame where both have a face), each divided by the same figure for **no
+   motion** (the first frame repeated). The score of a mode is the **mean of per-clip ratios**
+   (no clip hides another) and the worst clip's L1 ratio. With the first frame as portrait,
+   ``relative`` and ``standard`` give the same regions (up to rounding); ``avd`` differs.
+2. **Identity fidelity**, per clip: the first frame driving itself (identity motion, the model's
+   ``animate(src, r, r)``): L1 against the frame, and L1 in the outer 8 pixels against the inner
+   part (a grid convention off by a pixel pulls in a dark border).
+3. **Cross-identity** (relative mode): a portrait (by default the first frame of clip i; or the
+   images of ``--portraits``) driven by another clip (clip i + 1). Without a face-recognition
+   network, both figures come from face-mesh landmarks (every ``--akd-every``-th frame):
 
-Examples::
+   * *motion followed*: landmark displacements from the first frame, each sequence divided by its
+     first frame's RMS face radius, compared point by point between output and driving clip
+     (``metrics.motion_transfer``: mean error; ``scale`` = output motion / driving motion;
+     cosine). ``motion ratio`` = the model's error over that of no motion (the portrait repeated,
+     whose error is the driving's own mean displacement): below 1 means the output follows.
+   * *identity kept*: the face *shape* that expressions hardly move (face oval and nose
+     landmarks), compared after similarity alignment (Procrustes distance in units of the face
+     radius): ``s`` = output to portrait, ``d`` = output to driving frame; ``identity share`` = mean
+     of ``d / (s + d)``: 1 = the portrait's shape, 0.5 = half-way, 0 = the driving person's shape.
+     ``gap`` (portrait to driving frame) says how different the two shapes are to begin with: the
+     share means little for two people of near-identical shape. Chosen over pixel L1/SSIM to the
+     portrait, which any correct motion raises, and over colour statistics, which a model that
+     copies the driving's shape but keeps the skin would pass. Limits: a 2-D measure, so large
+     head turns change the projected shape too (compare models on the same pairs, not absolute
+     values); it says nothing about texture (the contact sheet does).
 
-    python benchmarks/quality.py --videos clips/ --checkpoint model.pt --out eval/
-    python benchmarks/quality.py --videos raw/ --crop center --config lite256 --random-weights \\
-        --portraits portraits/ --max-frames 40 --out /tmp/q
+``--sheet PATH``: a contact sheet (per clip: driving frames and the outputs of each mode; per
+cross pair: portrait, driving frames, outputs; ``--sheet-frames`` evenly spaced frames).
+``--json PATH``: every number (the dataclasses below, as JSON). Timings are not measured here.
 """
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import platform
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # run as a script from the source tree
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
 
-import nets  # noqa: E402
 from nets.errors import ArgumentParser, UserError, run_cli  # noqa: E402
 
 from benchmarks import clips as cl  # noqa: E402
 from benchmarks import metrics as mt  # noqa: E402
-from benchmarks.landmarks import SUBSET, FaceMesh, LandmarksUnavailable  # noqa: E402
-from live.animate import batched  # noqa: E402
+from benchmarks import sheet as sh  # noqa: E402
+from benchmarks.landmarks import GROUPS, SUBSET, FaceMesh, LandmarksUnavailable  # noqa: E402
+from export.engine import MODES, RegionParams  # noqa: E402
+from live.animate import batched, to_batch, to_frames  # noqa: E402
 
 AKD_SCALE = 256  # AKD is reported in pixels of a 256 x 256 frame
-THUMB = 128
+BORDER = 8  # identity fidelity: width of the outer band, pixels at the model's size
+SHAPE_POINTS = np.isin(SUBSET, GROUPS["face_oval"] + GROUPS["nose"])  # identity shape: rows of SUBSET
 
 
 # ---------------------------------------------------------------------------------------------
-# Model
-# ---------------------------------------------------------------------------------------------
-
-def frames_to_tensor(frames: Sequence[np.ndarray], size: int, device: str) -> torch.Tensor:
-    """uint8 ``(S, S, 3)`` frames -> float ``(B, 3, size, size)`` in [0, 1]."""
-    x = torch.from_numpy(np.stack(frames)).to(device).permute(0, 3, 1, 2).float() / 255
-    if x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x
-
-
-def tensor_to_frames(x: torch.Tensor) -> list[np.ndarray]:
-    u8 = (x.clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return list(u8)
-
-
-@dataclass
-class Source:
-    image: torch.Tensor  # (1, 3, S, S)
-    regions: nets.Regions
-    cache: nets.SourceCache
-
-
-class Animator:
-    """The model on a device, animating one source with batches of driving frames."""
-
-    def __init__(self, model: nets.MRAA, device: str = "cpu", batch: int = 8):
-        self.model = model.eval().to(device)
-        self.device = device
-        self.batch = batch
-        self.size = model.frame_size
-
-    @torch.inference_mode()
-    def prepare(self, source: np.ndarray) -> Source:
-        x = frames_to_tensor([source], self.size, self.device)
-        r = self.model.regions(x)
-        return Source(image=x, regions=r, cache=self.model.prepare_source(x, r))
-
-    @torch.inference_mode()
-    def regions(self, frame: np.ndarray) -> nets.Regions:
-        return self.model.regions(frames_to_tensor([frame], self.size, self.device))
-
-    @torch.inference_mode()
-    def animate(self, src: Source, frames: Sequence[np.ndarray], mode: str, initial: Optional[nets.Regions] = None,
-                background: bool = False) -> list[np.ndarray]:
-        """Outputs (uint8, model size) for driving ``frames`` (``mode`` standard | relative)."""
-        x = frames_to_tensor(frames, self.size, self.device)
-        b = x.shape[0]
-        drv = self.model.regions(x)
-        ex = lambda r: r.map(lambda t: t.expand(b, *t.shape[1:]))  # noqa: E731
-        init = ex(initial) if initial is not None else None
-        new = self.model.transfer(ex(src.regions.without_heatmap()), drv, init, mode=mode)
-        bg = self.model.background(src.image.expand(b, -1, -1, -1), x) if background else None
-        out = self.model.animate_cached(src.cache, new, bg=bg, with_deformed=False).prediction
-        return tensor_to_frames(out)
-
-
-def load_model(args) -> tuple[Optional[nets.MRAA], dict[str, Any]]:
-    if args.checkpoint:
-        model = nets.load_model(args.checkpoint, config=args.config)
-        return model, {"checkpoint": str(args.checkpoint), "sha256": nets.sha256_file(args.checkpoint),
-                       "config": model.config.name, "random_weights": False}
-    if args.random_weights:
-        torch.manual_seed(args.seed)
-        model = nets.build_model(args.config or "lite256").eval()
-        return model, {"checkpoint": None, "config": model.config.name, "random_weights": True, "seed": args.seed}
-    if args.baseline_only:
-        return None, {"checkpoint": None, "config": None}
-    raise UserError("give --checkpoint (and --config for an official checkpoint), or --config PRESET "
-                    "--random-weights for a trial, or --baseline-only")
-
-
-def lpips_status() -> tuple[Optional[Any], str]:
-    """(an LPIPS metric, note) when the lpips package and its AlexNet weights are on this machine, else (None, why)."""
-    try:
-        import lpips  # noqa: F401
-    except ImportError:
-        return None, "LPIPS not computed: the lpips package is not installed (nothing is downloaded)"
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    if not any(hub.glob("alexnet-*.pth")):
-        return None, f"LPIPS not computed: AlexNet weights are not in {hub} (nothing is downloaded)"
-    import lpips
-    metric = lpips.LPIPS(net="alex", verbose=False).eval()
-    return metric, "LPIPS (AlexNet, lpips package) on [-1, 1] images"
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-frame scoring
+# Results (all numbers of a run; ``--json`` writes them as they are)
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class Scores:
-    """Per-frame scores of one method on one clip (None where a metric is undefined)."""
-
-    l1: list[float] = field(default_factory=list)
-    ssim: list[float] = field(default_factory=list)
-    lpips: list[Optional[float]] = field(default_factory=list)
-    akd: list[Optional[float]] = field(default_factory=list)
-    real_found: list[bool] = field(default_factory=list)
-    out_found: list[bool] = field(default_factory=list)
-
-    def extend(self, other: "Scores") -> None:
-        for k in self.__dataclass_fields__:
-            getattr(self, k).extend(getattr(other, k))
-
-    def summary(self) -> dict[str, Any]:
-        real = np.asarray(self.real_found, bool)
-        out = np.asarray(self.out_found, bool)
-        akd = [a for a in self.akd if a is not None]
-        return {"frames": len(self.l1), "l1": mt.mean_or_none(self.l1), "ssim": mt.mean_or_none(self.ssim),
-                "lpips": mt.mean_or_none(self.lpips), "akd": float(np.mean(akd)) if akd else None,
-                "akd_frames": len(akd),
-                "mkr": float((real & ~out).sum() / real.sum()) if real.sum() else None,
-                "frames_with_face": int(real.sum())}
+class ModelInfo:
+    checkpoint: str
+    sha256: str
+    config: str
+    shipped: bool  # the default model of the tools
+    backend: str
+    frame_size: int
+    has_avd: bool
 
 
-def to_float(image: np.ndarray, size: int) -> np.ndarray:
-    if image.shape[0] != size:
-        image = np.asarray(Image.fromarray(image).resize((size, size), Image.LANCZOS))
+@dataclass
+class ClipScore:
+    """Self-reenactment of one clip in one mode; ``*_still``: the no-motion baseline (first frame repeated)."""
+
+    clip: str
+    mode: str
+    frames: int
+    l1: float
+    l1_still: float
+    l1_ratio: Optional[float]
+    akd: Optional[float]  # pixels at AKD_SCALE
+    akd_still: Optional[float]
+    akd_ratio: Optional[float]
+    akd_frames: int  # sampled frames where the real frame, the output and the first frame all have a face
+
+
+@dataclass
+class ModeSummary:
+    """The score of a mode: mean of per-clip ratios, and the worst clip's L1 ratio."""
+
+    mode: str
+    clips: int
+    mean_l1_ratio: Optional[float]
+    mean_akd_ratio: Optional[float]
+    worst_l1_ratio: Optional[float]
+    worst_clip: Optional[str]
+    mean_l1: float
+    mean_l1_still: float
+    mean_akd: Optional[float]
+    mean_akd_still: Optional[float]
+
+
+@dataclass
+class IdentityScore:
+    """The first frame driving itself (identity motion), compared with the frame."""
+
+    clip: str
+    l1: float
+    l1_border: float  # outer BORDER pixels
+    l1_inner: float
+
+
+@dataclass
+class CrossScore:
+    """A portrait driven by another person's clip (relative mode)."""
+
+    portrait: str
+    driving: str
+    frames: int
+    landmark_frames: int  # sampled frames where output, driving frame and portrait all have a face
+    motion_error: Optional[float]  # units of face RMS radius
+    motion_error_still: Optional[float]
+    motion_ratio: Optional[float]  # motion_error / motion_error_still
+    motion_scale: Optional[float]  # output motion / driving motion
+    motion_cosine: Optional[float]
+    identity_share: Optional[float]  # mean d / (s + d); 1 = the portrait's face shape
+    shape_to_portrait: Optional[float]  # mean s
+    shape_to_driving: Optional[float]  # mean d
+    shape_gap: Optional[float]  # mean Procrustes distance portrait <-> driving frame
+
+
+@dataclass
+class CrossSummary:
+    pairs: int
+    mean_motion_ratio: Optional[float]
+    mean_motion_error: Optional[float]
+    mean_motion_error_still: Optional[float]
+    mean_motion_scale: Optional[float]
+    mean_motion_cosine: Optional[float]
+    mean_identity_share: Optional[float]
+
+
+@dataclass
+class Settings:
+    videos: str
+    clips: list[str]
+    portraits: list[str]
+    crop: str
+    modes: list[str]
+    max_frames: Optional[int]
+    akd_every: int
+    batch: int
+    device: str
+    threads: Optional[int]
+    date: str
+    machine: str
+
+
+@dataclass
+class Report:
+    model: ModelInfo
+    settings: Settings
+    per_clip: list[ClipScore]
+    summaries: list[ModeSummary]
+    identity: list[IdentityScore]
+    cross: list[CrossScore]
+    cross_summary: Optional[CrossSummary]
+    sheet: Optional[str] = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------
+
+def as_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float64) / 255
 
 
-def lpips_value(metric, a: np.ndarray, b: np.ndarray) -> Optional[float]:
-    if metric is None:
+def akd(a: Optional[np.ndarray], b: Optional[np.ndarray], side_a: int, side_b: int) -> Optional[float]:
+    """AKD in pixels at AKD_SCALE between landmarks found in images of sides ``side_a`` / ``side_b``."""
+    if a is None or b is None:
         return None
-    t = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None].float() * 2 - 1  # noqa: E731
-    with torch.inference_mode():
-        return float(metric(t(a), t(b)).mean())
+    return mt.keypoint_distance(a * (AKD_SCALE / side_a), b * (AKD_SCALE / side_b))
 
 
-def score(output: np.ndarray, real: np.ndarray, lm_out: Optional[np.ndarray], lm_real: Optional[np.ndarray],
-          size: int, lpips_metric=None) -> Scores:
-    """Scores of one output frame against the real frame (images uint8; landmarks in their own pixels)."""
-    a, b = to_float(output, size), to_float(real, size)
-    s = Scores(l1=[mt.l1(a, b)], ssim=[mt.ssim(a, b)], lpips=[lpips_value(lpips_metric, a, b)],
-               real_found=[lm_real is not None], out_found=[lm_out is not None])
-    if lm_out is not None and lm_real is not None:
-        s.akd.append(mt.keypoint_distance(lm_out * AKD_SCALE / output.shape[0], lm_real * AKD_SCALE / real.shape[0]))
-    else:
-        s.akd.append(None)
-    return s
+@dataclass
+class Tally:
+    """Per-frame figures of one method on one clip."""
+
+    l1: list[float] = field(default_factory=list)
+    akd: list[Optional[float]] = field(default_factory=list)  # sampled frames only
+
+
+def clip_score(clip: str, mode: str, model: Tally, still: Tally) -> ClipScore:
+    both = [(m, s) for m, s in zip(model.akd, still.akd) if m is not None and s is not None]
+    akd_m = float(np.mean([m for m, _ in both])) if both else None
+    akd_s = float(np.mean([s for _, s in both])) if both else None
+    l1_m, l1_s = float(np.mean(model.l1)), float(np.mean(still.l1))
+    return ClipScore(clip=clip, mode=mode, frames=len(model.l1), l1=l1_m, l1_still=l1_s, l1_ratio=mt.ratio(l1_m, l1_s),
+                     akd=akd_m, akd_still=akd_s, akd_ratio=mt.ratio(akd_m, akd_s), akd_frames=len(both))
+
+
+def summarise(mode: str, scores: Sequence[ClipScore]) -> ModeSummary:
+    l1r = [s.l1_ratio for s in scores if s.l1_ratio is not None]
+    worst = max((s for s in scores if s.l1_ratio is not None), key=lambda s: s.l1_ratio, default=None)
+    return ModeSummary(mode=mode, clips=len(scores), mean_l1_ratio=float(np.mean(l1r)) if l1r else None,
+                       mean_akd_ratio=mt.mean_or_none([s.akd_ratio for s in scores]),
+                       worst_l1_ratio=worst.l1_ratio if worst else None, worst_clip=worst.clip if worst else None,
+                       mean_l1=float(np.mean([s.l1 for s in scores])),
+                       mean_l1_still=float(np.mean([s.l1_still for s in scores])),
+                       mean_akd=mt.mean_or_none([s.akd for s in scores]),
+                       mean_akd_still=mt.mean_or_none([s.akd_still for s in scores]))
+
+
+def identity_score(engine, avatar, frame: np.ndarray, clip: str) -> tuple[IdentityScore, np.ndarray]:
+    """The portrait animated by its own regions (identity motion) against the portrait."""
+    out = to_frames(engine.animate(avatar, avatar.regions))[0]
+    border, inner = mt.border_l1(as_float(out), as_float(frame), BORDER)
+    return IdentityScore(clip=clip, l1=mt.l1(as_float(out), as_float(frame)), l1_border=border, l1_inner=inner), out
+
+
+def first_row(r: RegionParams) -> RegionParams:
+    """The initial frame of relative motion: the first driving frame's regions (as mra-animate takes them)."""
+    return RegionParams(*(None if a is None else a[:1].copy() for a in (r.shift, r.covar, r.affine)))
+
+
+def cross_score(portrait: str, driving: str, frames: int, lm_portrait: Optional[np.ndarray],
+                lm_out: Sequence[Optional[np.ndarray]], lm_drv: Sequence[Optional[np.ndarray]]) -> CrossScore:
+    """Figures of a cross-identity pair from the landmarks of the sampled frames (see the module docstring)."""
+    motion = mt.motion_transfer(lm_out, lm_drv)
+    still = mt.motion_transfer([lm_portrait] * len(lm_drv), lm_drv) if lm_portrait is not None else None
+    s, d, g, share = [], [], [], []
+    if lm_portrait is not None:
+        p = lm_portrait[SHAPE_POINTS]
+        for o, dr in zip(lm_out, lm_drv):
+            if o is None or dr is None:
+                continue
+            s.append(mt.procrustes_distance(p, o[SHAPE_POINTS]))
+            d.append(mt.procrustes_distance(dr[SHAPE_POINTS], o[SHAPE_POINTS]))
+            g.append(mt.procrustes_distance(p, dr[SHAPE_POINTS]))
+            share.append(d[-1] / (s[-1] + d[-1]) if s[-1] + d[-1] > 0 else 1.0)
+    err_still = still.error if still is not None else None
+    return CrossScore(portrait=portrait, driving=driving, frames=frames, landmark_frames=len(share),
+                      motion_error=motion.error, motion_error_still=err_still,
+                      motion_ratio=mt.ratio(motion.error, err_still), motion_scale=motion.ratio,
+                      motion_cosine=motion.cosine, identity_share=mt.mean_or_none(share),
+                      shape_to_portrait=mt.mean_or_none(s), shape_to_driving=mt.mean_or_none(d),
+                      shape_gap=mt.mean_or_none(g))
+
+
+def cross_summary(scores: Sequence[CrossScore]) -> Optional[CrossSummary]:
+    if not scores:
+        return None
+    m = lambda k: mt.mean_or_none([getattr(s, k) for s in scores])  # noqa: E731
+    return CrossSummary(pairs=len(scores), mean_motion_ratio=m("motion_ratio"), mean_motion_error=m("motion_error"),
+                        mean_motion_error_still=m("motion_error_still"), mean_motion_scale=m("motion_scale"),
+                        mean_motion_cosine=m("motion_cosine"), mean_identity_share=m("identity_share"))
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluations
+# Runs
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class Example:
-    """Thumbnails of one clip or pair for the contact sheet."""
+class ClipRun:
+    """One clip's self-reenactment, plus what its cross-identity pairs reuse."""
 
-    title: str
-    source: np.ndarray
-    driving: list[np.ndarray] = field(default_factory=list)
-    output: list[np.ndarray] = field(default_factory=list)
+    name: str
+    first: np.ndarray  # uint8 (S, S, 3): the portrait of the clip
+    scores: list[ClipScore]
+    identity: IdentityScore
+    regions: list[RegionParams]  # per batch, as the engine returned them
+    landmarks: list[Optional[np.ndarray]]  # of the sampled real frames
+    block: Optional[sh.Block]
 
 
-def thumb(image: np.ndarray) -> np.ndarray:
-    return np.asarray(Image.fromarray(image).resize((THUMB, THUMB), Image.LANCZOS))
+@dataclass
+class Options:
+    modes: list[str]
+    size: int
+    crop: str
+    max_frames: Optional[int]
+    akd_every: int
+    batch: int
+    sheet: bool
 
 
-def reconstruct_clip(path: Path, animator: Optional[Animator], mesh: FaceMesh, args, lpips_metric,
-                     mode: str, progress) -> tuple[dict[str, Scores], Example, list[Optional[np.ndarray]]]:
-    """Self-reenactment of one clip: per-frame scores of the model and of the no-motion baseline."""
-    frames = cl.read_clip(path, args.size, args.max_frames, args.crop, args.center_fraction)
-    try:
-        first = next(frames)
-    except StopIteration:
-        raise UserError(f"{path} has no frames") from None
-    src = animator.prepare(first) if animator else None
-    lm_src = mesh(first)
-    scores = {"no-motion": Scores()}
-    if animator:
-        scores["model"] = Scores()
-    example = Example(title=f"{path.name} (self-reenactment, {mode})", source=thumb(first))
-    lm_real_all: list[Optional[np.ndarray]] = []
-
-    def all_frames():
-        yield first
-        yield from frames
-
-    for batch in batched(all_frames(), args.batch):
-        outs = animator.animate(src, batch, mode, initial=src.regions if mode == "relative" else None,
-                                background=args.bg) if animator else None
+def self_reenactment(path: Path, engine, mesh: FaceMesh, opt: Options, detector=None,
+                     progress=lambda n: None) -> ClipRun:
+    """Animate the clip's first frame with the whole clip in every mode and score it against the clip."""
+    frames = cl.read_clip(path, opt.size, opt.crop, opt.max_frames, detector)
+    first = next(frames, None)
+    if first is None:
+        raise UserError(f"{path} has no frames")
+    avatar = engine.prepare_source(to_batch([first]))
+    identity, _ = identity_score(engine, avatar, first, path.name)
+    lm_first = mesh(first)
+    f_first = as_float(first)
+    still, tallies = Tally(), {m: Tally() for m in opt.modes}
+    block = sh.Block(f"{path.name}: self-reenactment", [sh.Strip("driving")] + [sh.Strip(m) for m in opt.modes]) \
+        if opt.sheet else None
+    regions: list[RegionParams] = []
+    landmarks: list[Optional[np.ndarray]] = []
+    initial: Optional[RegionParams] = None
+    t = 0
+    for batch in batched(itertools.chain([first], frames), opt.batch):
+        r = engine.regions(to_batch(batch))
+        if initial is None:
+            initial = first_row(r)
+        regions.append(r)
+        outs = {m: to_frames(engine.animate(avatar, engine.transfer(avatar, r, initial, mode=m))) for m in opt.modes}
         for i, real in enumerate(batch):
-            lm_real = mesh(real)
-            lm_real_all.append(lm_real)
-            scores["no-motion"].extend(score(first, real, lm_src, lm_real, args.size, lpips_metric))
-            example.driving.append(thumb(real))
-            if outs is not None:
-                out = outs[i]
-                scores["model"].extend(score(out, real, mesh(out), lm_real, args.size, lpips_metric))
-                example.output.append(thumb(out))
-            else:
-                example.output.append(thumb(first))
+            f_real = as_float(real)
+            still.l1.append(mt.l1(f_first, f_real))
+            sampled = t % opt.akd_every == 0
+            lm_real = mesh(real) if sampled else None
+            if sampled:
+                landmarks.append(lm_real)
+                still.akd.append(akd(lm_first, lm_real, opt.size, opt.size))
+            if block:
+                block.rows[0].add(real)
+            for k, m in enumerate(opt.modes):
+                out = outs[m][i]
+                f_out = as_float(out)
+                tallies[m].l1.append(mt.l1(f_out, f_real))
+                if sampled:
+                    tallies[m].akd.append(akd(mesh(out), lm_real, opt.size, opt.size))
+                if block:
+                    block.rows[1 + k].add(out)
+            t += 1
         progress(len(batch))
-    return scores, example, lm_real_all
+    scores = [clip_score(path.name, m, tallies[m], still) for m in opt.modes]
+    return ClipRun(path.name, first, scores, identity, regions, landmarks, block)
 
 
-@dataclass
-class CrossResult:
-    portrait: str
-    clip: str
-    motion: dict[str, mt.MotionTransfer]
-    shape_to_source: dict[str, Optional[float]]
-    shape_to_driving: dict[str, Optional[float]]
-    shape_frame0: dict[str, Optional[float]]
-    mkr: dict[str, Optional[float]]
-    frames: int
-
-
-def cross_pair(portrait: Path, clip: Path, animator: Optional[Animator], mesh: FaceMesh, args,
-               progress) -> tuple[CrossResult, Example]:
-    """Animate a portrait by a clip (relative transfer) and compare landmark motion and shape."""
-    src_img = cl.read_image(portrait, args.size, args.portrait_crop, args.center_fraction)
-    lm_src = mesh(src_img)
-    frames = cl.read_clip(clip, args.size, args.max_frames, args.crop, args.center_fraction)
-    src = animator.prepare(src_img) if animator else None
-    example = Example(title=f"{portrait.name} driven by {clip.name} (relative)", source=thumb(src_img))
-    lm_drv: list[Optional[np.ndarray]] = []
+def cross_identity(portrait: np.ndarray, portrait_name: str, driving: ClipRun, engine, mesh: FaceMesh, opt: Options,
+                   driving_frames: Optional[sh.Strip] = None, progress=lambda n: None
+                   ) -> tuple[CrossScore, Optional[sh.Block]]:
+    """Animate ``portrait`` with the driving clip's regions (relative mode, the first driving frame as initial)."""
+    avatar = engine.prepare_source(to_batch([portrait]))
+    initial = first_row(driving.regions[0])
+    block = sh.Block(f"{portrait_name} driven by {driving.name} (relative)",
+                     [sh.Strip("portrait", [sh.thumbnail(portrait)]), driving_frames or sh.Strip("driving"),
+                      sh.Strip("output")]) if opt.sheet else None
     lm_out: list[Optional[np.ndarray]] = []
-    initial = None
-    for batch in batched(frames, args.batch):
-        if animator and initial is None:
-            initial = animator.regions(batch[0])
-        outs = animator.animate(src, batch, "relative", initial=initial) if animator else [src_img] * len(batch)
-        for real, out in zip(batch, outs):
-            lm_drv.append(mesh(real))
-            lm_out.append(mesh(out) if animator else lm_src)
-            example.driving.append(thumb(real))
-            example.output.append(thumb(out))
-        progress(len(batch))
-    methods = {"no-motion": [lm_src] * len(lm_drv)}
-    if animator:
-        methods["model"] = lm_out
-    res = CrossResult(portrait=portrait.name, clip=clip.name, motion={}, shape_to_source={}, shape_to_driving={},
-                      shape_frame0={}, mkr={}, frames=len(lm_drv))
-    for name, lms in methods.items():
-        res.motion[name] = mt.motion_transfer(lms, lm_drv)
-        both = [(o, d) for o, d in zip(lms, lm_drv) if o is not None and d is not None]
-        res.shape_to_source[name] = (mt.mean_or_none([mt.procrustes_distance(lm_src, o) for o, _ in both])
-                                     if lm_src is not None else None)
-        res.shape_to_driving[name] = mt.mean_or_none([mt.procrustes_distance(d, o) for o, d in both])
-        res.shape_frame0[name] = (mt.procrustes_distance(lm_src, lms[0])
-                                  if lm_src is not None and lms and lms[0] is not None else None)
-        real = np.array([d is not None for d in lm_drv])
-        lost = np.array([o is None for o in lms])
-        res.mkr[name] = float((real & lost).sum() / real.sum()) if real.sum() else None
-    return res, example
+    t = 0
+    for r in driving.regions:
+        for out in to_frames(engine.animate(avatar, engine.transfer(avatar, r, initial, mode="relative"))):
+            if t % opt.akd_every == 0:
+                lm_out.append(mesh(out))
+            if block:
+                block.rows[2].add(out)
+            t += 1
+        progress(r.batch_size)
+    return cross_score(portrait_name, driving.name, t, mesh(portrait), lm_out, driving.landmarks), block
 
 
 # ---------------------------------------------------------------------------------------------
-# Output
+# Printing
 # ---------------------------------------------------------------------------------------------
 
-def contact_sheet(examples: Sequence[Example], path: Path, columns: int = 6) -> Path:
-    """One block per example: rows source | driving | output, ``columns`` evenly spaced frames."""
-    label_w, title_h, pad = 70, 18, 6
-    width = label_w + columns * THUMB
-    block_h = title_h + 3 * THUMB + pad
-    sheet = Image.new("RGB", (width, max(1, len(examples)) * block_h), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    for e_i, ex in enumerate(examples):
-        y0 = e_i * block_h
-        draw.text((4, y0 + 3), ex.title, fill=(0, 0, 0))
-        n = len(ex.driving)
-        picks = sorted(set(np.linspace(0, n - 1, min(columns, n)).round().astype(int).tolist())) if n else []
-        for r_i, (label, images) in enumerate((("source", None), ("driving", ex.driving), ("output", ex.output))):
-            y = y0 + title_h + r_i * THUMB
-            draw.text((4, y + THUMB // 2 - 6), label, fill=(0, 0, 0))
-            for c_i, t in enumerate(picks):
-                img = ex.source if images is None else images[t]
-                sheet.paste(Image.fromarray(img), (label_w + c_i * THUMB, y))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path)
-    return path
-
-
-def _f(v: Any, spec: str = ".4f") -> str:
+def _f(v: Optional[float], spec: str = ".4f") -> str:
     return "-" if v is None else format(v, spec)
 
 
-def _gain(model: Optional[float], base: Optional[float]) -> str:
-    if model is None or base is None or base == 0:
-        return "-"
-    return f"{(model - base) / base * 100:+.1f}%"
-
-
-def recon_table(rows: list[dict]) -> str:
-    lines = [f"{'method':<10} {'mode':<9} {'bg':<3} {'clips':>5} {'frames':>6} {'L1':>7} {'SSIM':>7} "
-             f"{'LPIPS':>7} {'AKD px':>7} {'MKR':>6}"]
-    for r in rows:
-        lines.append(f"{r['method']:<10} {r['mode']:<9} {'yes' if r['bg'] else 'no':<3} {r['clips']:>5} "
-                     f"{r['frames']:>6} {_f(r['l1']):>7} {_f(r['ssim']):>7} {_f(r['lpips']):>7} "
-                     f"{_f(r['akd'], '.2f'):>7} {_f(r['mkr'], '.3f'):>6}")
+def clip_table(scores: Sequence[ClipScore]) -> str:
+    w = max([len("clip")] + [len(s.clip) for s in scores])
+    lines = [f"{'clip':<{w}} {'frames':>6} {'L1':>7} {'L1 still':>8} {'L1 ratio':>8} {'AKD':>6} {'AKD still':>9} "
+             f"{'AKD ratio':>9}"]
+    for s in scores:
+        lines.append(f"{s.clip:<{w}} {s.frames:>6} {_f(s.l1):>7} {_f(s.l1_still):>8} {_f(s.l1_ratio, '.3f'):>8} "
+                     f"{_f(s.akd, '.2f'):>6} {_f(s.akd_still, '.2f'):>9} {_f(s.akd_ratio, '.3f'):>9}")
     return "\n".join(lines)
 
 
-def cross_table(rows: list[dict]) -> str:
-    lines = [f"{'method':<10} {'pairs':>5} {'motion err':>10} {'ratio':>6} {'cosine':>7} {'shape->src':>10} "
-             f"{'shape->drv':>10} {'frame0->src':>11} {'MKR':>6}"]
-    for r in rows:
-        lines.append(f"{r['method']:<10} {r['pairs']:>5} {_f(r['motion_error']):>10} {_f(r['motion_ratio'], '.2f'):>6} "
-                     f"{_f(r['motion_cosine'], '.3f'):>7} {_f(r['shape_to_source']):>10} "
-                     f"{_f(r['shape_to_driving']):>10} {_f(r['shape_frame0']):>11} {_f(r['mkr'], '.3f'):>6}")
+def summary_line(m: ModeSummary) -> str:
+    return (f"mean of per-clip ratios ({m.mode}, {m.clips} clips): L1 {_f(m.mean_l1_ratio, '.3f')}, "
+            f"AKD {_f(m.mean_akd_ratio, '.3f')}; worst clip L1 ratio {_f(m.worst_l1_ratio, '.3f')} ({m.worst_clip})")
+
+
+def identity_table(scores: Sequence[IdentityScore]) -> str:
+    w = max([len("clip")] + [len(s.clip) for s in scores])
+    lines = [f"{'clip':<{w}} {'L1':>7} {f'L1 outer {BORDER}px':>12} {'L1 inner':>8}"]
+    lines += [f"{s.clip:<{w}} {s.l1:>7.4f} {s.l1_border:>12.4f} {s.l1_inner:>8.4f}" for s in scores]
     return "\n".join(lines)
 
 
+def cross_table(scores: Sequence[CrossScore]) -> str:
+    w = max([len("portrait")] + [len(s.portrait) for s in scores])
+    v = max([len("driving")] + [len(s.driving) for s in scores])
+    lines = [f"{'portrait':<{w}} {'driving':<{v}} {'frames':>6} {'motion err':>10} {'still err':>9} "
+             f"{'motion ratio':>12} {'scale':>5} {'cosine':>6} {'identity share':>14} {'gap':>6}"]
+    for s in scores:
+        lines.append(f"{s.portrait:<{w}} {s.driving:<{v}} {s.frames:>6} {_f(s.motion_error):>10} "
+                     f"{_f(s.motion_error_still):>9} {_f(s.motion_ratio, '.3f'):>12} {_f(s.motion_scale, '.2f'):>5} "
+                     f"{_f(s.motion_cosine, '.2f'):>6} {_f(s.identity_share, '.3f'):>14} {_f(s.shape_gap, '.3f'):>6}")
+    return "\n".join(lines)
+
+
+def print_report(rep: Report) -> None:
+    st = rep.settings
+    frames = f"up to {st.max_frames} frames" if st.max_frames else "all frames"
+    print(f"model: {rep.model.config} {rep.model.checkpoint}{' (shipped)' if rep.model.shipped else ''}, "
+          f"{rep.model.backend}, sha256 {rep.model.sha256[:12]}")
+    print(f"Self-reenactment: {len(st.clips)} clip(s), {frames}, --crop {st.crop}, AKD every {st.akd_every} frames")
+    for m in rep.summaries:
+        print(f"\nmode {m.mode}")
+        print(clip_table([s for s in rep.per_clip if s.mode == m.mode]))
+        print(summary_line(m))
+    print("\nIdentity fidelity (the first frame driving itself)")
+    print(identity_table(rep.identity))
+    if rep.cross_summary:
+        c = rep.cross_summary
+        print(f"\nCross-identity (relative), {c.pairs} pair(s)")
+        print(cross_table(rep.cross))
+        print(f"mean: motion ratio {_f(c.mean_motion_ratio, '.3f')} (error {_f(c.mean_motion_error)} vs "
+              f"{_f(c.mean_motion_error_still)} still), scale {_f(c.mean_motion_scale, '.2f')}, cosine "
+              f"{_f(c.mean_motion_cosine, '.2f')}, identity share {_f(c.mean_identity_share, '.3f')}")
+    for n in rep.notes:
+        print(f"note: {n}")
+
+
 # ---------------------------------------------------------------------------------------------
-# CLI
+# Command line
 # ---------------------------------------------------------------------------------------------
 
-def parse_args(argv: "Sequence[str] | None"):
-    p = ArgumentParser(prog="quality.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--videos", required=True, help="folder of square face clips (video files or PNG-frame folders)")
-    p.add_argument("--crop", default="none", choices=cl.CROPS,
-                   help="none: clips are square face crops already; center: fixed centre square; auto: live.face")
-    p.add_argument("--center-fraction", type=float, default=1.0, help="side of the --crop center square / shorter side")
-    p.add_argument("--checkpoint", help="model to evaluate (own format, or official with --config)")
-    p.add_argument("--config", help="config of an official checkpoint, or the preset for --random-weights")
-    p.add_argument("--random-weights", action="store_true", help="evaluate an untrained model of --config (a trial)")
-    p.add_argument("--baseline-only", action="store_true", help="no model: only the no-motion baseline")
-    p.add_argument("--portraits", help="portraits (folder or file) for cross-identity animation")
-    p.add_argument("--portrait-crop", choices=("none", "center", "auto"), default="auto",
-                   help="how portraits are cropped (default auto: the face, as mra-animate does)")
-    p.add_argument("--pairs", type=int, default=None,
-                   help="cross-identity pairs (portrait i with clip i mod #clips; default: one per portrait)")
-    p.add_argument("--max-clips", type=int, default=None)
-    p.add_argument("--max-frames", type=int, default=100, help="frames per clip (default 100)")
-    p.add_argument("--size", type=int, default=256, help="evaluation resolution (default 256)")
-    p.add_argument("--modes", default="standard",
-                   help="self-reenactment transfer: standard (the paper's protocol), relative, or both (comma list)")
-    p.add_argument("--no-bg", dest="bg", action="store_false",
-                   help="no background motion in self-reenactment (the paper's protocol uses it)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sheet-examples", type=int, default=4, help="examples on the contact sheet per part")
-    p.add_argument("--out", required=True, help="output folder (quality.json, contact_sheet.png)")
-    return p.parse_args(argv)
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="quality.py", description="Animation quality of a model on face clips, as the tools "
+                       "animate them (self-reenactment, identity fidelity, cross-identity).")
+    p.add_argument("--videos", required=True, metavar="DIR|VIDEO", help="folder of face clips (video files)")
+    p.add_argument("--checkpoint", metavar="PATH", help="model (default: the model shipped with the package)")
+    p.add_argument("--config", metavar="PRESET|YAML", help="config of the checkpoint (needed for official checkpoints)")
+    p.add_argument("--crop", choices=cl.CROPS, default="auto",
+                   help="auto: the tools' face tracker (default, as mra-animate); none: resize only (square crops)")
+    p.add_argument("--modes", default="all",
+                   help="comma list of relative, standard, avd; all (default): every mode the model has")
+    p.add_argument("--max-frames", type=int, metavar="N", help="frames per clip (default: all)")
+    p.add_argument("--max-clips", type=int, metavar="N", help="only the first N clips (by name)")
+    p.add_argument("--akd-every", type=int, default=3, metavar="N", help="landmarks on every N-th frame (default 3)")
+    p.add_argument("--portraits", metavar="DIR|IMAGE",
+                   help="cross-identity portraits, paired with the clips in turn (default: each clip's first frame, "
+                        "driven by the next clip)")
+    p.add_argument("--cross", type=int, metavar="N",
+                   help="cross-identity pairs (default: one per clip, or per portrait; 0: none)")
+    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
+                   help="engine backend (default auto, as mra-animate: onnx for the shipped model on cpu, else torch)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--threads", type=int, metavar="N", help="CPU threads of the engine")
+    p.add_argument("--batch", type=int, default=4, metavar="N", help="frames animated together (default 4)")
+    p.add_argument("--json", metavar="PATH", help="write every number here (JSON)")
+    p.add_argument("--sheet", metavar="PATH", help="write a contact sheet here (PNG)")
+    p.add_argument("--sheet-frames", type=int, default=6, metavar="N", help="frames per contact-sheet row (default 6)")
+    return p
 
 
-def main(argv: "Sequence[str] | None" = None) -> int:
+def parse_modes(text: str, has_avd: bool) -> list[str]:
+    if text == "all":
+        return [m for m in MODES if m != "avd" or has_avd]
+    modes = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise UserError(f"--modes takes all or a comma list of {', '.join(MODES)}, got {text!r}")
+    if "avd" in modes and not has_avd:
+        raise UserError("this model has no trained AVD network: leave avd out of --modes")
+    return list(dict.fromkeys(modes))
+
+
+def check_args(args) -> None:
+    for name in ("max_frames", "max_clips", "batch", "sheet_frames", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if args.akd_every < 1:
+        raise UserError(f"--akd-every must be at least 1, got {args.akd_every}")
+    if args.cross is not None and args.cross < 0:
+        raise UserError(f"--cross must be 0 or more, got {args.cross}")
+    if args.sheet and Path(args.sheet).suffix.lower() != ".png":
+        raise UserError(f"--sheet writes a PNG: give a .png path, got {args.sheet}")
+
+
+def open_model(args):
+    """(engine, ModelInfo): the checkpoint given, or the shipped default, through the tools' engine loader."""
+    import nets
+    from live.animate import auto_backend, load_engine
+    from live.default_model import default_checkpoint
+
+    backend = auto_backend(args.backend, args.checkpoint, args.device)
+    engine = load_engine(args.checkpoint, config=args.config, backend=backend, device=args.device,
+                         threads=args.threads)
+    path = Path(args.checkpoint).expanduser() if args.checkpoint else default_checkpoint()
+    return engine, ModelInfo(checkpoint=str(path), sha256=nets.sha256_file(path) if path.is_file() else "-",
+                             config=engine.config_name, shipped=args.checkpoint is None, backend=engine.backend,
+                             frame_size=engine.frame_size, has_avd=engine.has_avd)
+
+
+def run(args) -> Report:
     from tqdm import tqdm
 
-    args = parse_args(argv)
+    check_args(args)
+    clip_paths = cl.list_clips(args.videos)[: args.max_clips]
+    portrait_paths = cl.list_portraits(args.portraits) if args.portraits else []
     if args.threads:
+        import torch
         torch.set_num_threads(args.threads)
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    bad = [m for m in modes if m not in ("standard", "relative")]
-    if bad or not modes:
-        raise UserError(f"--modes takes standard and/or relative, got {args.modes!r}")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but PyTorch sees no CUDA GPU here")
-    if not 0 < args.center_fraction <= 1:
-        raise UserError("--center-fraction must be in (0, 1]")
-    clips = cl.list_clips(args.videos)[: args.max_clips]
-    portraits = cl.list_images(args.portraits) if args.portraits else []
-    model, model_info = load_model(args)
-    if model is not None and model.config.model.background.bg_type == "zero":
-        args.bg = False
-    animator = Animator(model, args.device, args.batch) if model is not None else None
-    lpips_metric, lpips_note = lpips_status()
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    engine, info = open_model(args)
+    modes = parse_modes(args.modes, engine.has_avd)
+    opt = Options(modes=modes, size=engine.frame_size, crop=args.crop, max_frames=args.max_frames,
+                  akd_every=args.akd_every, batch=args.batch, sheet=bool(args.sheet))
+    n_cross = args.cross if args.cross is not None else len(portrait_paths or clip_paths)
+    if not portrait_paths and len(clip_paths) < 2:
+        n_cross = 0  # a clip's own first frame driven by itself is self-reenactment
+    detector = None
+    if args.crop == "auto":
+        from live.face import FaceDetector
+        detector = FaceDetector()
     try:
         mesh = FaceMesh()
     except LandmarksUnavailable as e:
         raise UserError(str(e)) from None
+    bar = tqdm(desc="quality", unit="frame", file=sys.stderr, leave=False)
+    runs: list[ClipRun] = []
+    cross: list[CrossScore] = []
+    blocks: list[sh.Block] = []
+    try:
+        with mesh:
+            for path in clip_paths:
+                runs.append(self_reenactment(path, engine, mesh, opt, detector, bar.update))
+                if runs[-1].block:
+                    blocks.append(runs[-1].block)
+            for i in range(n_cross):
+                drv = runs[(i + (0 if portrait_paths else 1)) % len(runs)]
+                if portrait_paths:
+                    p = portrait_paths[i % len(portrait_paths)]
+                    portrait, name = cl.read_portrait(p, opt.size, args.crop, detector), p.name
+                else:
+                    portrait, name = runs[i % len(runs)].first, f"{runs[i % len(runs)].name}[0]"
+                score, block = cross_identity(portrait, name, drv, engine, mesh, opt,
+                                              drv.block.rows[0] if drv.block else None, bar.update)
+                cross.append(score)
+                if block:
+                    blocks.append(block)
+    finally:
+        bar.close()
+        if detector is not None:
+            detector.close()
+    per_clip = [s for r in runs for s in r.scores]
+    import torch
+    settings = Settings(videos=str(args.videos), clips=[p.name for p in clip_paths],
+                        portraits=[p.name for p in portrait_paths], crop=args.crop, modes=modes,
+                        max_frames=args.max_frames, akd_every=args.akd_every, batch=args.batch, device=args.device,
+                        threads=args.threads or torch.get_num_threads(), date=datetime.date.today().isoformat(),
+                        machine=f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip())
+    notes = []
+    if "avd" not in modes and not engine.has_avd:
+        notes.append("avd not scored: this model has no trained AVD network")
+    rep = Report(model=info, settings=settings, per_clip=per_clip,
+                 summaries=[summarise(m, [s for s in per_clip if s.mode == m]) for m in modes],
+                 identity=[r.identity for r in runs], cross=cross, cross_summary=cross_summary(cross), notes=notes)
+    if args.sheet:
+        rep.sheet = str(sh.write_sheet(blocks, args.sheet, args.sheet_frames))
+    return rep
 
-    total = len(clips) * len(modes) * args.max_frames + (args.pairs or len(portraits)) * args.max_frames
-    bar = tqdm(total=total, desc="quality", unit="frame", file=sys.stderr, leave=False)
-    recon_rows, per_clip, examples = [], [], []
-    with mesh:
-        for mode in modes:
-            agg: dict[str, Scores] = {}
-            for path in clips:
-                scores, example, _ = reconstruct_clip(path, animator, mesh, args, lpips_metric, mode, bar.update)
-                if mode != modes[0]:
-                    scores.pop("no-motion")  # the same for every mode: scored once
-                for name, s in scores.items():
-                    agg.setdefault(name, Scores()).extend(s)
-                    per_clip.append({"clip": path.name, "method": name, "mode": mode if name == "model" else "-",
-                                     "bg": args.bg and name == "model", **s.summary()})
-                if len(examples) < args.sheet_examples:
-                    examples.append(example)
-            for name in ("model", "no-motion"):
-                if name in agg:
-                    recon_rows.append({"method": name, "mode": mode if name == "model" else "-",
-                                       "bg": bool(args.bg and name == "model"), "clips": len(clips),
-                                       **agg[name].summary()})
-        cross_rows, per_pair = [], []
-        if portraits:
-            n_pairs = args.pairs or len(portraits)
-            pairs = [(portraits[i % len(portraits)], clips[i % len(clips)]) for i in range(n_pairs)]
-            results = []
-            for i, (portrait, clip) in enumerate(pairs):
-                res, example = cross_pair(portrait, clip, animator, mesh, args, bar.update)
-                results.append(res)
-                if i < args.sheet_examples:
-                    examples.append(example)
-                for name in res.motion:
-                    m = res.motion[name]
-                    per_pair.append({"portrait": res.portrait, "clip": res.clip, "method": name, "frames": res.frames,
-                                     "motion_error": m.error, "motion_ratio": m.ratio, "motion_cosine": m.cosine,
-                                     "shape_to_source": res.shape_to_source[name],
-                                     "shape_to_driving": res.shape_to_driving[name],
-                                     "shape_frame0": res.shape_frame0[name], "mkr": res.mkr[name]})
-            for name in ("model", "no-motion"):
-                rows = [r for r in per_pair if r["method"] == name]
-                if rows:
-                    cross_rows.append({"method": name, "pairs": len(rows), **{
-                        k: mt.mean_or_none([r[k] for r in rows])
-                        for k in ("motion_error", "motion_ratio", "motion_cosine", "shape_to_source",
-                                  "shape_to_driving", "shape_frame0", "mkr")}})
-    bar.close()
-    sheet = contact_sheet(examples, out_dir / "contact_sheet.png")
-    notes = [lpips_note,
-             "self-reenactment: first frame = source, every frame (the first included) drives it; 'standard' transfer "
-             "uses the driving region parameters as they are" + (" plus background motion" if args.bg else "")
-             + "; with the first frame as source, 'relative' transfer gives the same regions (covariances aside)",
-             f"AKD in pixels at {AKD_SCALE} px over {len(SUBSET)} face-mesh landmarks (benchmarks/landmarks.py); MKR: "
-             "frames with a face in the real frame but none in the output / frames with a face in the real frame",
-             "cross-identity: relative transfer; motion error / ratio / cosine compare landmark displacements from "
-             "frame 0, each sequence scaled by its frame-0 RMS face radius; shape->src / shape->drv: Procrustes "
-             "distance (units of RMS face radius) of output landmarks to the portrait's / the driving frame's"]
-    if model_info.get("random_weights"):
-        notes.append("RANDOM WEIGHTS: an untrained model; these numbers only show that the pipeline runs")
-    result = {"model": model_info,
-              "settings": {"videos": str(args.videos), "clips": [p.name for p in clips], "crop": args.crop,
-                           "center_fraction": args.center_fraction, "max_frames": args.max_frames, "size": args.size,
-                           "modes": modes, "background": args.bg, "portraits": [p.name for p in portraits],
-                           "device": args.device, "threads": torch.get_num_threads()},
-              "machine": {"cpu": platform.processor(), "torch": torch.__version__,
-                          "date": datetime.date.today().isoformat()},
-              "reconstruction": {"rows": recon_rows, "per_clip": per_clip},
-              "cross_identity": {"rows": cross_rows, "per_pair": per_pair},
-              "contact_sheet": str(sheet), "notes": notes}
-    (out_dir / "quality.json").write_text(json.dumps(result, indent=1))
 
-    print(f"Self-reenactment, {len(clips)} clip(s), up to {args.max_frames} frames each, at {args.size} px")
-    print(recon_table(recon_rows))
-    model_rows = {r["mode"]: r for r in recon_rows if r["method"] == "model"}
-    base = next((r for r in recon_rows if r["method"] == "no-motion"), None)
-    for mode, r in model_rows.items():
-        print(f"model ({mode}) vs no-motion: L1 {_gain(r['l1'], base['l1'])}, AKD {_gain(r['akd'], base['akd'])}")
-    if cross_rows:
-        print(f"\nCross-identity (relative transfer), {cross_rows[0]['pairs']} pair(s)")
-        print(cross_table(cross_rows))
-    print("\n" + "\n".join(f"note: {n}" for n in notes))
-    print(f"wrote {out_dir / 'quality.json'} and {sheet}")
+def main(argv: "Sequence[str] | None" = None) -> int:
+    args = build_parser().parse_args(argv)
+    rep = run(args)
+    print_report(rep)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(asdict(rep), indent=1))
+        print(f"wrote {args.json}")
+    if rep.sheet:
+        print(f"wrote {rep.sheet}")
     return 0
 
 

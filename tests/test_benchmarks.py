@@ -15,7 +15,7 @@ from benchmarks import clips as cl
 from benchmarks import cost, fps, metrics, quality
 from benchmarks import runners as rn
 from benchmarks.timing import time_fn
-from nets.errors import UserError, run_cli
+from nets.errors import run_cli
 
 from conftest import shared_path
 
@@ -212,95 +212,155 @@ def test_fps_rejects_unknown_names(capsys):
 
 
 # ---------------------------------------------------------------------------------------------
-# quality.py end to end
+# quality.py
 # ---------------------------------------------------------------------------------------------
 
-def _write_clips(folder, n=6, size=64):
-    import av
+def _talking_clips(folder, n_clips=2, frames=7, size=64):
+    """Drawn talking faces (tests/webgen.py) as mp4 clips: ``{name: path}``."""
+    from mediagen import make_video
+    from webgen import talking
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return {f"c{k}.mp4": make_video(folder / f"c{k}.mp4", n=frames, size=(size, size),
+                                    frame_fn=lambda i, k=k: talking(i, 6, seed=k, size=size))
+            for k in range(n_clips)}
+
+
+def test_quality_per_clip_table_means_sheet_and_json(tmp_path, capsys):
+    pytest.importorskip("mediapipe")
     from PIL import Image
 
-    frames = rn.synthetic_frames(n, size, seed=3)
-    png = folder / "clip_png"
-    png.mkdir(parents=True)
-    for i, f in enumerate(frames):
-        Image.fromarray(f).save(png / f"{i:04d}.png")
-    mp4 = folder / "clip.mp4"
-    with av.open(str(mp4), "w") as c:
-        s = c.add_stream("mpeg4", rate=25)
-        s.width = s.height = size
-        s.pix_fmt = "yuv420p"
-        for f in rn.synthetic_frames(n, size, seed=4):
-            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        c.mux(s.encode(None))
-    portraits = folder.parent / "portraits"
-    portraits.mkdir()
-    Image.fromarray(rn.synthetic_frames(1, 80, seed=9)[0][:, :70]).save(portraits / "p.png")  # not square
-    return folder, portraits
+    from benchmarks import sheet as sh
+    from mediagen import read_frames
+
+    clips = _talking_clips(tmp_path / "clips")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pth"
+    nets.save_model(nets.build_model("tiny"), ckpt)
+    out_json, out_png = tmp_path / "out" / "q.json", tmp_path / "out" / "sheet.png"
+    code = run_cli(quality.main, ["--videos", str(tmp_path / "clips"), "--checkpoint", str(ckpt), "--crop", "none",
+                                  "--batch", "3", "--threads", "1", "--sheet-frames", "4",
+                                  "--json", str(out_json), "--sheet", str(out_png)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    rep = json.loads(out_json.read_text())
+    modes = ["relative", "avd", "standard"]  # every mode of a model with an AVD network
+    assert rep["settings"]["modes"] == modes and rep["model"]["backend"] == "torch" and not rep["model"]["shipped"]
+    # one row per clip and mode, all frames
+    assert sorted((r["clip"], r["mode"]) for r in rep["per_clip"]) == sorted((c, m) for c in clips for m in modes)
+    assert all(r["frames"] == 7 for r in rep["per_clip"])
+    # the no-motion baseline, recomputed here from the decoded clip (first frame repeated)
+    for name, path in clips.items():
+        f = [x.astype(np.float64) / 255 for x in read_frames(path)]
+        still = np.mean([np.abs(f[0] - x).mean() for x in f])
+        for r in (r for r in rep["per_clip"] if r["clip"] == name):
+            assert r["l1_still"] == pytest.approx(still, abs=1e-9)
+            assert r["l1_ratio"] == pytest.approx(r["l1"] / still)
+    # the score is the mean of the per-clip ratios, the worst clip the largest ratio
+    for m in rep["summaries"]:
+        rows = [r for r in rep["per_clip"] if r["mode"] == m["mode"]]
+        assert m["clips"] == 2
+        assert m["mean_l1_ratio"] == pytest.approx(sum(r["l1_ratio"] for r in rows) / 2)
+        assert m["worst_l1_ratio"] == max(r["l1_ratio"] for r in rows)
+        assert m["worst_clip"] == max(rows, key=lambda r: r["l1_ratio"])["clip"]
+        akd = [r["akd_ratio"] for r in rows if r["akd_ratio"] is not None]
+        assert m["mean_akd_ratio"] == (pytest.approx(sum(akd) / len(akd)) if akd else None)
+        assert f"mean of per-clip ratios ({m['mode']}, 2 clips): L1 {m['mean_l1_ratio']:.3f}" in printed
+    # relative and standard agree when the portrait is the first driving frame
+    rel = {r["clip"]: r["l1"] for r in rep["per_clip"] if r["mode"] == "relative"}
+    assert all(rel[r["clip"]] == pytest.approx(r["l1"], abs=1e-3) for r in rep["per_clip"] if r["mode"] == "standard")
+    # identity fidelity and cross-identity: one per clip (c0's first frame driven by c1 and back)
+    assert [i["clip"] for i in rep["identity"]] == sorted(clips)
+    assert all(0 < i["l1"] < 1 for i in rep["identity"])
+    assert [(c["portrait"], c["driving"]) for c in rep["cross"]] == [("c0.mp4[0]", "c1.mp4"), ("c1.mp4[0]", "c0.mp4")]
+    assert rep["cross_summary"]["pairs"] == 2 and all(c["frames"] == 7 for c in rep["cross"])
+    for table in ("Identity fidelity", "Cross-identity (relative), 2 pair(s)", "c0.mp4[0]"):
+        assert table in printed
+    # the sheet: 2 clip blocks (driving + 3 modes) and 2 pair blocks (portrait, driving, output), 4 frames a row
+    sheet = Image.open(out_png)
+    assert sheet.size == (sh.LABEL_W + 4 * sh.THUMB, 2 * (sh.TITLE_H + 4 * sh.THUMB + sh.PAD)
+                          + 2 * (sh.TITLE_H + 3 * sh.THUMB + sh.PAD))
+    assert rep["sheet"] == str(out_png)
 
 
-def test_quality_runs_on_tiny_and_writes_json_and_sheet(tmp_path, capsys):
+def test_quality_identity_fidelity_measures_the_border():
+    from export.engine import Avatar, RegionParams
+
+    frame = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    avatar = Avatar(image=frame.transpose(2, 0, 1)[None].astype(np.float32) / 255,
+                    regions=RegionParams(shift=np.zeros((1, 2, 2), np.float32)))
+
+    class Exact:  # identity motion gives the portrait back
+        def animate(self, avatar, params):
+            assert params is avatar.regions
+            return avatar.image
+
+    class DarkBorder:  # a grid off by a pixel: zero padding pulled in at the edges
+        def animate(self, avatar, params):
+            out = avatar.image.copy()
+            out[..., :2, :] = out[..., -2:, :] = out[..., :, :2] = out[..., :, -2:] = 0
+            return out
+
+    exact, _ = quality.identity_score(Exact(), avatar, frame, "a")
+    assert exact.l1 == exact.l1_border == exact.l1_inner == 0
+    dark, _ = quality.identity_score(DarkBorder(), avatar, frame, "a")
+    ring = np.ones((64, 64), bool)
+    ring[2:-2, 2:-2] = False
+    assert dark.l1 == pytest.approx((frame[ring] / 255).sum() / (64 * 64 * 3), abs=1e-3)
+    band = (64 * 64 - 48 * 48) * 3  # the outer 8 pixels
+    assert dark.l1_inner == 0 and dark.l1_border == pytest.approx((frame[ring] / 255).sum() / band, abs=1e-3)
+
+
+def test_quality_cross_identity_figures():
+    rng = np.random.default_rng(1)
+    portrait = rng.normal(size=(len(quality.SUBSET), 2)) * 20 + 100
+    other = rng.normal(size=(len(quality.SUBSET), 2)) * 20 + 100  # another face shape
+    drift = [np.zeros_like(portrait)] + [rng.normal(size=portrait.shape) * 2 for _ in range(4)]
+    driving = [other + d for d in drift]
+    kept = quality.cross_score("p", "d", 5, portrait, [portrait + d for d in drift], driving)
+    assert kept.motion_error == pytest.approx(0, abs=0.02) and kept.motion_ratio < 0.2
+    assert kept.identity_share > 0.9 and kept.landmark_frames == 5
+    copied = quality.cross_score("p", "d", 5, portrait, driving, driving)  # the driving face pasted
+    assert copied.identity_share == pytest.approx(0, abs=1e-9) and copied.shape_to_driving == pytest.approx(0, abs=1e-9)
+    still = quality.cross_score("p", "d", 5, portrait, [portrait] * 5, driving)
+    assert still.motion_ratio == pytest.approx(1) and still.motion_scale == 0
+    none = quality.cross_score("p", "d", 5, None, [None] * 5, driving)
+    assert none.identity_share is None and none.motion_ratio is None
+
+
+def test_quality_defaults_to_the_shipped_model(tmp_path, capsys):
     pytest.importorskip("mediapipe")
-    videos, portraits = _write_clips(tmp_path / "in")
-    out = tmp_path / "out"
-    code = run_cli(quality.main, ["--videos", str(videos), "--config", "tiny", "--random-weights", "--size", "64",
-                                  "--max-frames", "5", "--portraits", str(portraits), "--crop", "center",
-                                  "--portrait-crop", "center", "--modes", "standard,relative", "--batch", "3", "--threads", "1", "--out", str(out)])
-    assert code == 0, capsys.readouterr().err
-    res = json.loads((out / "quality.json").read_text())
-    rows = res["reconstruction"]["rows"]
-    assert {(r["method"], r["mode"]) for r in rows} == {("model", "standard"), ("model", "relative"),
-                                                        ("no-motion", "-")}
-    base = next(r for r in rows if r["method"] == "no-motion")
-    assert base["frames"] == 10 and 0 < base["l1"] < 0.5 and 0 < base["ssim"] <= 1
-    per_clip = res["reconstruction"]["per_clip"]
-    assert len([r for r in per_clip if r["method"] == "no-motion"]) == 2  # two clips, scored once
-    assert len([r for r in per_clip if r["method"] == "model"]) == 4  # two clips, two modes
-    for r in rows:
-        assert r["lpips"] is None  # no LPIPS weights here
-    assert any("LPIPS not computed" in n for n in res["notes"])
-    assert res["cross_identity"]["rows"] and res["cross_identity"]["rows"][0]["pairs"] == 1
-    assert res["model"]["random_weights"] is True
-    from PIL import Image
+    from live.default_model import default_checkpoint
 
-    sheet = Image.open(out / "contact_sheet.png")
-    assert sheet.width > 6 * 64 and sheet.height > 3 * quality.THUMB
-    assert "Self-reenactment" in capsys.readouterr().out
-
-
-def test_quality_first_frame_scores_zero_for_no_motion(tmp_path):
-    pytest.importorskip("mediapipe")
-    from benchmarks.landmarks import FaceMesh
-
-    videos, _ = _write_clips(tmp_path / "in")
-
-    class Args:
-        size, max_frames, crop, center_fraction, batch, bg = 64, 4, "none", 1.0, 2, False
-
-    with FaceMesh() as mesh:
-        scores, example, _ = quality.reconstruct_clip(videos / "clip_png", None, mesh, Args, None, "standard",
-                                                      lambda n: None)
-    s = scores["no-motion"]
-    assert s.l1[0] == 0 and s.ssim[0] == pytest.approx(1) and s.l1[1] > 0 and len(s.l1) == 4
-    assert len(example.driving) == 4
+    _talking_clips(tmp_path / "clips", n_clips=1, frames=4, size=256)
+    out = tmp_path / "q.json"
+    assert run_cli(quality.main, ["--videos", str(tmp_path / "clips"), "--crop", "none", "--modes", "relative",
+                                  "--threads", "1", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["model"]["shipped"] and rep["model"]["checkpoint"] == str(default_checkpoint())
+    assert rep["model"]["config"] == "lite256" and rep["cross"] == [] and len(rep["per_clip"]) == 1
+    row = rep["per_clip"][0]
+    assert row["akd_frames"] == 2 and row["akd"] is not None  # mediapipe finds the drawn face
+    assert "(shipped)" in capsys.readouterr().out
 
 
 def test_quality_user_errors(tmp_path, capsys):
-    videos, _ = _write_clips(tmp_path / "in")
-    base = ["--videos", str(videos), "--config", "tiny", "--random-weights", "--out", str(tmp_path / "o")]
-    try:
-        import live.face  # noqa: F401
-        has_face = True
-    except ImportError:
-        has_face = False
-    if not has_face:
-        pytest.importorskip("mediapipe")
-        assert run_cli(quality.main, base + ["--crop", "auto"]) == 2
-        assert "crop auto is unavailable" in capsys.readouterr().err
-    assert run_cli(quality.main, ["--videos", str(videos), "--out", str(tmp_path / "o")]) == 2
-    assert "--checkpoint" in capsys.readouterr().err
-    with pytest.raises(UserError, match="not a square"):
-        cl.square(np.zeros((40, 50, 3), np.uint8), 32, "none")
-    assert cl.square(np.zeros((40, 50, 3), np.uint8), 32, "center").shape == (32, 32, 3)
+    _talking_clips(tmp_path / "clips", n_clips=1, frames=2)
+    for argv in (["--videos", str(tmp_path / "missing")],
+                 ["--videos", str(tmp_path / "clips"), "--modes", "relative,sideways"],
+                 ["--videos", str(tmp_path / "clips"), "--max-frames", "0"],
+                 ["--videos", str(tmp_path / "clips"), "--sheet", str(tmp_path / "s.jpg")],
+                 ["--videos", str(tmp_path / "clips"), "--checkpoint", str(tmp_path / "none.pth")],
+                 ["--videos", str(tmp_path / "clips"), "--crop", "center"]):
+        try:
+            code = run_cli(quality.main, argv)
+        except SystemExit as e:  # argument errors: the parser exits
+            code = e.code
+        err = capsys.readouterr().err
+        assert code == 2, (argv, err)
+        assert err.startswith("error:") and err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+    assert run_cli(quality.main, ["--videos", str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,7 +382,7 @@ def test_face_mesh_finds_a_face_in_a_portrait():
     pytest.importorskip("mediapipe")
     from benchmarks.landmarks import SUBSET, FaceMesh
 
-    image = cl.read_image(shared_path("data", "faces", "portraits", "s1.jpg"), 256, "center")
+    image = cl.read_portrait(shared_path("data", "faces", "portraits", "s1.jpg"), 256, "auto")
     with FaceMesh() as mesh:
         lm = mesh(image)
         assert lm is not None and lm.shape == (len(SUBSET), 2)
