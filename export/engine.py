@@ -62,6 +62,11 @@ class EngineError(RuntimeError):
     """The engine cannot do what was asked (e.g. avd mode without an AVD network)."""
 
 
+class EngineUnavailable(EngineError):
+    """The engine cannot serve this call now but may soon (a remote worker that is reconnecting):
+    live callers skip the frame and keep showing the last one."""
+
+
 class Engine(ABC):
     """Per-avatar caching animation engine. Subclasses set the attributes below."""
 

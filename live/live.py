@@ -56,6 +56,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--camera-size", help="ask the webcam for WxH, e.g. 640x480")
     p.add_argument("--list-cameras", action="store_true", help="list the cameras with index and resolution, exit")
     p.add_argument("--quiet", action="store_true", help="no status line")
+    from .worker_client import add_worker_arguments
+    add_worker_arguments(p)
     return p
 
 
@@ -144,7 +146,11 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         except ValueError:
             raise UserError("--camera-size must look like 640x480") from None
 
-    engine = _engine(args)
+    if args.worker:
+        from .worker_client import remote_engine_from_args
+        engine = remote_engine_from_args(args)
+    else:
+        engine = _engine(args)
     from . import media
     from .animate import source_crop
     from .face import FaceDetector, FaceTracker, TrackerSettings
@@ -185,7 +191,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
             print("keys: " + ", ".join(f"{k} {v.split(' (')[0]}" for k, v in COMMANDS.items()) +
                   " (type + Enter)", file=sys.stderr)
         if engine.frame_size > 256 or engine.config_name in ("vox256", "taichi256", "ted384", "mgif256"):
-            if args.device == "cpu":
+            if args.device == "cpu" and not args.worker:
                 print(f"note: {engine.config_name} is a full-size network; on a CPU it runs at a few frames per "
                       "second at best. Use the default model or --device cuda for real time.", file=sys.stderr)
         _stdin_keys(commands)

@@ -21,7 +21,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from export.engine import Avatar, Engine, RegionParams
+from export.engine import Avatar, Engine, EngineUnavailable, RegionParams
 
 from .capture import CaptureSource, Frame, LatestFrame
 from .face import CropBox, FaceTracker, crop_resize
@@ -141,9 +141,9 @@ class Avatars:
             self._cache[path] = self.engine.prepare_source(self.load(path))
         return self._cache[path]
 
-    def step(self, delta: int) -> Avatar:
+    def step(self, delta: int) -> None:
+        """Move to the next / previous avatar (prepared when first used)."""
         self.index = (self.index + delta) % len(self.paths)
-        return self.current()
 
     @property
     def name(self) -> str:
@@ -181,27 +181,51 @@ class LivePipeline:
         self._rendered = Mailbox()
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
+        self._engine_down = threading.Event()
         self.last_output: np.ndarray | None = None
 
     # -- stages ------------------------------------------------------------------------------
     def _track_loop(self) -> None:
-        while not self._stop.is_set():
-            frame = self.capture.slot.get(timeout=0.5)
-            if frame is None:
-                if self.capture.ended:
-                    break
-                continue
-            t0 = time.perf_counter()
-            box = self.cropper(frame.image)
-            t1 = time.perf_counter()
-            self.stats.stage("track", (t1 - t0) * 1000)
-            crop = params = None
-            if box is not None:
-                crop = crop_resize(frame.image, box, self.size)
-                params = self.engine.regions(to_input(crop))
-                self.stats.stage("regions", (time.perf_counter() - t1) * 1000)
-            self._tracked.put(Tracked(frame, crop, box, params, time.perf_counter()))
-        self._tracked.close()
+        try:
+            while not self._stop.is_set():
+                frame = self.capture.slot.get(timeout=0.5)
+                if frame is None:
+                    if self.capture.ended:
+                        break
+                    continue
+                t0 = time.perf_counter()
+                box = self.cropper(frame.image)
+                t1 = time.perf_counter()
+                self.stats.stage("track", (t1 - t0) * 1000)
+                crop = params = None
+                if box is not None:
+                    crop = crop_resize(frame.image, box, self.size)
+                    try:
+                        params = self.engine.regions(to_input(crop))
+                    except EngineUnavailable as e:
+                        self._engine_lost(e)
+                        continue
+                    self._engine_back()
+                    self.stats.stage("regions", (time.perf_counter() - t1) * 1000)
+                self._tracked.put(Tracked(frame, crop, box, params, time.perf_counter()))
+        except BaseException as e:  # surfaced by run()
+            self._errors.append(e)
+            self._stop.set()
+        finally:
+            self._tracked.close()
+
+    def _engine_lost(self, e: EngineUnavailable) -> None:
+        """A frame the engine could not take (a remote worker reconnecting): skipped; the sinks keep
+        the last frame until the engine is back."""
+        if not self._engine_down.is_set():
+            self._engine_down.set()
+            self.stats.event(f"engine unavailable: {e}")
+            self.log(f"engine unavailable ({e}): showing the last frame")
+
+    def _engine_back(self) -> None:
+        if self._engine_down.is_set():
+            self._engine_down.clear()
+            self.stats.event("engine back")
 
     def _handle_commands(self) -> bool:
         """Apply pending commands; False on quit."""
@@ -237,7 +261,11 @@ class LivePipeline:
                 if not self._handle_commands():
                     self._stop.set()
                     break
-                avatar = self.avatars.current()
+                try:
+                    avatar = self.avatars.current()
+                except EngineUnavailable as e:
+                    self._engine_lost(e)
+                    continue
                 now = item.frame.timestamp
                 params = item.params
                 if params is None:
@@ -258,9 +286,13 @@ class LivePipeline:
                         self.reference = params.copy()
                         self._recalibrate = False
                 t0 = time.perf_counter()
-                new = self.engine.transfer(avatar, params, self.reference, mode=self.mode)
-                t1 = time.perf_counter()
-                out = self.engine.animate(avatar, new)[0]
+                try:
+                    new = self.engine.transfer(avatar, params, self.reference, mode=self.mode)
+                    t1 = time.perf_counter()
+                    out = self.engine.animate(avatar, new)[0]
+                except EngineUnavailable as e:
+                    self._engine_lost(e)
+                    continue
                 t2 = time.perf_counter()
                 image = self._post(out, item, new)
                 self.stats.stage("transfer", (t1 - t0) * 1000)
@@ -320,7 +352,7 @@ class LivePipeline:
                 if item is None:
                     if self._rendered._slot.closed:
                         break
-                    if self.capture.status == "lost" and self.last_output is not None:
+                    if (self.capture.status == "lost" or self._engine_down.is_set()) and self.last_output is not None:
                         self._write(self.last_output)  # keep the virtual camera alive
                     continue
                 if period:

@@ -1,0 +1,385 @@
+"""mra-serve and mra-live --worker on loopback: protocol, sessions, batching, reconnection, bad input."""
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import nets
+from export.engine import EngineUnavailable, TorchEngine
+from live import worker_protocol as wp
+from live.capture import IteratorSource
+from live.pipeline import Avatars, CenterCropper, LiveOptions, LivePipeline
+from live.serve import ServeOptions, Worker, model_info
+from live.worker_client import Backoff, RemoteEngine, WorkerError, worker_url
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKEN = "correct-horse-battery-staple-42"
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return TorchEngine(nets.build_model("tiny").eval())
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("serve") / "tiny.pth"
+    nets.save_model(nets.build_model("tiny").eval(), path)
+    return path
+
+
+def start_worker(engine, checkpoint, **options) -> Worker:
+    return Worker(engine, model_info(engine, checkpoint), ServeOptions(port=0, **options)).start_thread()
+
+
+@pytest.fixture()
+def worker(engine, checkpoint):
+    w = start_worker(engine, checkpoint, token=TOKEN, batch_window_ms=200)
+    yield w
+    w.join()
+
+
+def portrait(seed: int, size: int = 64) -> np.ndarray:
+    """A drawn portrait (1, 3, S, S) on the 8-bit grid, so PNG round trips are exact."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((size, size, 3), np.float32)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img[..., 0], img[..., 1], img[..., 2] = xx, yy, rng.random()
+    img[size // 4: 3 * size // 4, size // 3: 2 * size // 3] = rng.random(3)
+    return (np.round(img * 255) / 255).transpose(2, 0, 1)[None].astype(np.float32)
+
+
+def moving_frames(n, h=96, w=128):
+    def gen():
+        for i in range(n):
+            img = np.full((h, w, 3), 60, np.uint8)
+            x = 30 + int(20 * np.sin(i / 5))
+            img[20:80, x:x + 50] = (220, 160, 120)
+            yield img
+    return gen
+
+
+def remote(worker, **kw) -> RemoteEngine:
+    kw.setdefault("codec", wp.ImageCodec("png"))
+    return RemoteEngine(f"127.0.0.1:{worker.port}", kw.pop("token", TOKEN), log=lambda s: None, **kw)
+
+
+# -- protocol ---------------------------------------------------------------------------------------
+
+def test_messages_round_trip_and_garbage_is_refused():
+    from export.engine import RegionParams
+    p = RegionParams(shift=np.random.rand(2, 5, 2).astype(np.float32), covar=np.random.rand(2, 5, 2, 2).astype(np.float32),
+                     affine=np.random.rand(2, 5, 2, 2).astype(np.float32))
+    for msg in (wp.Hello(1, "t", "c", "webp", 70, "vox256", None), wp.Animate(7, 2, p), wp.Animated(7, [b"a", b"bc"]),
+                wp.Transfer(3, 1, "avd", p, None), wp.Failure(0, wp.IDLE, "bye", True)):
+        back = wp.decode(wp.encode(msg))
+        assert type(back) is type(msg) and wp.encode(back) == wp.encode(msg)
+    good = wp.encode(wp.Animate(7, 2, p))
+    bad = [b"", b"\x00\x00\x00\x09{\"type\":1", good[:-4], good + b"x", "text",
+           wp.encode(wp.Animate(7, 2, p)).replace(b'"avatar":2', b'"avatar":"2"'),
+           wp.encode(wp.Animate(7, 2, p)).replace(b'"Animate"', b'"Explode"')]
+    for raw in bad:
+        with pytest.raises(wp.ProtocolError):
+            wp.decode(raw)
+    nan = RegionParams(shift=np.full((1, 5, 2), np.nan, np.float32))
+    with pytest.raises(wp.ProtocolError, match="finite"):
+        wp.decode(wp.encode(wp.Animate(1, 1, nan)))
+
+
+def test_images_are_compressed_and_checked_before_decoding():
+    rgb = (portrait(0, 128)[0].transpose(1, 2, 0) * 255).astype(np.uint8)
+    jpeg = wp.encode_image(rgb, "jpeg", 90)
+    assert len(jpeg) < rgb.nbytes / 5
+    assert np.abs(wp.decode_image(jpeg, 128).astype(int) - rgb).mean() < 3
+    assert np.array_equal(wp.decode_image(wp.encode_image(rgb, "png"), 128), rgb)
+    assert len(wp.encode_image(rgb, "jpeg", 30)) < len(jpeg)
+    with pytest.raises(wp.FrameError, match="expected a 64x64"):
+        wp.decode_image(jpeg, 64)
+    with pytest.raises(wp.FrameError):
+        wp.decode_image(b"GIF89a garbage", 128)
+
+
+def test_worker_address_forms():
+    assert worker_url("gpu:9000") == "ws://gpu:9000/"
+    assert worker_url("gpu") == "ws://gpu:8765/"
+    assert worker_url("wss://gpu.example.org:443/mra") == "wss://gpu.example.org:443/mra"
+    from nets.errors import UserError
+    with pytest.raises(UserError):
+        worker_url("http://gpu:80")
+
+
+# -- sessions ----------------------------------------------------------------------------------------
+
+def test_remote_engine_matches_the_local_engine(engine, worker):
+    r = remote(worker)
+    try:
+        assert (r.frame_size, r.num_regions, r.config_name) == (engine.frame_size, engine.num_regions, "tiny")
+        src, drv = portrait(1), portrait(2)
+        av, lav = r.prepare_source(src), engine.prepare_source(src)
+        assert np.allclose(av.regions.shift, lav.regions.shift, atol=1e-6)
+        p, lp = r.regions(drv), engine.regions(drv)
+        assert np.allclose(p.affine, lp.affine, atol=1e-5)
+        for mode in ("relative", "standard", "avd"):
+            new, lnew = r.transfer(av, p, p, mode), engine.transfer(lav, lp, lp, mode)
+            assert np.allclose(new.shift, lnew.shift, atol=1e-5), mode
+        out, lout = r.animate(av, new), engine.animate(lav, lnew)
+        assert out.shape == lout.shape and np.abs(out - lout).max() <= 1 / 255 + 1e-6  # PNG: 8-bit rounding only
+    finally:
+        r.close()
+
+
+def test_a_session_end_to_end_with_a_file_camera(worker, checkpoint, tmp_path):
+    """mra-live --worker: a video file as the camera, a file sink, stats; the worker does the networks."""
+    import av
+    from PIL import Image
+    src = tmp_path / "portrait.png"
+    Image.fromarray((portrait(3, 96)[0].transpose(1, 2, 0) * 255).astype(np.uint8)).save(src)
+    cam = tmp_path / "camera.mp4"
+    with av.open(str(cam), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 128, 96, "yuv420p"
+        for f in moving_frames(60)():
+            for pkt in s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    token = tmp_path / "token.txt"
+    token.write_text(TOKEN + "\n")
+    out, stats = tmp_path / "out.mp4", tmp_path / "stats.json"
+    r = subprocess.run([sys.executable, "-m", "live.live", *map(str, ["--source", src, "--camera", cam, "--output", out,
+                        "--crop", "none", "--max-frames", 20, "--stats", stats, "--output-size", 96, "--quiet",
+                        "--worker", f"127.0.0.1:{worker.port}", "--token-file", token, "--worker-quality", 80])],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import json
+    s = json.loads(stats.read_text())
+    assert s["frames_out"] == 20 and "remote engine" in s["engine"] and "jpeg q80" in s["engine"]
+    assert s["latency_ms_all"]["p50"] > 0 and "regions" in s["stages"]
+    with av.open(str(out)) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 20
+    assert worker.batcher.stats.frames["animate"] >= 20
+
+
+def test_two_clients_at_once_get_their_own_portraits(engine, worker):
+    clients = [remote(worker), remote(worker)]
+    sources = [portrait(10), portrait(11)]
+    drv = portrait(12)
+    results: dict[int, list] = {0: [], 1: []}
+    together = threading.Barrier(2)  # both clients send each request at about the same time
+
+    def run(i):
+        r = clients[i]
+        av = r.prepare_source(sources[i])
+        p = r.regions(drv)
+        for _ in range(6):
+            together.wait(60)
+            new = r.transfer(av, r.regions(drv), p, "relative")
+            together.wait(60)
+            results[i].append(r.animate(av, new))
+
+    try:
+        threads = [threading.Thread(target=run, args=(i,)) for i in (0, 1)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        lp = engine.regions(drv)
+        for i in (0, 1):
+            lav = engine.prepare_source(sources[i])
+            expected = engine.animate(lav, engine.transfer(lav, lp, lp, "relative"))
+            other = engine.animate(engine.prepare_source(sources[1 - i]), engine.transfer(lav, lp, lp, "relative"))
+            assert len(results[i]) == 6
+            for out in results[i]:
+                assert np.abs(out - expected).max() <= 1 / 255 + 1e-5
+                assert np.abs(out - other).mean() > 0.02
+        st = worker.batcher.stats  # the two sessions' frames ran as batches of two
+        assert st.mean_batch("animate") > 1.3 and st.mean_batch("regions") > 1.3
+    finally:
+        for r in clients:
+            r.close()
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+async def _raw_session(port, token, *sends, expect_close=False):
+    """Say Hello, then send each item raw; return the decoded replies (or the close code)."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+    replies = []
+    async with connect(f"ws://127.0.0.1:{port}", max_size=None, compression=None) as ws:
+        await ws.send(wp.encode(wp.Hello(wp.PROTOCOL_VERSION, token, "test")))
+        replies.append(wp.decode(await ws.recv()))
+        try:
+            for raw in sends:
+                await ws.send(raw)
+                replies.append(wp.decode(await asyncio.wait_for(ws.recv(), 30)))
+        except ConnectionClosed as e:
+            replies.append(("closed", e.rcvd.code if e.rcvd else None))
+    return replies
+
+
+def test_bad_token_garbage_and_oversized_frames_are_refused_and_the_worker_keeps_serving(worker):
+    from nets.errors import UserError
+    with pytest.raises(WorkerError, match="refused the token") as e:
+        remote(worker, token="wrong-token-wrong-token")
+    assert isinstance(e.value, UserError)
+    with pytest.raises(WorkerError, match="runs tiny, the client expects vox256"):
+        remote(worker, expect_config="vox256")
+    with pytest.raises(WorkerError, match="another model"):
+        remote(worker, expect_sha256="0" * 64)
+
+    # garbage: answered with a Failure, three strikes close the session
+    replies = asyncio.run(_raw_session(worker.port, TOKEN, b"\x00\x01garbage", "text", b"\xff" * 10))
+    assert isinstance(replies[0], wp.Welcome)
+    assert [r.code for r in replies[1:3]] == [wp.BAD_MESSAGE, wp.BAD_MESSAGE] and not replies[2].fatal
+    assert replies[3].fatal and replies[3].code == wp.BAD_MESSAGE
+
+    # a frame of the wrong size (small file, huge picture), one that is not an image, a message over the limit
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("RGB", (8000, 8000)).save(buf, format="JPEG", quality=1)
+    replies = asyncio.run(_raw_session(worker.port, TOKEN, wp.encode(wp.DetectRegions(1, [buf.getvalue()])),
+                                       wp.encode(wp.DetectRegions(2, [b"not a picture"])),
+                                       wp.encode(wp.DetectRegions(3, [b"x" * (3 << 20)]))))
+    assert replies[1].code == wp.BAD_FRAME and "expected a 64x64 image, got 8000x8000" in replies[1].message
+    assert replies[2].code == wp.BAD_FRAME and replies[2].id == 2
+    assert replies[3] == ("closed", 1009)  # message too big: that connection closes
+
+    # another session's avatars are out of reach (numbers are per session)
+    a = remote(worker)
+    try:
+        a.prepare_source(portrait(5))
+        replies = asyncio.run(_raw_session(worker.port, TOKEN, wp.encode(wp.Animate(1, 1, a.regions(portrait(6))))))
+        assert replies[1].code == wp.UNKNOWN_AVATAR
+        # a wrong protocol version gets one clear failure
+        async def old_client():
+            from websockets.asyncio.client import connect
+            async with connect(f"ws://127.0.0.1:{worker.port}") as ws:
+                await ws.send(wp.encode(wp.Hello(99, TOKEN, "old")))
+                return wp.decode(await ws.recv())
+        f = asyncio.run(old_client())
+        assert f.code == wp.VERSION and f.fatal and "same mra-live version" in f.message
+        # and the worker still serves
+        av = a.prepare_source(portrait(7))
+        assert a.animate(av, a.transfer(av, a.regions(portrait(8)), a.regions(portrait(8)), "relative")).shape == \
+            (1, 3, 64, 64)
+    finally:
+        a.close()
+
+
+def test_limits_sessions_and_idle_time(engine, checkpoint):
+    w = start_worker(engine, checkpoint, max_sessions=1, idle_timeout_s=0.5)
+    try:
+        a = RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None, backoff=Backoff(first=5))
+        with pytest.raises(WorkerError, match="cannot reach|full"):
+            RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None)
+        time.sleep(1.5)  # idle: the worker closes the session; the client notices
+        assert not a.connected
+        with pytest.raises(EngineUnavailable):
+            a.regions(portrait(1))
+        a.close()
+    finally:
+        w.join()
+
+
+def test_serve_cli_refuses_an_open_address_without_a_token(checkpoint):
+    r = subprocess.run([sys.executable, "-m", "live.serve", "--checkpoint", checkpoint, "--config", "tiny", "--host",
+                        "0.0.0.0", "--backend", "torch"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: --host 0.0.0.0 lets other machines in")
+    assert "Traceback" not in r.stderr
+
+
+def test_live_cli_bad_token_is_one_error_line(worker, tmp_path):
+    src = tmp_path / "p.png"
+    from PIL import Image
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(src)
+    tok = tmp_path / "t.txt"
+    tok.write_text("x" * 20)
+    r = subprocess.run([sys.executable, "-m", "live.live", "--source", src, "--camera", "missing.mp4", "--worker",
+                        f"127.0.0.1:{worker.port}", "--token-file", tok, "--crop", "none"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: worker ws://127.0.0.1:")
+    assert "refused the token" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", "live.live", "--source", src, "--worker", "127.0.0.1:1"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "error: cannot reach the worker ws://127.0.0.1:1/" in r.stderr
+
+
+# -- reconnection ------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn_server(checkpoint, port):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "live.serve", "--checkpoint", str(checkpoint), "--config", "tiny",
+                             "--backend", "torch", "--port", str(port), "--quiet"], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "listening on" in line:
+            return proc
+    raise AssertionError(f"mra-serve did not start (exit {proc.wait()})")
+
+
+@pytest.mark.slow
+def test_a_killed_and_restarted_worker_is_reconnected_to(checkpoint):
+    port = free_port()
+    server = spawn_server(checkpoint, port)
+    r = RemoteEngine(f"127.0.0.1:{port}", log=lambda s: None, backoff=Backoff(first=0.1, most=0.5))
+
+    class Sink:
+        def __init__(self):
+            self.frames = []
+
+        def write(self, frame):
+            self.frames.append((time.monotonic(), frame))
+
+        def close(self):
+            pass
+
+    src = portrait(4)
+    sink = Sink()
+    pipe = LivePipeline(r, IteratorSource(moving_frames(100000), fps=20), CenterCropper(),
+                        Avatars(r, [Path("a.png")], lambda p: src), [sink], LiveOptions(output_size=64))
+    runner = threading.Thread(target=pipe.run, daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(sink.frames) < 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(sink.frames) >= 10
+        server.kill()
+        server.wait()
+        t_kill = time.monotonic()
+        time.sleep(2.0)
+        held = [f for t, f in sink.frames if t > t_kill + 0.5]
+        assert len(held) >= 3  # the output keeps going, on the last frame
+        assert all(np.array_equal(f, held[0]) for f in held)
+        assert not r.connected and any("engine unavailable" in e for e in pipe.stats.events)
+        server = spawn_server(checkpoint, port)
+        n = len(sink.frames)
+        deadline = time.monotonic() + 60
+        while (len(sink.frames) < n + 10 or "engine back" not in " ".join(pipe.stats.events)) and \
+                time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert r.connected and r.reconnects == 1
+        assert any("engine back" in e for e in pipe.stats.events)
+        fresh = [f for _, f in sink.frames[n:]]
+        assert len(fresh) >= 10 and any(not np.array_equal(f, fresh[0]) for f in fresh)  # live again
+    finally:
+        pipe.commands.put("q")
+        runner.join(30)
+        r.close()
+        server.kill()
+        server.wait()
