@@ -344,6 +344,26 @@ def test_quality_defaults_to_the_shipped_model(tmp_path, capsys):
     assert "(shipped)" in capsys.readouterr().out
 
 
+def test_quality_tools_crop_and_portraits(tmp_path):
+    pytest.importorskip("mediapipe")
+    from mediagen import save_image
+    from webgen import draw_face
+
+    _talking_clips(tmp_path / "clips", n_clips=1, frames=4, size=160)
+    (tmp_path / "p").mkdir()
+    save_image(tmp_path / "p" / "wide.png", draw_face(3, 120, width=200))  # not square: the face is cropped
+    torch.manual_seed(0)
+    ckpt = tmp_path / "tiny.pth"
+    nets.save_model(nets.build_model("tiny"), ckpt)
+    out = tmp_path / "q.json"
+    assert run_cli(quality.main, ["--videos", str(tmp_path / "clips"), "--checkpoint", str(ckpt), "--modes", "relative",
+                                  "--portraits", str(tmp_path / "p"), "--threads", "1", "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["settings"]["crop"] == "auto"  # the tools' default
+    assert rep["per_clip"][0]["frames"] == 4 and rep["per_clip"][0]["l1_still"] > 0
+    assert [(c["portrait"], c["driving"], c["frames"]) for c in rep["cross"]] == [("wide.png", "c0.mp4", 4)]
+
+
 def test_quality_user_errors(tmp_path, capsys):
     _talking_clips(tmp_path / "clips", n_clips=1, frames=2)
     for argv in (["--videos", str(tmp_path / "missing")],
