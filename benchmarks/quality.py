@@ -50,6 +50,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import json
+import os
 import platform
 import sys
 from dataclasses import asdict, dataclass, field
@@ -173,7 +174,7 @@ class Settings:
     akd_every: int
     batch: int
     device: str
-    threads: Optional[int]
+    threads: Optional[int]  # None: the backend's default
     date: str
     machine: str
 
@@ -499,6 +500,35 @@ def check_args(args) -> None:
         raise UserError(f"--cross must be 0 or more, got {args.cross}")
     if args.sheet and Path(args.sheet).suffix.lower() != ".png":
         raise UserError(f"--sheet writes a PNG: give a .png path, got {args.sheet}")
+    for flag, target in (("--json", args.json), ("--sheet", args.sheet)):
+        if target:
+            check_writable(flag, Path(target))
+
+
+def check_writable(flag: str, path: Path) -> None:
+    """Fail before the (long) run when ``path`` cannot be written."""
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the folder of {flag} {path}: {e.strerror or e}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"cannot write {flag} {path}: its folder is not writable")
+
+
+def frames_to_do(clip_paths: Sequence[Path], max_frames: Optional[int], n_cross: int, offset: int) -> Optional[int]:
+    """Frames the run animates (self-reenactment, then cross pair i driven by clip i + offset), for the progress bar."""
+    from live import media
+
+    try:
+        counts = [media.probe_video(p, "clip").estimated_frames() for p in clip_paths]
+    except UserError:
+        return None  # reported with its message when the clip is read
+    if any(c is None for c in counts):
+        return None
+    counts = [min(c, max_frames) if max_frames else c for c in counts]
+    return sum(counts) + sum(counts[(i + offset) % len(counts)] for i in range(n_cross))
 
 
 def open_model(args):
@@ -534,13 +564,16 @@ def run(args) -> Report:
         n_cross = 0  # a clip's own first frame driven by itself is self-reenactment
     detector = None
     if args.crop == "auto":
+        from live.animate import AnimateOptions
         from live.face import FaceDetector
-        detector = FaceDetector()
+        detector = FaceDetector(min_score=AnimateOptions().crop_settings.min_score)  # as mra-animate
     try:
         mesh = FaceMesh()
     except LandmarksUnavailable as e:
         raise UserError(str(e)) from None
-    bar = tqdm(desc="quality", unit="frame", file=sys.stderr, leave=False)
+    offset = 0 if portrait_paths else 1  # portraits: portrait i with clip i; else clip i's first frame with clip i+1
+    bar = tqdm(total=frames_to_do(clip_paths, args.max_frames, n_cross, offset), desc="quality", unit="frame",
+               file=sys.stderr, leave=False)
     runs: list[ClipRun] = []
     cross: list[CrossScore] = []
     blocks: list[sh.Block] = []
@@ -551,7 +584,7 @@ def run(args) -> Report:
                 if runs[-1].block:
                     blocks.append(runs[-1].block)
             for i in range(n_cross):
-                drv = runs[(i + (0 if portrait_paths else 1)) % len(runs)]
+                drv = runs[(i + offset) % len(runs)]
                 if portrait_paths:
                     p = portrait_paths[i % len(portrait_paths)]
                     portrait, name = cl.read_portrait(p, opt.size, args.crop, detector), p.name
@@ -571,7 +604,7 @@ def run(args) -> Report:
     settings = Settings(videos=str(args.videos), clips=[p.name for p in clip_paths],
                         portraits=[p.name for p in portrait_paths], crop=args.crop, modes=modes,
                         max_frames=args.max_frames, akd_every=args.akd_every, batch=args.batch, device=args.device,
-                        threads=args.threads or torch.get_num_threads(), date=datetime.date.today().isoformat(),
+                        threads=args.threads, date=datetime.date.today().isoformat(),
                         machine=f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip())
     notes = []
     if "avd" not in modes and not engine.has_avd:
@@ -580,7 +613,10 @@ def run(args) -> Report:
                  summaries=[summarise(m, [s for s in per_clip if s.mode == m]) for m in modes],
                  identity=[r.identity for r in runs], cross=cross, cross_summary=cross_summary(cross), notes=notes)
     if args.sheet:
-        rep.sheet = str(sh.write_sheet(blocks, args.sheet, args.sheet_frames))
+        try:
+            rep.sheet = str(sh.write_sheet(blocks, args.sheet, args.sheet_frames))
+        except OSError as e:
+            raise UserError(f"cannot write --sheet {args.sheet}: {e.strerror or e}") from None
     return rep
 
 
@@ -589,8 +625,10 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     rep = run(args)
     print_report(rep)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(asdict(rep), indent=1))
+        try:
+            Path(args.json).write_text(json.dumps(asdict(rep), indent=1))
+        except OSError as e:
+            raise UserError(f"cannot write --json {args.json}: {e.strerror or e}") from None
         print(f"wrote {args.json}")
     if rep.sheet:
         print(f"wrote {rep.sheet}")

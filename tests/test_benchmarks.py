@@ -371,7 +371,8 @@ def test_quality_user_errors(tmp_path, capsys):
                  ["--videos", str(tmp_path / "clips"), "--max-frames", "0"],
                  ["--videos", str(tmp_path / "clips"), "--sheet", str(tmp_path / "s.jpg")],
                  ["--videos", str(tmp_path / "clips"), "--checkpoint", str(tmp_path / "none.pth")],
-                 ["--videos", str(tmp_path / "clips"), "--crop", "center"]):
+                 ["--videos", str(tmp_path / "clips"), "--crop", "center"],
+                 ["--videos", str(tmp_path / "clips"), "--json", str(tmp_path)]):
         try:
             code = run_cli(quality.main, argv)
         except SystemExit as e:  # argument errors: the parser exits
