@@ -287,6 +287,7 @@ class Worker:
         batch_task = asyncio.create_task(self.batcher.run())
         try:
             async with serve(self._session, self.opt.host, self.opt.port, max_size=self.opt.max_message_bytes,
+                             process_request=_health,
                              ssl=self.opt.ssl, compression=None, ping_interval=5, ping_timeout=20,
                              max_queue=4, logger=_quiet_logger()) as server:
                 self.port = next(iter(server.sockets)).getsockname()[1]
@@ -297,8 +298,11 @@ class Worker:
             self._ready.set()
 
     def stop(self) -> None:
-        if self._loop is not None and self._stopped is not None:
-            self._loop.call_soon_threadsafe(self._stopped.set)
+        if self._loop is not None and self._stopped is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stopped.set)
+            except RuntimeError:  # the loop closed meanwhile: already stopped
+                pass
 
     def start_thread(self) -> "Worker":
         """Serve on a background thread; returns once listening (``self.port`` is the bound port)."""
@@ -496,6 +500,15 @@ class Worker:
 def _rgb(frame: np.ndarray) -> np.ndarray:
     """float ``(3, S, S)`` in [0, 1] -> uint8 ``(S, S, 3)``."""
     return (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+
+
+def _health(connection, request):
+    """``GET /health`` -> 200 ``ok`` (load balancers' health checks); anything else goes on to the websocket."""
+    from http import HTTPStatus
+
+    if request.path.split("?")[0] == "/health":
+        return connection.respond(HTTPStatus.OK, "ok\n")
+    return None
 
 
 def _quiet_logger():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import secrets
 import socket
 import ssl
 import sys
@@ -103,6 +104,9 @@ class RemoteEngine(Engine):
         if max_in_flight < 1:
             raise UserError("--in-flight must be at least 1")
         self.url = worker_url(address)
+        # a random id per engine in the URL: load balancers hash it to keep a client on one worker
+        self.client_id = secrets.token_hex(8)
+        self._connect_url = f"{self.url}{'&' if '?' in self.url else '?'}client={self.client_id}"
         self.token = token
         self.codec = codec or wp.ImageCodec()
         self.timeout_s = timeout_s
@@ -167,14 +171,18 @@ class RemoteEngine(Engine):
     async def _open(self):
         """Connect and shake hands -> (connection, Welcome). WorkerError for refusals, OSError & co. otherwise."""
         from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
         try:
-            ws = await connect(self.url, ssl=self._ssl, open_timeout=self._connect_timeout,
+            ws = await connect(self._connect_url, ssl=self._ssl, open_timeout=self._connect_timeout,
                                max_size=64 << 20, compression=None, ping_interval=5, ping_timeout=20,
                                max_queue=4, close_timeout=2)
         except InvalidURI as e:
             raise WorkerError(f"bad worker address {self.url}: {e}") from None
+        except InvalidStatus as e:
+            if e.response.status_code >= 500:  # a proxy with no worker up right now: retry
+                raise ConnectionError(f"HTTP {e.response.status_code} from {self.url}") from None
+            raise WorkerError(f"{self.url} is not an mra-serve worker (HTTP {e.response.status_code})") from None
         except InvalidHandshake as e:
             raise WorkerError(f"{self.url} is not an mra-serve worker (websocket handshake failed: {e})") from None
         except ssl.SSLCertVerificationError as e:

@@ -383,3 +383,64 @@ def test_a_killed_and_restarted_worker_is_reconnected_to(checkpoint):
         r.close()
         server.kill()
         server.wait()
+
+
+# -- behind a load balancer ----------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_behind_haproxy_sticky_per_client_and_failover(checkpoint):
+    """docs/mra-serve-haproxy.cfg as shipped: a client stays on its worker across reconnects; when that
+    worker goes, it lands on the other one and carries on (portrait sent again)."""
+    import shutil
+    import urllib.request
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (apt-get install haproxy)")
+    engines = [TorchEngine(nets.load_model(checkpoint)) for _ in range(2)]
+    workers = [start_worker(e, checkpoint) for e in engines]
+    port = free_port()
+    env = dict(os.environ, MRA_LB_BIND=f"127.0.0.1:{port}", MRA_W1=f"127.0.0.1:{workers[0].port}",
+               MRA_W2=f"127.0.0.1:{workers[1].port}")
+    proxy = subprocess.Popen(["haproxy", "-f", str(ROOT / "docs" / "mra-serve-haproxy.cfg")], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = None
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                assert urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).read() == b"ok\n"
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        r = RemoteEngine(f"127.0.0.1:{port}", log=lambda s: None, codec=wp.ImageCodec("png"),
+                         backoff=Backoff(first=0.1, most=0.5))
+        src, drv = portrait(20), portrait(21)
+        av = r.prepare_source(src)
+        init = r.regions(drv)
+        first = r.animate(av, r.transfer(av, init, init, "relative"))
+        home = next(i for i, w in enumerate(workers) if w.sessions)
+        for _ in range(2):  # the worker drops the connection: the client comes back to the same worker
+            session = next(iter(workers[home].sessions.values()))
+            asyncio.run_coroutine_threadsafe(session.ws.close(), workers[home]._loop).result(5)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not (r.connected and workers[home].sessions):
+                time.sleep(0.05)
+            assert workers[home].sessions and not workers[1 - home].sessions
+        workers[home].join()  # the worker goes away: the client lands on the other one
+        deadline = time.monotonic() + 30
+        out = None
+        while out is None and time.monotonic() < deadline:
+            try:
+                out = r.animate(av, r.transfer(av, init, init, "relative"))
+            except EngineUnavailable:
+                time.sleep(0.2)
+        assert out is not None and workers[1 - home].sessions and r.reconnects == 3
+        assert np.abs(out - first).max() <= 1 / 255 + 1e-6  # same model, same portrait, same frame
+    finally:
+        if r is not None:
+            r.close()
+        proxy.terminate()
+        proxy.wait(10)
+        for w in workers:
+            w.join()
