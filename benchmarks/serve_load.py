@@ -48,6 +48,7 @@ class ClientResult:
     frames: int
     dropped: int
     events: list
+    stages_ms: dict  # median per pipeline stage (regions and animate include the round trip to the worker)
     latencies_ms: list
 
 
@@ -131,7 +132,11 @@ def run_client(args) -> int:
     from live.worker_client import RemoteEngine
     from live.worker_protocol import ImageCodec
 
-    engine = RemoteEngine(args.client, codec=ImageCodec(args.format, args.quality), log=lambda s: None)
+    if args.client == "local":  # the baseline: the same pipeline with the engine in this process
+        from live.live import _engine
+        engine = _engine(args)
+    else:
+        engine = RemoteEngine(args.client, codec=ImageCodec(args.format, args.quality), log=lambda s: None)
     detector = None
     if args.crop == "auto":
         from live.face import FaceDetector, FaceTracker, TrackerSettings
@@ -156,10 +161,11 @@ def run_client(args) -> int:
     lat = np.asarray(pipe.stats.all_latency_ms[n0:n1])
     pipe.commands.put("q")
     runner.join(10)
-    engine.close()
+    getattr(engine, "close", lambda: None)()
     result = ClientResult(fps=(n1 - n0) / (t1 - t0), latency_p50_ms=float(np.percentile(lat, 50)) if len(lat) else
                           float("nan"), latency_p95_ms=float(np.percentile(lat, 95)) if len(lat) else float("nan"),
                           frames=n1 - n0, dropped=pipe.capture.slot.dropped - d0, events=pipe.stats.events,
+                          stages_ms={k: round(v["median_ms"], 1) for k, v in pipe.stats.snapshot()["stages"].items()},
                           latencies_ms=[round(float(x), 2) for x in lat])
     Path(args.json).write_text(json.dumps(asdict(result)))
     return 0
@@ -170,30 +176,42 @@ def run_client(args) -> int:
 # ---------------------------------------------------------------------------------------------
 
 def load_row(worker, n: int, args, camera: Path, portrait: Path, tmp: Path) -> tuple[LoadRow, list[ClientResult]]:
-    st = worker.batcher.stats
-    outs = [tmp / f"client{n}_{i}.json" for i in range(n)]
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--client", f"ws://127.0.0.1:{worker.port}",
+    """``n`` clients on ``worker`` (None: one client with its own engine, mra-live without --worker)."""
+    st = worker.batcher.stats if worker is not None else None
+    outs = [tmp / f"client{n}_{i}.json" for i in range(max(n, 1))]
+    url = f"ws://127.0.0.1:{worker.port}" if worker is not None else "local"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--client", url, *engine_args(args),
            "--camera", str(camera), "--portrait", str(portrait), "--crop", args.crop, "--format", args.format,
            "--quality", str(args.quality), "--warmup", str(args.warmup), "--seconds", str(args.seconds)]
     children = [subprocess.Popen([*cmd, "--json", str(o)], cwd=ROOT) for o in outs]
     # the worker's batches in the measured window (children take a few seconds to start: estimated)
     time.sleep(args.startup + args.warmup)
-    calls1, frames1 = dict(st.calls), dict(st.frames)
+    calls1, frames1 = (dict(st.calls), dict(st.frames)) if st else ({}, {})
     for c in children:
         c.wait(timeout=args.startup + args.warmup + args.seconds + 120)
-    calls2, frames2 = dict(st.calls), dict(st.frames)
+    calls2, frames2 = (dict(st.calls), dict(st.frames)) if st else ({}, {})
     results = []
     for c, o in zip(children, outs):
         if c.returncode != 0 or not o.exists():
             raise UserError(f"a client exited with status {c.returncode}")
         results.append(ClientResult(**json.loads(o.read_text())))
-    batch = {k: (frames2[k] - frames1[k]) / max(1, calls2[k] - calls1[k]) for k in ("regions", "animate")}
+    batch = {k: (frames2[k] - frames1[k]) / max(1, calls2[k] - calls1[k]) if st else float("nan")
+             for k in ("regions", "animate")}
     lat = np.concatenate([r.latencies_ms for r in results])
     fps = [r.fps for r in results]
     row = LoadRow(clients=n, fps_per_client_mean=float(np.mean(fps)), fps_per_client_min=float(np.min(fps)),
                   latency_p50_ms=float(np.percentile(lat, 50)), latency_p95_ms=float(np.percentile(lat, 95)),
                   total_fps=float(np.sum(fps)), mean_batch_regions=batch["regions"], mean_batch_animate=batch["animate"])
     return row, results
+
+
+def engine_args(args) -> list[str]:
+    """The engine options, for the local baseline client."""
+    out = ["--backend", args.backend, "--device", args.device, "--precision", args.precision]
+    for name in ("checkpoint", "config", "threads"):
+        if getattr(args, name):
+            out += [f"--{name}", str(getattr(args, name))]
+    return out
 
 
 def parse_args(argv):
@@ -214,6 +232,8 @@ def parse_args(argv):
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32")
     p.add_argument("--threads", type=int, help="engine threads (default: as mra-serve)")
     p.add_argument("--batch-window", type=float, default=3.0, metavar="MS")
+    p.add_argument("--local", action="store_true", help="first a row with one client running its own engine "
+                   "(mra-live without --worker), for comparison")
     p.add_argument("--json", help="write the rows and every client's numbers there")
     p.add_argument("--client", help=argparse.SUPPRESS)  # internal: run one client against this worker URL
     return p.parse_args(argv)
@@ -227,6 +247,9 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     from live.serve import ServeOptions, Worker, model_info
 
     counts = [int(c) for c in args.clients.split(",")]
+    if args.threads is None:
+        args.threads = os.cpu_count()  # as mra-serve: the engine is the worker's main job
+    load_start = os.getloadavg()
     engine = _engine(args)
     worker = Worker(engine, model_info(engine, args.checkpoint),
                     ServeOptions(port=0, max_sessions=max(counts), batch_window_ms=args.batch_window)).start_thread()
@@ -236,22 +259,33 @@ def main(argv: "Sequence[str] | None" = None) -> int:
         tmp = Path(tmp)
         camera = Path(args.camera) if args.camera else make_camera_clip(tmp / "camera.mp4")
         portrait = Path(args.portrait) if args.portrait else make_portrait(tmp / "portrait.png")
+        if args.local:
+            row, results = load_row(None, 0, args, camera, portrait, tmp)
+            rows.append(row)
+            clients[0] = [asdict(r) for r in results]
+            print(f"local engine: {row.fps_per_client_mean:.1f} fps, latency p50 {row.latency_p50_ms:.0f} / p95 "
+                  f"{row.latency_p95_ms:.0f} ms; stages {results[0].stages_ms}", flush=True)
         for n in counts:
             row, results = load_row(worker, n, args, camera, portrait, tmp)
             rows.append(row)
             clients[n] = [asdict(r) for r in results]
             print(f"{n} clients: {row.fps_per_client_mean:.1f} fps per client (min {row.fps_per_client_min:.1f}), "
                   f"latency p50 {row.latency_p50_ms:.0f} / p95 {row.latency_p95_ms:.0f} ms, worker batches "
-                  f"{row.mean_batch_regions:.1f} / {row.mean_batch_animate:.1f}", flush=True)
+                  f"{row.mean_batch_regions:.1f} / {row.mean_batch_animate:.1f}; stages (first client) "
+                  f"{results[0].stages_ms}", flush=True)
     worker.join()
     print("\n| clients | fps per client (mean / min) | latency p50 / p95 | total fps | mean batch (regions / animate) |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.clients} | {r.fps_per_client_mean:.1f} / {r.fps_per_client_min:.1f} | {r.latency_p50_ms:.0f} / "
+        print(f"| {r.clients or 'local engine'} | {r.fps_per_client_mean:.1f} / {r.fps_per_client_min:.1f} | {r.latency_p50_ms:.0f} / "
               f"{r.latency_p95_ms:.0f} ms | {r.total_fps:.1f} | {r.mean_batch_regions:.2f} / {r.mean_batch_animate:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": [asdict(r) for r in rows], "clients": clients,
-                                               "engine": engine.describe(), "argv": sys.argv[1:]}, indent=2))
+                                               "engine": engine.describe(), "argv": sys.argv[1:],
+                                               "loadavg_start": load_start, "loadavg_end": os.getloadavg(),
+                                               "cores": os.cpu_count()}, indent=2))
+    print(f"load average (1 min) {load_start[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
+          f"{os.cpu_count()} cores")
     return 0
 
 

@@ -542,7 +542,7 @@ def build_parser() -> ArgumentParser:
                    help="auto: ONNX Runtime on the CPU, PyTorch (CUDA graphs) on cuda")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="cuda only")
-    p.add_argument("--threads", type=int, help="CPU threads of the engine")
+    p.add_argument("--threads", type=int, help="CPU threads of the engine (default: all cores)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                    "only; any other needs --token-file)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
@@ -607,6 +607,8 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     options = options_from_args(args)
     from .live import _engine
 
+    if args.threads is None:
+        args.threads = os.cpu_count()  # the engine is the worker's main job (mra-live splits the cores in two)
     engine = _engine(args)
     info = model_info(engine, args.checkpoint)
     log = (lambda s: None) if args.quiet else (lambda s: print(f"mra-serve: {s}", file=sys.stderr, flush=True))

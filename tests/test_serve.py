@@ -444,3 +444,25 @@ def test_behind_haproxy_sticky_per_client_and_failover(checkpoint):
         proxy.wait(10)
         for w in workers:
             w.join()
+
+
+def test_tls_worker_with_a_self_signed_certificate(engine, checkpoint, tmp_path):
+    import shutil
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed (needed to make a test certificate)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    from live.serve import tls_context
+    w = start_worker(engine, checkpoint, ssl=tls_context(cert, key), token=TOKEN)
+    try:
+        with pytest.raises(WorkerError, match="not trusted.*--worker-ca"):
+            RemoteEngine(f"wss://127.0.0.1:{w.port}", TOKEN, log=lambda s: None)
+        r = RemoteEngine(f"wss://127.0.0.1:{w.port}", TOKEN, ca_file=cert, log=lambda s: None)
+        av = r.prepare_source(portrait(30))
+        p = r.regions(portrait(31))
+        assert r.animate(av, r.transfer(av, p, p, "relative")).shape == (1, 3, 64, 64)
+        r.close()
+    finally:
+        w.join()
