@@ -32,12 +32,14 @@ from nets.errors import ArgumentParser, UserError, run_cli
 
 from . import media
 from .face import CropBox, CropSettings, FaceDetector, FaceTracker, TrackerSettings, crop_resize, face_crop
+from .pasteback import FrameSize, PasteBack, capped_size, parse_frame_size
 
 MODES = ("relative", "avd", "standard")
 CROPS = ("auto", "none")
 BACKENDS = ("torch", "onnx")
 DEVICES = ("cpu", "cuda")
 WORKING_SIDE = 1280  # driving frames are decoded at most this large for face tracking
+OUTPUT_LONG_SIDE = 1280  # full-frame output: the portrait's resolution, its long side capped at this
 FACE_SCAN_SECONDS = 10.0  # how far into the driving video to look for the first face
 
 ProgressFn = Callable[[int, "int | None"], None]
@@ -48,14 +50,20 @@ T = TypeVar("T")
 class AnimateOptions:
     """What :func:`animate_file` does besides its inputs (the CLI options of the same names).
 
-    ``size``: side of the output frames (default: the model's own resolution; the networks always
-    run at that resolution and larger outputs are upscaled); ``fps``: output frame rate (default:
-    the driving video's; frames are picked by timestamp, so the duration and the audio are kept).
+    ``paste_back`` (with ``crop="auto"``): the animated face is pasted back into the whole
+    portrait (:mod:`live.pasteback`); ``output_size``: its frame, the portrait's own resolution with
+    the long side capped at an ``int`` (default :data:`OUTPUT_LONG_SIDE`), or a :class:`FrameSize`
+    the portrait is fitted into. Otherwise the frames are the square crop: ``size`` is their side
+    (default: the model's own resolution; the networks always run at that resolution and larger
+    outputs are upscaled). ``fps``: output frame rate (default: the driving video's; frames are
+    picked by timestamp, so the duration and the audio are kept).
     """
 
     mode: str = "relative"
     crop: str = "auto"
     size: "int | None" = None
+    paste_back: bool = True
+    output_size: "FrameSize | int | None" = None
     fps: "float | None" = None
     batch_size: int = 4
     crop_settings: CropSettings = CropSettings()
@@ -68,11 +76,27 @@ class AnimateOptions:
             raise UserError(f"--crop must be auto or none, got {self.crop!r}")
         if self.size is not None and not 16 <= self.size <= 4096:
             raise UserError(f"--size must be between 16 and 4096 pixels, got {self.size}")
+        if isinstance(self.output_size, int) and not 64 <= self.output_size <= 4096:
+            raise UserError(f"--output-size must be between 64 and 4096 pixels, got {self.output_size}")
+        if self.full_frame and self.size is not None:
+            raise UserError("--size sets the side of the square crop output; the full-frame output takes "
+                            "--output-size (or add --no-paste-back for the crop)")
         if self.fps is not None and not 0 < self.fps <= media.MAX_FPS:
             raise UserError(f"--fps must be above 0 and at most {media.MAX_FPS}, got {self.fps:g}")
         if not 1 <= self.batch_size <= 1024:
             raise UserError(f"--batch-size must be between 1 and 1024, got {self.batch_size}")
         return self
+
+    @property
+    def full_frame(self) -> bool:
+        """Whether the output is the whole portrait (paste-back), not the square crop."""
+        return self.paste_back and self.crop == "auto"
+
+    def frame_size(self, portrait_width: int, portrait_height: int) -> FrameSize:
+        """The full-frame output size for a portrait of that size."""
+        if isinstance(self.output_size, FrameSize):
+            return self.output_size
+        return capped_size(portrait_width, portrait_height, self.output_size or OUTPUT_LONG_SIDE)
 
 
 @dataclass
@@ -81,14 +105,14 @@ class AnimateResult:
     kind: str  # mp4 | gif | png
     frames: int
     fps: Fraction
-    size: int
+    size: FrameSize
     has_audio: bool
     seconds: float  # wall time
 
     def describe(self) -> str:
         what = "PNG frames in" if self.kind == "png" else "frames to"
         audio = ", with the driving video's audio" if self.has_audio else ""
-        return (f"wrote {self.frames} {what} {self.output} ({self.size}x{self.size}, {float(self.fps):.3g} fps{audio}) "
+        return (f"wrote {self.frames} {what} {self.output} ({self.size}, {float(self.fps):.3g} fps{audio}) "
                 f"in {self.seconds:.1f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s)")
 
 
@@ -106,17 +130,36 @@ def to_frames(pred: np.ndarray) -> np.ndarray:
     return (np.clip(pred, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def source_crop(rgb: np.ndarray, size: int, crop: str, detector: "FaceDetector | None" = None,
-                settings: CropSettings = CropSettings(), name: str = "the source image") -> np.ndarray:
-    """The source as the model sees it: ``(size, size, 3)`` uint8 (face crop, or the whole image resized)."""
-    if crop == "none":
-        return media.resize_rgb(rgb, size)
+def source_box(rgb: np.ndarray, detector: "FaceDetector | None" = None, settings: CropSettings = CropSettings(),
+               name: str = "the source image") -> CropBox:
+    """The square face crop of the source, in its pixels (``UserError`` when it has no face)."""
     faces = [f for f in (detector or FaceDetector()).detect(rgb) if f.score >= settings.min_score]
     if not faces:
         raise UserError(f"no face found in {name}; use a photo where the face is clearly visible, or --crop none "
                         "to animate the whole image (resized to the model's size)")
     h, w = rgb.shape[:2]
-    return crop_resize(rgb, face_crop(faces[0], w, h, settings), size)
+    return face_crop(faces[0], w, h, settings)
+
+
+def source_crop(rgb: np.ndarray, size: int, crop: str, detector: "FaceDetector | None" = None,
+                settings: CropSettings = CropSettings(), name: str = "the source image") -> np.ndarray:
+    """The source as the model sees it: ``(size, size, 3)`` uint8 (face crop, or the whole image resized)."""
+    if crop == "none":
+        return media.resize_rgb(rgb, size)
+    return crop_resize(rgb, source_box(rgb, detector, settings, name), size)
+
+
+def prepare_portrait(rgb: np.ndarray, size: int, crop: str, detector: "FaceDetector | None" = None,
+                     out_size: "FrameSize | None | bool" = False, settings: CropSettings = CropSettings(),
+                     name: str = "the source image") -> "tuple[np.ndarray, PasteBack | None]":
+    """The source as the model sees it ``(size, size, 3)`` uint8 and, for full-frame output (crop
+    auto, ``out_size`` a :class:`FrameSize` or None for the portrait's own size; False: crop
+    output), the portrait prepared for paste-back."""
+    if crop == "none":
+        return media.resize_rgb(rgb, size), None
+    box = source_box(rgb, detector, settings, name)
+    paste = None if out_size is False else PasteBack.prepare(rgb, box, out_size)
+    return crop_resize(rgb, box, size), paste
 
 
 def first_face_crop(info: media.VideoInfo, detector: FaceDetector, settings: CropSettings,
@@ -264,18 +307,20 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     from export.engine import RegionParams
 
     size = engine.frame_size
-    out_size = options.size or size
     fps = Fraction(options.fps).limit_denominator(1001) if options.fps else info.fps
     if info.fps_guessed and not options.fps:
         warnings.warn(f"the driving video {info.path.name} does not say its frame rate; assuming {float(fps):g} fps "
                       "(set --fps to choose)")
-    src = source_crop(src_rgb, size, options.crop, detector, options.crop_settings)
+    full = options.frame_size(src_rgb.shape[1], src_rgb.shape[0]) if options.full_frame else False
+    src, paste = prepare_portrait(src_rgb, size, options.crop, detector, full, options.crop_settings)
+    out_size = paste.size if paste is not None else FrameSize(options.size or size, options.size or size)
     avatar = engine.prepare_source(to_batch([src]))
     del src_rgb
 
     frames = driving_frames(info, size, fps, options.crop, detector, options)
     total = info.estimated_frames(fps)
-    writer = media.open_writer(spec, fps, out_size, audio_from=info.path if info.has_audio and spec.kind == "mp4" else None,
+    writer = media.open_writer(spec, fps, out_size.wh,
+                               audio_from=info.path if info.has_audio and spec.kind == "mp4" else None,
                                audio_start=info.start_time)
     done = 0
     initial = None
@@ -288,8 +333,10 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
                                          for a in (regions.shift, regions.covar, regions.affine)))
             new = engine.transfer(avatar, regions, initial, mode=options.mode)
             out = to_frames(engine.animate(avatar, new))
-            if out_size != size:
-                out = np.stack([media.resize_rgb(f, out_size) for f in out])
+            if paste is not None:
+                out = np.stack([paste.apply(f) for f in out])
+            elif out_size.width != size:
+                out = np.stack([media.resize_rgb(f, out_size.width) for f in out])
             writer.write(out)
             done += len(batch)
             if progress is not None:
@@ -368,7 +415,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--mode", choices=MODES, default="relative", help="motion transfer (default: relative)")
     p.add_argument("--crop", choices=CROPS, default="auto",
                    help="auto: face crop on the source and a smoothed face track on the video; none: resize only")
-    p.add_argument("--size", type=int, metavar="N", help="output side in pixels (default: the model's resolution)")
+    p.add_argument("--output-size", metavar="N|WxH",
+                   help=f"full-frame output: the portrait's resolution with its long side capped at N (default "
+                        f"{OUTPUT_LONG_SIDE}), or a WxH frame the portrait is fitted into (no stretching)")
+    p.add_argument("--no-paste-back", action="store_true",
+                   help="write the square face crop the model animates instead of the whole portrait")
+    p.add_argument("--size", type=int, metavar="N",
+                   help="with --no-paste-back or --crop none: side of the square output (default: the model's "
+                        "resolution)")
     p.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
                    help="inference backend (default auto: onnx for the shipped model on cpu, whose ONNX export "
                         "ships with it; torch otherwise, as other checkpoints would first need an export)")
@@ -392,19 +446,29 @@ def _sigterm_as_interrupt() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
+def _output_size(spec: "str | None") -> "FrameSize | int | None":
+    """``--output-size``: ``N`` caps the long side, ``WxH`` is a frame."""
+    if spec is None:
+        return None
+    if spec.strip().isdigit():
+        return int(spec)
+    return parse_frame_size(spec)
+
+
 def cli(argv: "Sequence[str] | None" = None) -> int:
     """The command (errors propagate; :func:`main` turns them into one-line messages)."""
     args = build_parser().parse_args(argv)
     _one_line_warnings()
     _sigterm_as_interrupt()
     batch = args.batch_size if args.batch_size is not None else (16 if args.device == "cuda" else 4)
-    options = AnimateOptions(mode=args.mode, crop=args.crop, size=args.size, fps=args.fps, batch_size=batch).validate()
+    options = AnimateOptions(mode=args.mode, crop=args.crop, size=args.size, fps=args.fps, batch_size=batch,
+                             paste_back=not args.no_paste_back, output_size=_output_size(args.output_size)).validate()
     # fail fast, before a model is loaded: files, formats, output folder, faces
     src_rgb, info, _ = check_inputs(args.source, args.driving, args.output)
     detector = None
     if options.crop == "auto":
         detector = FaceDetector(min_score=options.crop_settings.min_score)
-        source_crop(src_rgb, 16, "auto", detector, options.crop_settings)
+        source_box(src_rgb, detector, options.crop_settings)
         first_face_crop(info, detector, options.crop_settings)
     del src_rgb
     engine = load_engine(args.checkpoint, args.config, auto_backend(args.backend, args.checkpoint, args.device),

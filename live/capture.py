@@ -18,7 +18,17 @@ import numpy as np
 
 from nets.errors import UserError
 
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+def quiet_opencv() -> None:
+    """Keep OpenCV's native log lines (``[ERROR:0@0.013] global obsensor_uvc_stream_channel.cpp:158
+    ... Camera index out of range`` when there is no camera) out of the terminal: the tools say what
+    went wrong in their own words. OpenCV reads the level when it first logs, so this runs before
+    any capture opens; an ``OPENCV_LOG_LEVEL`` the user set, or ``MRA_DEBUG=1``, keeps them."""
+    if not os.environ.get("MRA_DEBUG"):
+        os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
+
+
+quiet_opencv()
 
 
 def _cv2():

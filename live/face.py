@@ -1,7 +1,8 @@
-"""Face detection (mediapipe's bundled full-range detector) and the square face crops the models see.
+"""Face detection (mediapipe's bundled BlazeFace detectors) and the square face crops the models see.
 
-* :class:`FaceDetector`: ``detect(rgb) -> list[FaceBox]`` (best first). mediapipe is imported on
-  first use (it takes about a second) and its native start-up chatter on stderr is silenced.
+* :class:`FaceDetector`: ``detect(rgb) -> list[FaceBox]`` (best first): the short-range model,
+  then the full-range one when it finds nothing. mediapipe is imported on first use (it takes
+  about a second) and its native start-up chatter on stderr is silenced.
 * :func:`face_crop`: a face box -> the square :class:`CropBox` around the head, framed like the
   VoxCeleb training clips (1.75 times the face box, centred slightly above it: measured on the
   VoxCeleb-style clips of ../shared, where mediapipe's face box spans 0.5-0.65 of the frame and
@@ -178,58 +179,94 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.close(fd)
 
 
+RANGES = ("short", "full")  # mediapipe's BlazeFace models: model_selection 0 and 1
+# The short-range model's box is a little tighter and lower on the face than the full-range one's,
+# which the crop framing (CropSettings) was measured with: its boxes are mapped to the full-range
+# frame (median over the 7 portraits of ../shared/data/faces/portraits and the drawn example where
+# both models find the face: side x1.07, centre up by 0.045 of the side), so crops look the same
+# whichever model found the face.
+SHORT_TO_FULL_SCALE = 1.07
+SHORT_TO_FULL_SHIFT_Y = -0.045
+
+
+def _as_full_range(face: FaceBox) -> FaceBox:
+    cx, cy = face.center
+    hw, hh = 0.5 * face.width * SHORT_TO_FULL_SCALE, 0.5 * face.height * SHORT_TO_FULL_SCALE
+    cy += SHORT_TO_FULL_SHIFT_Y * face.size
+    return FaceBox(cx - hw, cy - hh, cx + hw, cy + hh, face.score)
+
+
 class FaceDetector:
-    """mediapipe's bundled BlazeFace full-range detector (no download; CPU, a few ms a frame).
+    """mediapipe's bundled BlazeFace detectors (no download; CPU, a few ms a frame).
 
     ``detect(rgb)`` takes ``(H, W, 3)`` uint8 RGB and returns faces in pixels, best first (score
-    times a small preference for larger faces). Not thread-safe: one detector per thread.
+    times a small preference for larger faces). ``ranges``: the models tried in turn until one
+    finds a face: by default the short-range model (faces within about 2 m, including faces that
+    fill the frame, which the full-range model misses), then the full-range one (small, distant
+    faces). Boxes are in the full-range model's framing whichever model found them. Not
+    thread-safe: one detector per thread.
     """
 
-    def __init__(self, min_score: float = 0.5, full_range: bool = True):
+    def __init__(self, min_score: float = 0.5, ranges: "Sequence[str]" = RANGES):
+        if not ranges or any(r not in RANGES for r in ranges):
+            raise ValueError(f"ranges must be a non-empty sequence of {RANGES}, got {ranges!r}")
         self.min_score = min_score
-        self.full_range = full_range
-        self._impl = None
-        self._warm = False
+        self.ranges = tuple(ranges)
+        self._impl: "dict[str, object]" = {}
+        self._warm: "set[str]" = set()
+        self.found_by: "dict[str, int]" = {r: 0 for r in RANGES}  # detections per model, for diagnostics
 
-    def _open(self):
-        if self._impl is None:
+    def _open(self, which: str):
+        if which not in self._impl:
             os.environ.setdefault("GLOG_minloglevel", "2")
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
             from mediapipe.python.solutions import face_detection
-            self._impl = face_detection.FaceDetection(model_selection=1 if self.full_range else 0,
-                                                      min_detection_confidence=self.min_score)
-        return self._impl
+            self._impl[which] = face_detection.FaceDetection(model_selection=RANGES.index(which),
+                                                             min_detection_confidence=self.min_score)
+        return self._impl[which]
 
-    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
-        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-        h, w = rgb.shape[:2]
-        if not self._warm:
+    def _process(self, which: str, rgb: np.ndarray):
+        if which not in self._warm:
             # mediapipe opens its TFLite calculator asynchronously after construction and logs
             # (TFLite, absl) straight to fd 2 then: one quiet window from construction to the end
             # of the first run covers it whatever the thread timing
             with _quiet_native_stderr():
-                result = self._open().process(rgb)
-            self._warm = True
-        else:
-            result = self._impl.process(rgb)
-        faces = []
-        for d in result.detections or []:
-            b = d.location_data.relative_bounding_box
-            x0, y0 = b.xmin * w, b.ymin * h
-            x1, y1 = x0 + b.width * w, y0 + b.height * h
-            x0, y0, x1, y1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
-            if x1 - x0 < 2 or y1 - y0 < 2:
-                continue
-            faces.append(FaceBox(x0, y0, x1, y1, float(d.score[0]) if d.score else 0.0))
+                result = self._open(which).process(rgb)
+            self._warm.add(which)
+            return result
+        return self._impl[which].process(rgb)
+
+    def detect(self, rgb: np.ndarray) -> list[FaceBox]:
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        h, w = rgb.shape[:2]
+        faces: list[FaceBox] = []
+        for which in self.ranges:
+            result = self._process(which, rgb)
+            for d in result.detections or []:
+                b = d.location_data.relative_bounding_box
+                score = float(d.score[0]) if d.score else 0.0
+                if score < self.min_score:
+                    continue
+                face = FaceBox(b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h, score)
+                if which == "short":
+                    face = _as_full_range(face)
+                x0, y0 = max(face.x0, 0.0), max(face.y0, 0.0)
+                x1, y1 = min(face.x1, float(w)), min(face.y1, float(h))
+                if x1 - x0 < 2 or y1 - y0 < 2:
+                    continue
+                faces.append(FaceBox(x0, y0, x1, y1, score))
+            if faces:
+                self.found_by[which] += 1
+                break
         area = float(w * h)
         faces.sort(key=lambda f: f.score * (1.0 + math.sqrt(f.area / area)), reverse=True)
         return faces
 
     def close(self) -> None:
-        if self._impl is not None:
-            self._impl.close()
-            self._impl = None
-            self._warm = False
+        for impl in self._impl.values():
+            impl.close()
+        self._impl.clear()
+        self._warm.clear()
 
     def __enter__(self) -> "FaceDetector":
         return self

@@ -1,5 +1,6 @@
 """mra-live: your webcam drives a portrait, streamed to a virtual camera (Zoom, Meet, OBS).
 
+    mra-live                                        # the bundled example portrait, webcam 0 -> virtual camera
     mra-live --source face.png                      # webcam 0 -> virtual camera "mra-live"
     mra-live --source portraits/ --output window     # a folder of avatars, preview window
     mra-live --source face.png --camera talk.mp4 --output out.mp4 --max-frames 300
@@ -18,16 +19,21 @@ from typing import Sequence
 
 from nets.errors import ArgumentParser, UserError, entry_point
 
-from .pipeline import COMMANDS, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
+from .pasteback import FrameSize, parse_frame_size
+from .pipeline import COMMANDS, AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
 from .smoothing import OneEuroConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+FULL_FRAME = FrameSize(1280, 720)  # the portrait pasted back: a standard video frame
+CROP_SIDE = 512  # the face crop alone: a square
+EXAMPLE_PORTRAIT = Path(__file__).resolve().parent / "assets" / "example-portrait.png"
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="mra-live", description="Animate a portrait with your webcam, in real time, into a "
                        "virtual camera.")
-    p.add_argument("--source", help="portrait image, or a folder of them (n / p switch avatars)")
+    p.add_argument("--source", help="portrait image, or a folder of them (n / p switch avatars); default: a "
+                   "bundled example portrait")
     p.add_argument("--camera", default="0", help="webcam index (default 0) or a video file played as a camera")
     p.add_argument("--loop", action="store_true", help="loop a video file camera")
     p.add_argument("--output", action="append", default=None,
@@ -41,7 +47,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--mode", choices=("relative", "avd", "standard"), default="relative")
     p.add_argument("--crop", choices=("auto", "none"), default="auto",
                    help="auto: track the face in the camera (and crop the source's face); none: centre square")
-    p.add_argument("--output-size", type=int, default=512, help="side of the output frames (default 512)")
+    p.add_argument("--output-size", metavar="WxH",
+                   help=f"output frame size: WxH, or N for a square (default {FULL_FRAME} with the portrait fitted in "
+                        f"whole; {CROP_SIDE} with --no-paste-back)")
+    p.add_argument("--no-paste-back", action="store_true",
+                   help="send the animated face crop instead of pasting it back into the whole portrait")
     p.add_argument("--fps", type=float, help="cap the output frame rate")
     p.add_argument("--delay", type=float, metavar="MS", help="hold the end-to-end latency constant at MS")
     p.add_argument("--max-frames", type=int, help="stop after N output frames (scripted runs)")
@@ -129,10 +139,15 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         for i, w, h, fps in cams:
             print(f"{i}: {w}x{h} @ {fps:g} fps")
         return 0
+    paste_back = args.crop == "auto" and not args.no_paste_back
+    if args.output_size is not None:
+        out_size = parse_frame_size(args.output_size)
+    else:
+        out_size = FULL_FRAME if paste_back else FrameSize(CROP_SIDE, CROP_SIDE)
     if not args.source:
-        raise UserError("--source is required: a portrait image or a folder of them (see mra-live --help)")
-    if args.output_size < 64 or args.output_size > 2048:
-        raise UserError("--output-size must be between 64 and 2048")
+        args.source = str(EXAMPLE_PORTRAIT)
+        print(f"mra-live: no --source given: animating the bundled example portrait ({EXAMPLE_PORTRAIT.name}); "
+              "give yours with --source face.png", file=sys.stderr)
     for name in ("fps", "max_frames", "delay"):
         v = getattr(args, name)
         if v is not None and v <= 0:
@@ -152,15 +167,17 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     else:
         engine = _engine(args)
     from . import media
-    from .animate import source_crop
+    from .animate import prepare_portrait
     from .face import FaceDetector, FaceTracker, TrackerSettings
 
     detector = FaceDetector() if args.crop == "auto" else None
 
-    def load(path: Path):
+    def load(path: Path) -> AvatarImage:
         from .pipeline import to_input
         rgb = media.read_image(path)
-        return to_input(source_crop(rgb, engine.frame_size, args.crop, detector, name=path.name))
+        crop, paste = prepare_portrait(rgb, engine.frame_size, args.crop, detector, out_size if paste_back else False,
+                                       name=path.name)
+        return AvatarImage(to_input(crop), paste)
 
     capture = open_capture(args.camera, loop=args.loop, width=cam_w, height=cam_h)
     commands: queue.Queue[str] = queue.Queue()
@@ -170,23 +187,24 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         from .sinks import FileSink, VirtualCamSink, WindowSink
         for out in outputs:
             if out == "virtualcam":
-                sinks.append(VirtualCamSink(args.output_size, args.output_size, fps_out))
+                sinks.append(VirtualCamSink(out_size.width, out_size.height, fps_out))
             elif out == "window":
                 sinks.append(WindowSink(commands))
             else:
-                sinks.append(FileSink(out, fps_out, args.output_size, args.output_size))
+                sinks.append(FileSink(out, fps_out, out_size.width, out_size.height))
         cropper = FaceCropper(FaceTracker(detector, settings=TrackerSettings(detect_every=2))) if detector else \
             CenterCropper()
         avatars = Avatars(engine, sources, load)
         options = LiveOptions(mode=args.mode, smoothing=not args.no_smoothing,
                               one_euro=OneEuroConfig(min_cutoff=args.min_cutoff, beta=args.beta),
-                              output_size=args.output_size, fps=args.fps, delay_ms=args.delay,
+                              output_size=out_size, fps=args.fps, delay_ms=args.delay,
                               max_frames=args.max_frames, overlay=args.overlay)
         if args.mode == "avd" and not engine.has_avd:
             raise UserError("this model has no trained AVD network: use --mode relative or standard")
         log = (lambda s: None) if args.quiet else (lambda s: print(f"\r{s}", end="", file=sys.stderr, flush=True))
         print(f"mra-live: {engine.describe()}; camera {args.camera} ({capture.size[0]}x{capture.size[1]} @ "
-              f"{capture.fps:g} fps) -> {', '.join(outputs)}", file=sys.stderr)
+              f"{capture.fps:g} fps) -> {', '.join(outputs)} at {out_size}"
+              f"{' (portrait pasted back)' if paste_back else ' (face crop)'}", file=sys.stderr)
         if "window" not in outputs:
             print("keys: " + ", ".join(f"{k} {v.split(' (')[0]}" for k, v in COMMANDS.items()) +
                   " (type + Enter)", file=sys.stderr)
@@ -222,7 +240,9 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
 def main(argv: "Sequence[str] | None" = None) -> int:
     """mra-live entry point."""
     from nets.errors import run_cli
-    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+
+    from .capture import quiet_opencv
+    quiet_opencv()
     return run_cli(cli, argv)
 
 

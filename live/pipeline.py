@@ -25,6 +25,7 @@ from export.engine import Avatar, Engine, EngineUnavailable, RegionParams
 
 from .capture import CaptureSource, Frame, LatestFrame
 from .face import CropBox, FaceTracker, crop_resize
+from .pasteback import FrameSize, PasteBack, fit_square
 from .smoothing import LostFacePolicy, OneEuroConfig, RegionSmoother, blend
 from .stats import LiveStats
 
@@ -117,29 +118,60 @@ class LiveOptions:
     smoothing: bool = True
     one_euro: OneEuroConfig = field(default_factory=OneEuroConfig)
     lost: LostFacePolicy = field(default_factory=LostFacePolicy)
-    output_size: int = 512
+    output_size: "FrameSize | int" = 512  # a side: square frames
     fps: float | None = None  # cap on the output rate
     delay_ms: float | None = None
     max_frames: int | None = None
     overlay: bool = False
     status_every_s: float = 1.0
 
+    def __post_init__(self):
+        if isinstance(self.output_size, int):  # a side: square frames
+            self.output_size = FrameSize(self.output_size, self.output_size)
+
+    @property
+    def frame_size(self) -> FrameSize:
+        return self.output_size  # type: ignore[return-value]  (normalised in __post_init__)
+
+
+@dataclass
+class AvatarImage:
+    """What an avatar is made from: the model's input ``(1, 3, S, S)`` float32 and, for full-frame
+    output, the portrait prepared for paste-back (None: frames are the animated crop)."""
+
+    input: np.ndarray
+    paste: "PasteBack | None" = None
+
 
 class Avatars:
-    """The sources (one file or a folder), each prepared once and cached."""
+    """The sources (one file or a folder), each prepared once and cached.
 
-    def __init__(self, engine: Engine, paths: list[Path], load: Callable[[Path], np.ndarray]):
+    ``load(path)`` returns the model input ``(1, 3, S, S)`` float32, or an :class:`AvatarImage`
+    (which may carry the portrait prepared for paste-back)."""
+
+    def __init__(self, engine: Engine, paths: list[Path], load: "Callable[[Path], np.ndarray | AvatarImage]"):
         self.engine = engine
         self.paths = paths
         self.load = load
         self.index = 0
-        self._cache: dict[Path, Avatar] = {}
+        self._cache: "dict[Path, tuple[Avatar, PasteBack | None]]" = {}
 
-    def current(self) -> Avatar:
+    def _entry(self) -> "tuple[Avatar, PasteBack | None]":
         path = self.paths[self.index]
         if path not in self._cache:
-            self._cache[path] = self.engine.prepare_source(self.load(path))
+            image = self.load(path)
+            if not isinstance(image, AvatarImage):
+                image = AvatarImage(image)
+            self._cache[path] = (self.engine.prepare_source(image.input), image.paste)
         return self._cache[path]
+
+    def current(self) -> Avatar:
+        return self._entry()[0]
+
+    @property
+    def paste(self) -> "PasteBack | None":
+        """The current avatar's paste-back (None: crop output)."""
+        return self._entry()[1]
 
     def step(self, delta: int) -> None:
         """Move to the next / previous avatar (prepared when first used)."""
@@ -306,21 +338,33 @@ class LivePipeline:
             self._rendered.close()
 
     def _post(self, out: np.ndarray, item: Tracked, new: RegionParams) -> np.ndarray:
-        import cv2
+        """The animated crop -> the output frame: pasted back into the portrait, or the crop fitted
+        to the output size (+ the overlay)."""
         image = to_image(out)
-        if self.opt.output_size != self.size:
-            image = cv2.resize(image, (self.opt.output_size, self.opt.output_size), interpolation=cv2.INTER_CUBIC)
         if self.overlay:
-            image = self._draw_overlay(image, item, new)
+            image = self._draw_regions(image, new)
+        paste = self.avatars.paste
+        if paste is not None:
+            image = paste.apply(image)
+        else:
+            image = fit_square(image, self.opt.frame_size)
+        if self.overlay:
+            image = self._draw_overlay(image, item)
         return image
 
-    def _draw_overlay(self, image: np.ndarray, item: Tracked, new: RegionParams) -> np.ndarray:
+    @staticmethod
+    def _draw_regions(image: np.ndarray, new: RegionParams) -> np.ndarray:
         import cv2
         image = image.copy()
         s = image.shape[0]
         for x, y in new.shift[0]:
             cv2.circle(image, (int((x + 1) / 2 * (s - 1)), int((y + 1) / 2 * (s - 1))), max(2, s // 128),
                        (255, 64, 64), -1)
+        return image
+
+    def _draw_overlay(self, image: np.ndarray, item: Tracked) -> np.ndarray:
+        import cv2
+        s = min(image.shape[:2])
         if item.crop is not None:
             thumb = cv2.resize(item.crop, (s // 4, s // 4))
             image[-thumb.shape[0]:, :thumb.shape[1]] = thumb

@@ -71,7 +71,7 @@ class WebConfig:
     max_upload_mb: float = 200.0  # per uploaded file
     max_queue: int = 16  # jobs waiting (not counting the running one)
     keep_minutes: float = 60.0  # results are removed this long after they finished
-    live_size: int = 256  # side of the frames the webcam tab sends back
+    live_size: int = 512  # long side of the frames the webcam tab sends back
     max_live: int = 1  # webcam sessions at once
     batch_size: "int | None" = None  # None: mra-animate's default (4 on cpu, 16 on cuda)
     workdir: "Path | None" = None  # parent of the temporary folder (default: the system's)
@@ -149,7 +149,8 @@ class WebApp:
         e = self.engine
         return {"model": e.describe(), "frame_size": e.frame_size, "has_avd": bool(e.has_avd),
                 "modes": [m for m in MODES if m != "avd" or e.has_avd], "crops": list(CROPS),
-                "defaults": {"mode": AnimateOptions.mode, "crop": AnimateOptions.crop},
+                "defaults": {"mode": AnimateOptions.mode, "crop": AnimateOptions.crop,
+                             "paste_back": AnimateOptions.paste_back},
                 "max_upload_mb": self.config.max_upload_mb, "examples": examples(),
                 "live_size": self.config.live_size, "keep_minutes": self.config.keep_minutes}
 
@@ -161,7 +162,8 @@ class WebApp:
         if job.state == "done" and job.result is not None:
             r = job.result
             d.update(result_url=f"api/jobs/{job.id}/result", download_url=f"api/jobs/{job.id}/result?download=1",
-                     download_name=job.download_name, frames=r.frames, fps=float(r.fps), size=r.size,
+                     download_name=job.download_name, frames=r.frames, fps=float(r.fps), width=r.size.width,
+                     height=r.size.height,
                      has_audio=r.has_audio, seconds=round(r.seconds, 2))
         return d
 
@@ -170,6 +172,15 @@ class WebApp:
         folder = self.root / job_id
         folder.mkdir()
         return job_id, folder
+
+
+def _flag(value, default: bool) -> bool:
+    """A form field or JSON value as a boolean (``"1"``, ``"true"``, ``"on"``, True...; absent: ``default``)."""
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "on", "yes")
 
 
 def _json_error(message: str, status: int):
@@ -207,7 +218,8 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
                                                {"source": "source image", "driving": "driving video"})
             mode = fields.get("mode", AnimateOptions.mode)
             crop = fields.get("crop", AnimateOptions.crop)
-            options = AnimateOptions(mode=mode, crop=crop, batch_size=web.batch_size).validate()
+            options = AnimateOptions(mode=mode, crop=crop, batch_size=web.batch_size,
+                                     paste_back=_flag(fields.get("paste_back"), AnimateOptions.paste_back)).validate()
             source = files.get("source")
             if source is None:
                 name = fields.get("example", "")
@@ -315,7 +327,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
             try:
                 session = await run_in_threadpool(
                     LiveSession, web.engine, portrait, str(start.get("crop", "auto")), str(start.get("mode", "relative")),
-                    config.live_size, send_bytes, on_end)
+                    config.live_size, send_bytes, on_end, _flag(start.get("paste_back"), AnimateOptions.paste_back))
             finally:
                 with web.live_lock:
                     web.live.discard(placeholder)  # type: ignore[arg-type]
@@ -501,7 +513,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--keep-minutes", type=float, default=WebConfig.keep_minutes, metavar="MIN",
                    help=f"results are deleted this long after they finished (default {WebConfig.keep_minutes:g})")
     p.add_argument("--live-size", type=int, default=WebConfig.live_size, metavar="N",
-                   help=f"side of the webcam tab's animated frames (default {WebConfig.live_size})")
+                   help=f"long side of the webcam tab's animated frames (default {WebConfig.live_size})")
     p.add_argument("--max-live", type=int, default=WebConfig.max_live, metavar="N",
                    help=f"webcam sessions at once (default {WebConfig.max_live})")
     p.add_argument("--workdir", type=Path, metavar="DIR",

@@ -132,16 +132,20 @@ class LiveSession:
 
     The constructor prepares the avatar (so a portrait without a face fails here, with
     mra-animate's message); :meth:`start` runs the pipeline in a thread; :meth:`close` ends it.
+    ``output_size``: the long side of the frames sent back: the whole portrait with the animated
+    face pasted back (``paste_back`` and crop auto), else the square crop.
     """
 
     def __init__(self, engine, portrait: Path, crop: str, mode: str, output_size: int,
-                 send: Callable[[bytes], None], on_end: "Callable[[BaseException | None], None]" = lambda e: None):
+                 send: Callable[[bytes], None], on_end: "Callable[[BaseException | None], None]" = lambda e: None,
+                 paste_back: bool = True):
         import queue
 
         from . import media
-        from .animate import source_crop
+        from .animate import prepare_portrait
         from .face import FaceDetector, FaceTracker, TrackerSettings
-        from .pipeline import Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline, to_input
+        from .pasteback import capped_size
+        from .pipeline import AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline, to_input
 
         if crop not in CROPS:
             raise UserError(f"--crop must be auto or none, got {crop!r}")
@@ -151,9 +155,11 @@ class LiveSession:
             raise UserError("this model has no trained AVD network: use --mode relative or standard")
         self.detector = FaceDetector() if crop == "auto" else None
         try:
-            def load(path: Path) -> np.ndarray:
+            def load(path: Path) -> AvatarImage:
                 rgb = media.read_image(path)
-                return to_input(source_crop(rgb, engine.frame_size, crop, self.detector))  # mra-animate's wording
+                full = capped_size(rgb.shape[1], rgb.shape[0], output_size) if paste_back else False
+                src, paste = prepare_portrait(rgb, engine.frame_size, crop, self.detector, full)  # mra-animate's wording
+                return AvatarImage(to_input(src), paste)
 
             self.avatars = Avatars(engine, [portrait], load)
             self.avatars.current()  # the portrait is checked (and prepared) now

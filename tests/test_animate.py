@@ -19,6 +19,7 @@ from live import animate, media
 from live.animate import AnimateOptions, animate_file
 from live.default_model import default_checkpoint
 from live.face import FaceDetector
+from live.pasteback import FrameSize
 from mediagen import count_frames, make_video, pattern, read_frames, save_image, tone, truncate, unwritable_dir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +137,7 @@ def test_library_api_options_and_progress(files, engine, tmp_path):
     res = animate_file(engine, files / "source.png", files / "driving.mp4", tmp_path / "a.mp4",
                        AnimateOptions(crop="none", size=96, fps=12.5, mode="standard", batch_size=4),
                        progress=lambda done, total: calls.append((done, total)))
-    assert res.frames == 10 and res.fps == Fraction(25, 2) and res.size == 96 and res.has_audio
+    assert res.frames == 10 and res.fps == Fraction(25, 2) and res.size == FrameSize(96, 96) and res.has_audio
     assert [c[0] for c in calls] == [4, 8, 10] and all(t == 10 for _, t in calls)
     with av.open(str(tmp_path / "a.mp4")) as c:
         v = c.streams.video[0]
@@ -441,9 +442,71 @@ def test_crop_auto_on_real_portrait_and_clip(files, tmp_path, capfd):
             break
     short = make_video(tmp_path / "short.mp4", n=12, size=frames[0].shape[1::-1], frame_fn=lambda i: frames[i])
     code, out, err = cli(capfd, "--source", portrait, "--driving", short, "--output", tmp_path / "o.mp4",
-                         "--checkpoint", files / "tiny.pth", "--size", "128")
+                         "--checkpoint", files / "tiny.pth", "--output-size", "256")
     assert code == 0, err
     assert count_frames(tmp_path / "o.mp4") == 12
+    with av.open(str(tmp_path / "o.mp4")) as c:  # the whole portrait (564x729), long side capped at 256
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (198, 256)
+
+
+# ---------------------------------------------------------------------------------------------
+# Full-frame output: the animated face pasted back into the portrait
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """A drawn portrait (600x800) and a drawn talking clip (faces the detector finds)."""
+    from webgen import draw_face, talking
+    d = tmp_path_factory.mktemp("drawn")
+    save_image(d / "portrait.png", draw_face(1, 800, 600))
+    make_video(d / "talk.mp4", n=10, size=(160, 160), frame_fn=lambda i: talking(i, 10, seed=2, size=160))
+    return d
+
+
+def video_size(path):
+    with av.open(str(path)) as c:
+        return c.streams.video[0].width, c.streams.video[0].height
+
+
+@pytest.mark.parametrize("extra,expect", [
+    ((), (600, 800)),                               # the portrait's own resolution (under the 1280 cap)
+    (("--output-size", "400"), (300, 400)),          # long side capped
+    (("--output-size", "640x480"), (640, 480)),      # a frame, the portrait fitted in whole
+    (("--no-paste-back",), None),                    # the square crop, the model's size
+    (("--no-paste-back", "--size", "96"), (96, 96)),
+])
+def test_full_frame_output_sizes(files, drawn, tmp_path, capfd, extra, expect):
+    out = tmp_path / "o.mp4"
+    code, _, err = cli(capfd, "--source", drawn / "portrait.png", "--driving", drawn / "talk.mp4", "--output", out,
+                       "--checkpoint", files / "tiny.pth", *extra)
+    assert code == 0, err
+    size = nets.load_model(files / "tiny.pth").config.frame_size
+    assert video_size(out) == (expect or (size, size))
+    assert count_frames(out) == 10
+
+
+def test_full_frame_keeps_the_portrait_outside_the_face(files, drawn, engine, tmp_path):
+    """Pixels far from the face are the portrait's own (sharp, unchanged); the face region is animated."""
+    res = animate_file(engine, drawn / "portrait.png", drawn / "talk.mp4", tmp_path / "frames", AnimateOptions())
+    assert res.size == FrameSize(600, 800)
+    frames = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "frames").iterdir())]
+    portrait = np.asarray(Image.open(drawn / "portrait.png"))
+    diff = np.abs(frames[3].astype(int) - portrait.astype(int)).mean(-1)
+    box = animate.source_box(portrait)
+    x0, y0, x1, y1 = (int(round(v)) for v in box.box)
+    outside = np.ones(diff.shape, bool)
+    outside[y0:y1, x0:x1] = False
+    assert outside.sum() > 0.2 * outside.size and diff[outside].max() == 0  # the portrait itself, pixel for pixel
+    assert diff[y0 + 100:y1 - 100, x0 + 100:x1 - 100].mean() > 3  # the face: the (untrained) model's output
+
+
+def test_size_with_paste_back_is_explained(files, drawn, tmp_path, capfd):
+    code, _, err = cli(capfd, "--source", drawn / "portrait.png", "--driving", drawn / "talk.mp4", "--output",
+                       tmp_path / "o.mp4", "--checkpoint", files / "tiny.pth", "--size", "96")
+    assert_one_error_line(code, err, "--output-size", "--no-paste-back")
+    code, _, err = cli(capfd, "--source", drawn / "portrait.png", "--driving", drawn / "talk.mp4", "--output",
+                       tmp_path / "o.mp4", "--checkpoint", files / "tiny.pth", "--output-size", "1280x")
+    assert_one_error_line(code, err, "--output-size")
 
 
 # ---------------------------------------------------------------------------------------------

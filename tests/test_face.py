@@ -133,6 +133,7 @@ def test_no_face_in_generated_images(detector, capfd):
     assert capfd.readouterr().err == ""  # mediapipe's start-up chatter is silenced
 
 
+@pytest.mark.shared
 def test_faces_in_real_portraits(detector):
     folder = shared_path("data", "faces", "portraits")
     files = sorted(folder.glob("*.jpg"))
@@ -185,3 +186,82 @@ def test_tracker_recovers_after_face_leaves_video(tmp_path, detector):
     crops = [t.update(f.rgb) for f in media.VideoReader(clip)]
     assert crops[0].cx < 320 and crops[10] == crops[4] and t.lost is False
     assert crops[-1].cx > 400 and math.isclose(crops[-1].cx, crops[-2].cx, abs_tol=20)
+
+
+# ---------------------------------------------------------------------------------------------
+# Close faces: the short-range model first, the full-range one as the fallback
+# ---------------------------------------------------------------------------------------------
+
+def tight_crop(rgb, face, fraction):
+    """A square cut of ``rgb`` around ``face`` whose side is ``face.size / fraction`` (edge-padded)."""
+    side = face.size / fraction
+    return crop_resize(rgb, CropBox(face.center[0], face.center[1], side), int(round(side)))
+
+
+def test_close_up_drawn_faces_are_found_where_the_full_range_model_alone_misses_some():
+    from webgen import draw_face
+    full = FaceDetector(ranges=("full",))
+    detector = FaceDetector()
+    missed_by_full = 0
+    for seed in range(4):
+        rgb = draw_face(seed, 512)
+        face = detector.detect(rgb)[0]
+        for fraction in (0.7, 0.8, 0.9, 1.1):  # the face box covers 70 % .. all of the picture
+            close = tight_crop(rgb, face, fraction)
+            found = detector.detect(close)
+            assert found, f"drawn face {seed} at {fraction:.0%} of the side: not found"
+            h, w = close.shape[:2]
+            f = found[0]
+            assert abs(f.center[0] - w / 2) < 0.15 * w and abs(f.center[1] - h / 2) < 0.15 * h
+            assert f.size > 0.6 * min(w, h)
+            missed_by_full += not full.detect(close)
+    assert detector.found_by["short"] >= 16 and missed_by_full >= 1  # why the short-range model goes first
+    full.close()
+    detector.close()
+
+
+def test_a_distant_face_falls_back_to_the_full_range_model():
+    from webgen import draw_face
+    frame = np.full((720, 1280, 3), 120, np.uint8)
+    frame[200:400, 600:800] = draw_face(1, 200)  # a small face in a wide frame: beyond the short range
+    short = FaceDetector(ranges=("short",))
+    detector = FaceDetector()
+    assert short.detect(frame) == []
+    faces = detector.detect(frame)
+    assert faces and detector.found_by == {"short": 0, "full": 1}
+    assert 600 <= faces[0].center[0] <= 800 and 200 <= faces[0].center[1] <= 400
+    tracker = FaceTracker(detector)  # the tracker is the same whichever model found the face
+    crop = tracker.update(frame)
+    assert crop is not None and 600 < crop.cx < 800
+    short.close()
+    detector.close()
+
+
+def test_short_range_boxes_are_framed_like_full_range_ones(detector):
+    """Crops keep the framing measured with the full-range model (CropSettings), whichever model finds the face."""
+    from webgen import draw_face
+    full = FaceDetector(ranges=("full",))
+    for seed in range(3):
+        rgb = draw_face(seed, 400, 520)
+        a, b = detector.detect(rgb)[0], full.detect(rgb)[0]
+        assert abs(a.size / b.size - 1) < 0.1 and abs(a.center[1] - b.center[1]) < 0.06 * b.size
+    full.close()
+
+
+@pytest.mark.shared
+def test_tight_crops_of_real_portraits():
+    """Faces covering 70-90 % of the picture (a webcam user close to the camera, a close-up portrait)."""
+    folder = shared_path("data", "faces", "portraits")
+    files = sorted(folder.glob("*.jpg"))
+    assert files
+    detector = FaceDetector()
+    for f in files:
+        rgb = media.read_image(f)
+        face = detector.detect(rgb)[0]
+        for fraction in (0.7, 0.8, 0.9):
+            close = tight_crop(rgb, face, fraction)
+            found = detector.detect(close)
+            assert found, f"{f.name} at {fraction:.0%}: no face"
+            h, w = close.shape[:2]
+            assert abs(found[0].center[0] - w / 2) < 0.15 * w and found[0].size > 0.6 * min(w, h)
+    detector.close()

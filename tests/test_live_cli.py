@@ -1,5 +1,6 @@
 """mra-live end to end: a generated video as the camera, file sink, stats; clear failures."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,8 +42,15 @@ def assets(tmp_path_factory):
 
 
 def run_cli(*args):
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENCV_LOG_LEVEL", "MRA_DEBUG")}  # the user's view
     return subprocess.run([sys.executable, "-m", "live.live", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, env=env)
+
+
+def assert_no_native_noise(stderr):
+    """Only mra-live's own lines: no OpenCV / TFLite log lines such as ``[ERROR:0@0.013] global ...``."""
+    for line in stderr.splitlines():
+        assert not line.lstrip("\r").startswith(("[", "W0", "I0", "E0", "INFO:", "WARNING:")), stderr
 
 
 def test_whole_loop_video_camera_to_file(assets, tmp_path):
@@ -106,6 +114,46 @@ def test_failures_are_one_line_errors(assets, args, needle):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and needle in last, r.stderr
     assert "Traceback" not in r.stderr
+    assert_no_native_noise(r.stderr)
+
+
+def test_first_run_without_source_uses_the_bundled_portrait_and_no_camera_is_one_clear_line(assets):
+    """`mra-live` alone: the example portrait (said so), then, on this camera-less machine, one error line
+    and none of OpenCV's own ("[ERROR:0@0.013] global obsensor_uvc_stream_channel.cpp:158 ...")."""
+    d, ckpt, src, cam = assets
+    r = run_cli("--checkpoint", ckpt, "--backend", "torch", "--camera", "5", "--output", d / "first.mp4")
+    assert r.returncode == 2, r.stderr
+    assert "bundled example portrait" in r.stderr and "--source" in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: no camera at index 5")
+    assert_no_native_noise(r.stderr)
+    assert not (d / "first.mp4").exists()
+
+
+@pytest.fixture(scope="module")
+def drawn(tmp_path_factory):
+    """A drawn portrait (600x800) and a drawn talking clip as the camera (faces the detector finds)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from mediagen import make_video, save_image
+    from webgen import draw_face, talking
+    d = tmp_path_factory.mktemp("drawn")
+    save_image(d / "portrait.png", draw_face(1, 800, 600))
+    make_video(d / "talk.mp4", n=40, size=(160, 160), frame_fn=lambda i: talking(i, 40, seed=2, size=160))
+    return d
+
+
+@pytest.mark.parametrize("extra,expect", [((), (1280, 720)), (("--output-size", "640x480"), (640, 480)),
+                                          (("--no-paste-back",), (512, 512))])
+def test_full_frame_output_by_default(assets, drawn, tmp_path, extra, expect):
+    d, ckpt, src, cam = assets
+    out = tmp_path / "o.mp4"
+    stats = tmp_path / "s.json"
+    r = run_cli("--source", drawn / "portrait.png", "--camera", drawn / "talk.mp4", "--checkpoint", ckpt,
+                "--backend", "torch", "--output", out, "--max-frames", 5, "--stats", stats, "--quiet", *extra)
+    assert r.returncode == 0, r.stderr
+    import av
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == expect
+    assert "post" in json.loads(stats.read_text())["stages"]
 
 
 def test_source_without_face_under_crop_auto(assets, tmp_path):

@@ -199,3 +199,30 @@ def test_avd_mode_without_avd_network_falls_back_with_a_note(engine, monkeypatch
     pipe, _ = make_pipeline(engine, IteratorSource(moving_frames(10), fps=60), mode="avd", max_frames=2)
     assert pipe.mode == "relative" and "avd" not in pipe.modes
     assert any("no AVD network" in e for e in pipe.stats.events)
+
+
+def test_pipeline_pastes_back_into_each_avatars_portrait(engine):
+    """Full-frame output: each avatar's animated crop goes back into its own portrait, in the output frame."""
+    from live.face import CropBox
+    from live.pasteback import FrameSize, PasteBack
+    from live.pipeline import AvatarImage
+
+    src = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+    portraits = {"a.png": np.full((200, 150, 3), 30, np.uint8), "b.png": np.full((150, 200, 3), 220, np.uint8)}
+    out = FrameSize(320, 180)
+
+    def load(p):
+        return AvatarImage(src, PasteBack.prepare(portraits[p.name], CropBox(75, 75, 60) if p.name == "a.png"
+                                                  else CropBox(100, 75, 60), out))
+    avatars = Avatars(engine, [Path("a.png"), Path("b.png")], load)
+    sink = ListSink()
+    pipe = LivePipeline(engine, IteratorSource(moving_frames(400), fps=60), CenterCropper(), avatars, [sink],
+                        LiveOptions(output_size=out, max_frames=30))
+    threading.Timer(0.8, lambda: pipe.commands.put("n")).start()
+    stats = pipe.run()
+    assert stats.frames_out == 30 and all(f.shape == (180, 320, 3) for f in sink.frames)
+    first, last = sink.frames[0], sink.frames[-1]
+    assert (first[150, 110] == 30).all()  # the dark portrait itself, outside the face's box
+    assert (last[5, 160] == 220).all()  # the light one after "n"
+    assert (first[:, :40] < 30).all()  # around the contained portrait: its blurred, dimmed fill
+    assert "post" in stats.snapshot()["stages"]

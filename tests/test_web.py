@@ -25,6 +25,7 @@ import nets  # noqa: E402
 from live import animate  # noqa: E402
 from live.animate import load_engine  # noqa: E402
 from live.web import BackgroundServer, JobQueue, WebConfig, is_loopback, safe_name  # noqa: E402
+from live.pasteback import FrameSize  # noqa: E402
 from mediagen import count_frames, make_video, pattern, save_image, tone, truncate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,8 @@ def cli_error(capfd, tmp: Path, source: str, driving: str, ckpt: Path, crop: str
 def test_generate_and_download(server, files):
     with client(server) as c:
         info = c.get("api/info").json()
-        assert info["frame_size"] == 64 and info["defaults"] == {"mode": "relative", "crop": "auto"}
+        assert info["frame_size"] == 64 and info["defaults"] == {"mode": "relative", "crop": "auto",
+                                                                 "paste_back": True}
         assert len(info["examples"]) >= 2
         r = post_job(c, files / "face.png", files / "clip.mp4")
         assert r.status_code == 200, r.text
@@ -121,6 +123,11 @@ def test_example_portrait_and_crop_auto(server, files):
         assert r.status_code == 200, r.text
         j = wait_job(c, r.json()["id"])
         assert j["state"] == "done" and j["frames"] == 8 and not j["has_audio"], j
+        assert (j["width"], j["height"]) == (256, 256)  # the whole portrait, the face pasted back (the default)
+        r = c.post("api/jobs", data={"example": "drawn-1", "crop": "auto", "mode": "standard", "paste_back": "0"},
+                   files={"driving": ("talk.mp4", clip.read_bytes())})
+        j = wait_job(c, r.json()["id"])
+        assert j["state"] == "done" and (j["width"], j["height"]) == (64, 64), j  # the page's box unticked: the crop
 
 
 def test_several_jobs_at_once_queue_in_order_and_all_finish(server, files):
@@ -193,7 +200,8 @@ def test_queue_unit_positions_cancel_and_expiry(tmp_path):
         if job.id == "bug":
             raise ZeroDivisionError("a bug")
         progress(3, 3)
-        return animate.AnimateResult(output=job.output, kind="mp4", frames=3, fps=25, size=64, has_audio=False,
+        return animate.AnimateResult(output=job.output, kind="mp4", frames=3, fps=25, size=FrameSize(64, 64),
+                                     has_audio=False,
                                      seconds=0.1)
 
     logs = []
@@ -394,7 +402,7 @@ def test_live_socket_round_trip(server, files):
         ws.send(json.dumps({"type": "start", "upload": "face.png", "crop": "none", "mode": "relative"}))
         ws.send((files / "face.png").read_bytes())
         ready = json.loads(ws.recv(timeout=30))
-        assert ready["type"] == "ready" and ready["size"] == 256
+        assert ready["type"] == "ready" and ready["size"] == 512
         got, stats = [], None
         for i in range(1, 31):
             ws.send(struct.pack("<I", i) + _jpeg(pattern(160, 120, i / 30)))
@@ -425,7 +433,7 @@ def test_live_socket_round_trip(server, files):
     assert ids == sorted(ids) and all(1 <= i <= 30 for i in ids)  # each frame says which camera frame it came from
     import cv2
     img = cv2.imdecode(np.frombuffer(got[-1][4:], np.uint8), cv2.IMREAD_COLOR)
-    assert img.shape == (256, 256, 3)
+    assert img.shape == (512, 512, 3)
     assert final is not None and final["frames_out"] >= len(got) and final["frames_in"] == 30
     assert {"regions", "animate"} <= set(final["stages_ms"])
     deadline = time.monotonic() + 5

@@ -4,6 +4,7 @@ The faces are simple shapes (no photo, no third-party material) that mediapipe's
 still finds. Regenerate the bundled examples with
 
     python -m tests.webgen examples live/web_static/examples
+    python -m tests.webgen portrait live/assets/example-portrait.png   # mra-live's first-run portrait
 """
 from __future__ import annotations
 
@@ -94,10 +95,18 @@ def write_examples(folder: Path, n: int = 3, size: int = 256) -> list[Path]:
     return out
 
 
+def write_portrait(path: Path, seed: int = 2, height: int = 640, width: int = 512) -> Path:
+    """mra-live's bundled example portrait: a drawn head and shoulders in portrait orientation."""
+    Image.fromarray(draw_face(seed, height, width)).save(path, optimize=True)
+    return path
+
+
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "examples":
         for p in write_examples(Path(sys.argv[2])):
             print(p)
+    elif len(sys.argv) == 3 and sys.argv[1] == "portrait":
+        print(write_portrait(Path(sys.argv[2])))
     else:
         print("usage: python -m tests.webgen examples FOLDER", file=sys.stderr)
         sys.exit(2)

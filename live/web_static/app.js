@@ -51,6 +51,7 @@ async function loadInfo() {
     $("model").textContent = `model: ${info.model} · uploads up to ${info.max_upload_mb} MB · results kept ${info.keep_minutes} min`;
     fillModes($("mode"), info); fillModes($("live-mode"), info);
     $("crop").value = info.defaults.crop; $("live-crop").value = info.defaults.crop;
+    $("paste-back").checked = info.defaults.paste_back; $("live-paste-back").checked = info.defaults.paste_back;
     const box = $("examples");
     for (const name of info.examples) {
       const b = document.createElement("button");
@@ -119,7 +120,7 @@ $("record").addEventListener("click", toggleRecord);
 function describe(j) {
   if (j.state === "queued") return `Waiting in the queue: place ${j.position} (${j.ahead} job${j.ahead === 1 ? "" : "s"} ahead of yours)`;
   if (j.state === "running") return j.total ? `Animating: ${j.done} / ${j.total} frames` : `Animating: ${j.done} frames`;
-  if (j.state === "done") return `Done: ${j.frames} frames, ${j.size}×${j.size}, ${j.fps.toFixed(2)} fps${j.has_audio ? ", with the driving video's audio" : ""}, in ${j.seconds} s`;
+  if (j.state === "done") return `Done: ${j.frames} frames, ${j.width}×${j.height}, ${j.fps.toFixed(2)} fps${j.has_audio ? ", with the driving video's audio" : ""}, in ${j.seconds} s`;
   if (j.state === "cancelled") return "Cancelled";
   return "";
 }
@@ -162,6 +163,7 @@ async function generate() {
   const form = new FormData();
   form.append("mode", $("mode").value);
   form.append("crop", $("crop").value);
+  form.append("paste_back", $("paste-back").checked ? "1" : "0");
   if (state.sourceFile) form.append("source", state.sourceFile, state.sourceFile.name);
   else form.append("example", state.example);
   form.append("driving", state.drivingFile, state.drivingFile.name);
@@ -246,7 +248,7 @@ async function showFrame(buf) {
   const id = new DataView(buf).getUint32(0, true);
   const bmp = await createImageBitmap(new Blob([buf.slice(4)], { type: "image/jpeg" }));
   const c = $("live-output");
-  if (c.width !== bmp.width) { c.width = bmp.width; c.height = bmp.height; }
+  if (c.width !== bmp.width || c.height !== bmp.height) { c.width = bmp.width; c.height = bmp.height; }
   c.getContext("2d").drawImage(bmp, 0, 0);
   bmp.close();
   const now = performance.now();
@@ -294,7 +296,8 @@ async function liveStart() {
   live.ws = ws;
   $("live-stats").dataset.state = "starting"; $("live-stats").textContent = "starting…";
   ws.onopen = async () => {
-    const start = { type: "start", mode: $("live-mode").value, crop: $("live-crop").value };
+    const start = { type: "start", mode: $("live-mode").value, crop: $("live-crop").value,
+                    paste_back: $("live-paste-back").checked };
     if (state.sourceFile) {
       start.upload = state.sourceFile.name;
       ws.send(JSON.stringify(start));
