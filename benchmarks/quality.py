@@ -41,7 +41,8 @@ none`` a plain resize for prepared square crops), and every transfer is the engi
      head turns change the projected shape too (compare models on the same pairs, not absolute
      values); it says nothing about texture (the contact sheet does).
 
-``--sheet PATH``: a contact sheet (per clip: driving frames and the outputs of each mode; per
+``--sheet PATH``: a contact sheet (per clip: driving frames, the outputs of each mode, and the
+identity-motion output with its error to the portrait, amplified 4x; per
 cross pair: portrait, driving frames, outputs; ``--sheet-frames`` evenly spaced frames).
 ``--json PATH``: every number (the dataclasses below, as JSON). Timings are not measured here.
 """
@@ -236,11 +237,22 @@ def summarise(mode: str, scores: Sequence[ClipScore]) -> ModeSummary:
                        mean_akd_still=mt.mean_or_none([s.akd_still for s in scores]))
 
 
-def identity_score(engine, avatar, frame: np.ndarray, clip: str) -> tuple[IdentityScore, np.ndarray]:
-    """The portrait animated by its own regions (identity motion) against the portrait."""
-    out = to_frames(engine.animate(avatar, avatar.regions))[0]
-    border, inner = mt.border_l1(as_float(out), as_float(frame), BORDER)
-    return IdentityScore(clip=clip, l1=mt.l1(as_float(out), as_float(frame)), l1_border=border, l1_inner=inner), out
+def identity_motion(engine, avatar) -> np.ndarray:
+    """The portrait animated by its own regions (``model.animate(src, r, r)``): uint8 ``(S, S, 3)``."""
+    return to_frames(engine.animate(avatar, avatar.regions))[0]
+
+
+def amplified_error(output: np.ndarray, frame: np.ndarray, gain: float = 4) -> np.ndarray:
+    """``|output - frame| * gain`` as a uint8 image (for the contact sheet)."""
+    d = np.abs(output.astype(np.int16) - frame.astype(np.int16)) * gain
+    return np.clip(d, 0, 255).astype(np.uint8)
+
+
+def identity_score(output: np.ndarray, frame: np.ndarray, clip: str) -> IdentityScore:
+    """Identity motion's output against the portrait."""
+    a, b = as_float(output), as_float(frame)
+    border, inner = mt.border_l1(a, b, BORDER)
+    return IdentityScore(clip=clip, l1=mt.l1(a, b), l1_border=border, l1_inner=inner)
 
 
 def first_row(r: RegionParams) -> RegionParams:
@@ -317,12 +329,14 @@ def self_reenactment(path: Path, engine, mesh: FaceMesh, opt: Options, detector=
     if first is None:
         raise UserError(f"{path} has no frames")
     avatar = engine.prepare_source(to_batch([first]))
-    identity, _ = identity_score(engine, avatar, first, path.name)
+    same = identity_motion(engine, avatar)
+    identity = identity_score(same, first, path.name)
     lm_first = mesh(first)
     f_first = as_float(first)
     still, tallies = Tally(), {m: Tally() for m in opt.modes}
-    block = sh.Block(f"{path.name}: self-reenactment", [sh.Strip("driving")] + [sh.Strip(m) for m in opt.modes]) \
-        if opt.sheet else None
+    block = sh.Block(f"{path.name}: self-reenactment; identity motion (the first frame driving itself)",
+                     [sh.Strip("driving")] + [sh.Strip(m) for m in opt.modes] + [sh.Strip("identity, |error| x4", [sh.thumbnail(same), sh.thumbnail(amplified_error(same, first))])]
+                     ) if opt.sheet else None
     regions: list[RegionParams] = []
     landmarks: list[Optional[np.ndarray]] = []
     initial: Optional[RegionParams] = None

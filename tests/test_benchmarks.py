@@ -276,9 +276,9 @@ def test_quality_per_clip_table_means_sheet_and_json(tmp_path, capsys):
     assert rep["cross_summary"]["pairs"] == 2 and all(c["frames"] == 7 for c in rep["cross"])
     for table in ("Identity fidelity", "Cross-identity (relative), 2 pair(s)", "c0.mp4[0]"):
         assert table in printed
-    # the sheet: 2 clip blocks (driving + 3 modes) and 2 pair blocks (portrait, driving, output), 4 frames a row
+    # the sheet: 2 clip blocks (driving, 3 modes, identity) and 2 pair blocks (portrait, driving, output), 4 frames a row
     sheet = Image.open(out_png)
-    assert sheet.size == (sh.LABEL_W + 4 * sh.THUMB, 2 * (sh.TITLE_H + 4 * sh.THUMB + sh.PAD)
+    assert sheet.size == (sh.LABEL_W + 4 * sh.THUMB, 2 * (sh.TITLE_H + 5 * sh.THUMB + sh.PAD)
                           + 2 * (sh.TITLE_H + 3 * sh.THUMB + sh.PAD))
     assert rep["sheet"] == str(out_png)
 
@@ -301,9 +301,9 @@ def test_quality_identity_fidelity_measures_the_border():
             out[..., :2, :] = out[..., -2:, :] = out[..., :, :2] = out[..., :, -2:] = 0
             return out
 
-    exact, _ = quality.identity_score(Exact(), avatar, frame, "a")
+    exact = quality.identity_score(quality.identity_motion(Exact(), avatar), frame, "a")
     assert exact.l1 == exact.l1_border == exact.l1_inner == 0
-    dark, _ = quality.identity_score(DarkBorder(), avatar, frame, "a")
+    dark = quality.identity_score(quality.identity_motion(DarkBorder(), avatar), frame, "a")
     ring = np.ones((64, 64), bool)
     ring[2:-2, 2:-2] = False
     assert dark.l1 == pytest.approx((frame[ring] / 255).sum() / (64 * 64 * 3), abs=1e-3)
