@@ -334,9 +334,11 @@ def self_reenactment(path: Path, engine, mesh: FaceMesh, opt: Options, detector=
     lm_first = mesh(first)
     f_first = as_float(first)
     still, tallies = Tally(), {m: Tally() for m in opt.modes}
-    block = sh.Block(f"{path.name}: self-reenactment; identity motion (the first frame driving itself)",
-                     [sh.Strip("driving")] + [sh.Strip(m) for m in opt.modes] + [sh.Strip("identity, |error| x4", [sh.thumbnail(same), sh.thumbnail(amplified_error(same, first))])]
-                     ) if opt.sheet else None
+    block = None
+    if opt.sheet:
+        same_row = sh.Strip("identity,\nerror x4", [sh.thumbnail(same), sh.thumbnail(amplified_error(same, first))])
+        block = sh.Block(f"{path.name}: self-reenactment; identity motion (the first frame driving itself)",
+                         [sh.Strip("driving")] + [sh.Strip(m) for m in opt.modes] + [same_row])
     regions: list[RegionParams] = []
     landmarks: list[Optional[np.ndarray]] = []
     initial: Optional[RegionParams] = None

@@ -276,7 +276,7 @@ def test_quality_per_clip_table_means_sheet_and_json(tmp_path, capsys):
     assert rep["cross_summary"]["pairs"] == 2 and all(c["frames"] == 7 for c in rep["cross"])
     for table in ("Identity fidelity", "Cross-identity (relative), 2 pair(s)", "c0.mp4[0]"):
         assert table in printed
-    # the sheet: 2 clip blocks (driving, 3 modes, identity) and 2 pair blocks (portrait, driving, output), 4 frames a row
+    # the sheet: 2 clip blocks (driving, 3 modes, identity), 2 pair blocks (portrait, driving, output), 4 frames a row
     sheet = Image.open(out_png)
     assert sheet.size == (sh.LABEL_W + 4 * sh.THUMB, 2 * (sh.TITLE_H + 5 * sh.THUMB + sh.PAD)
                           + 2 * (sh.TITLE_H + 3 * sh.THUMB + sh.PAD))
