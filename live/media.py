@@ -721,10 +721,11 @@ class GifWriter(_AvWriter):
 
 
 def open_writer(spec: "OutputSpec | str | os.PathLike", fps: Fraction, size: "int | tuple[int, int]",
-                audio_from: "Path | None" = None, audio_start: float = 0.0, crf: int = 18) -> FrameWriter:
+                audio_from: "Path | None" = None, audio_start: float = 0.0, crf: int = 18,
+                preset: str = "medium") -> FrameWriter:
     """A writer for a validated output; ``audio_from`` (mp4 only): a video whose audio is carried
     over, aligned so that its time ``audio_start`` (s) falls on the first output frame; ``crf``:
-    H.264 quality (lower is better and larger)."""
+    H.264 quality (lower is better and larger); ``preset``: x264's speed / size trade-off."""
     if not isinstance(spec, OutputSpec):
         spec = check_output(spec)
     size = (size, size) if isinstance(size, int) else tuple(size)
@@ -733,7 +734,7 @@ def open_writer(spec: "OutputSpec | str | os.PathLike", fps: Fraction, size: "in
         raise UserError(f"frame rate {float(fps):g} is out of range; use --fps between 1 and {MAX_FPS}")
     try:
         if spec.kind == "mp4":
-            return Mp4Writer(spec, fps, size, audio_from=audio_from, audio_start=audio_start, crf=crf)
+            return Mp4Writer(spec, fps, size, audio_from=audio_from, audio_start=audio_start, crf=crf, preset=preset)
         if spec.kind == "gif":
             return GifWriter(spec, fps, size)
         return PngDirWriter(spec, fps, size)

@@ -148,3 +148,10 @@ def test_paste_back_costs_at_most_3_ms_at_720p_on_one_thread():
     finally:
         cv2.setNumThreads(threads)
     assert min(medians) <= 3.0, medians
+
+
+def test_benchmark_runs(capsys):
+    from benchmarks.pasteback import main
+    assert main(["--frames", "3", "--sizes", "640x480"]) == 0
+    out = capsys.readouterr().out
+    assert "| 640x480 |" in out and "example-portrait.png 600x840" in out

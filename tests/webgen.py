@@ -95,9 +95,28 @@ def write_examples(folder: Path, n: int = 3, size: int = 256) -> list[Path]:
     return out
 
 
-def write_portrait(path: Path, seed: int = 2, height: int = 640, width: int = 512) -> Path:
-    """mra-live's bundled example portrait: a drawn head and shoulders in portrait orientation."""
-    Image.fromarray(draw_face(seed, height, width)).save(path, optimize=True)
+def draw_portrait(seed: int = 2) -> np.ndarray:
+    """A drawn portrait photo ``(840, 600, 3)`` uint8: head and shoulders in a room (a window, a
+    picture on the wall), the face well inside the picture, as in most portrait photos."""
+    face = draw_face(seed, 480, 400)
+    img = Image.fromarray(np.pad(face, ((120, 240), (100, 100), (0, 0)), mode="edge"))  # wall above, torso below
+    d = ImageDraw.Draw(img)
+    wall = BACKGROUND[seed % len(BACKGROUND)]
+    d.rectangle([18, 50, 150, 330], fill=(235, 235, 225))                      # window frame
+    d.rectangle([28, 60, 140, 320], fill=(170, 205, 235))                      # sky
+    d.line([84, 60, 84, 320], fill=(235, 235, 225), width=6)
+    d.line([28, 190, 140, 190], fill=(235, 235, 225), width=6)
+    d.rectangle([465, 90, 575, 230], fill=(110, 80, 50))                       # picture frame
+    d.rectangle([475, 100, 565, 220], fill=(90, 140, 90))
+    d.polygon([(475, 220), (515, 150), (545, 190), (565, 170), (565, 220)], fill=(60, 90, 60))
+    d.rectangle([0, 560, 600, 566], fill=tuple(int(c * 0.8) for c in wall))  # a rail behind the shoulders
+    img.paste(Image.fromarray(face[260:]), (100, 380))  # the shoulders in front of the rail
+    return np.asarray(img.filter(ImageFilter.GaussianBlur(0.6)))
+
+
+def write_portrait(path: Path, seed: int = 2) -> Path:
+    """mra-live's bundled example portrait (:func:`draw_portrait`)."""
+    Image.fromarray(draw_portrait(seed)).save(path, optimize=True)
     return path
 
 
