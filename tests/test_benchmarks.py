@@ -283,6 +283,32 @@ def test_quality_per_clip_table_means_sheet_and_json(tmp_path, capsys):
     assert rep["sheet"] == str(out_png)
 
 
+def test_quality_relative_mode_is_what_mra_animate_writes(tmp_path):
+    """The protocol's command, mra-animate --source first.png --driving clip.mp4 --crop none, gives the same L1."""
+    pytest.importorskip("mediapipe")
+    from PIL import Image
+
+    from live.animate import AnimateOptions, animate_file, load_engine
+    from mediagen import read_frames, save_image
+
+    clip = _talking_clips(tmp_path / "clips", n_clips=1, frames=6)["c0.mp4"]
+    real = read_frames(clip)
+    save_image(tmp_path / "first.png", real[0])
+    torch.manual_seed(1)
+    ckpt = tmp_path / "tiny.pth"
+    nets.save_model(nets.build_model("tiny"), ckpt)
+    engine = load_engine(ckpt, backend="torch")
+    animate_file(engine, tmp_path / "first.png", clip, tmp_path / "out", AnimateOptions(crop="none", batch_size=4))
+    written = [np.asarray(Image.open(p).convert("RGB")) for p in sorted((tmp_path / "out").glob("*.png"))]
+    assert len(written) == len(real) == 6
+    expected = np.mean([np.abs(o / 255 - r / 255).mean() for o, r in zip(written, real)])
+    out = tmp_path / "q.json"
+    assert run_cli(quality.main, ["--videos", str(clip), "--checkpoint", str(ckpt), "--crop", "none", "--modes",
+                                  "relative", "--batch", "3", "--json", str(out)]) == 0
+    got = json.loads(out.read_text())["per_clip"][0]["l1"]
+    assert got == pytest.approx(expected, abs=1e-5)  # the same frames (batches of 3 vs 4: float rounding aside)
+
+
 def test_quality_identity_fidelity_measures_the_border():
     from export.engine import Avatar, RegionParams
 
