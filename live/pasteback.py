@@ -31,10 +31,17 @@ from nets.errors import UserError
 
 from .face import CropBox
 
-# feathered mask, in units of the crop side: fully the animation inside, fully the portrait
-# within FEATHER_START of the crop's border, a smooth ramp in between
+# feathered mask, in units of the crop side. The animation is used fully over the head (a disc of
+# radius FACE_INNER around the face's centre, which lies FACE_DROP below the crop's: CropSettings
+# frames the face 0.08 face sides below the centre, the crop being 1.75 face sides), fading out
+# to FACE_OUTER; the crop's corners and background come from the still portrait, so what the
+# model's background motion moves there (window frames, edges) does not show twice. A rectangular
+# ramp from FEATHER_START to FEATHER_END of the border makes the weight 0 at the crop's border.
+FACE_DROP = 0.08 / 1.75
+FACE_INNER = 0.38
+FACE_OUTER = 0.52
 FEATHER_START = 0.02
-FEATHER_END = 0.12
+FEATHER_END = 0.10
 FILL_DIM = 0.6  # brightness of the blurred fill around a contained portrait
 MIN_SIDE, MAX_SIDE = 64, 4096
 
@@ -131,25 +138,20 @@ def _ramp(u: np.ndarray, start: float, end: float) -> np.ndarray:
     return t * t * (3.0 - 2.0 * t)
 
 
-def feather_mask(box: tuple[float, float, float, float], roi: tuple[int, int, int, int],
-                 open_sides: tuple[bool, bool, bool, bool] = (False, False, False, False),
-                 start: float = FEATHER_START, end: float = FEATHER_END) -> np.ndarray:
+def feather_mask(box: tuple[float, float, float, float], roi: tuple[int, int, int, int]) -> np.ndarray:
     """The blend weight of the animated crop over the pixels of ``roi`` ``(x, y, w, h)``: ``(h, w)``
-    float32 in [0, 1], 1 in the middle of ``box`` (the crop in output pixels), falling smoothly to 0
-    towards its border. ``open_sides`` (left, top, right, bottom): sides where the crop touches the
-    portrait's own edge, not feathered (there is no portrait beyond them to blend into)."""
+    float32 in [0, 1], 1 over the face in the middle of ``box`` (the crop in output pixels), falling
+    smoothly to 0 towards the crop's corners and border (see the constants above)."""
     x0, y0, x1, y1 = box
     rx, ry, rw, rh = roi
     u = (rx + np.arange(rw) + 0.5 - x0) / max(x1 - x0, 1e-6)  # crop-relative coordinates of pixel centres
     v = (ry + np.arange(rh) + 0.5 - y0) / max(y1 - y0, 1e-6)
-    left, top, right, bottom = open_sides
 
-    def axis(t: np.ndarray, lo_open: bool, hi_open: bool) -> np.ndarray:
-        a = np.ones_like(t) if lo_open else _ramp(t, start, end)
-        b = np.ones_like(t) if hi_open else _ramp(1.0 - t, start, end)
-        inside = (t >= 0.0) & (t <= 1.0)
-        return a * b * inside
-    return np.ascontiguousarray(np.outer(axis(v, top, bottom), axis(u, left, right)), dtype=np.float32)
+    def border(t: np.ndarray) -> np.ndarray:
+        return _ramp(t, FEATHER_START, FEATHER_END) * _ramp(1.0 - t, FEATHER_START, FEATHER_END) * ((t >= 0) & (t <= 1))
+    r = np.hypot(u[None, :] - 0.5, v[:, None] - 0.5 - FACE_DROP)
+    disc = 1.0 - _ramp(r, FACE_INNER, FACE_OUTER)
+    return np.ascontiguousarray(disc * np.outer(border(v), border(u)), dtype=np.float32)
 
 
 @dataclass
@@ -197,9 +199,7 @@ class PasteBack:
         if x1 <= x0 or y1 <= y0:
             raise ValueError(f"the crop {crop} lies outside the portrait ({w}x{h})")
         roi = (x0, y0, x1 - x0, y1 - y0)
-        cx0, cy0, cx1, cy1 = crop.box
-        open_sides = (cx0 <= 0.5, cy0 <= 0.5, cx1 >= w - 0.5, cy1 >= h - 0.5)
-        mask = feather_mask((bx, by, bx + bw, by + bh), roi, open_sides)
+        mask = feather_mask((bx, by, bx + bw, by + bh), roi)
         return cls(canvas=canvas, box=(bx, by, bw, bh), roi=roi, mask=mask, inverse=np.ascontiguousarray(1.0 - mask))
 
     def apply(self, crop_frame: np.ndarray) -> np.ndarray:

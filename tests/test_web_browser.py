@@ -207,7 +207,7 @@ def test_webcam_tab_shows_live_frames_fps_and_latency(page):
     assert m["fps"] > 1 and 0 < m["p50"] <= m["p95"] < 5000
     text = pg.inner_text("#live-stats")
     assert "fps" in text and "latency" in text and "server" in text
-    assert pg.evaluate("document.getElementById('live-output').width") == 256
+    assert pg.evaluate("document.getElementById('live-output').width") == 512  # --live-size (long side)
     pg.click("#live-recalibrate")
     pg.click("#live-stop")
     pg.wait_for_selector('#live-stats[data-state="stopped"]', timeout=20000)
