@@ -247,8 +247,6 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     from live.serve import ServeOptions, Worker, model_info
 
     counts = [int(c) for c in args.clients.split(",")]
-    if args.threads is None:
-        args.threads = os.cpu_count()  # as mra-serve: the engine is the worker's main job
     load_start = os.getloadavg()
     engine = _engine(args)
     worker = Worker(engine, model_info(engine, args.checkpoint),

@@ -111,25 +111,28 @@ class BatchStats:
 class Batcher:
     """Newest-wins slots (one per session and kind) run as one engine call per kind.
 
-    A batch starts when every session active in the last second has a job waiting, or
-    ``window_s`` after the first job arrived (whichever comes first); jobs that arrive while the engine runs wait for the
-    next batch (so under load batches fill by themselves). All engine work runs on ``executor``
-    (one thread: the engine is not shared between threads).
+    Each kind has its own engine thread, as the stages of the local pipeline do: the regions of
+    the next frames run while the current ones are animated. A batch starts when every session
+    active in the last second has a job waiting or running, or ``window_s`` after the first job
+    arrived (whichever comes first); jobs that arrive while the engine runs wait for the next
+    batch, so under load batches fill by themselves. ``executors[kind]``: one thread each (the
+    animate thread also prepares portraits and runs avd transfers).
     """
 
     KINDS = ("regions", "animate")
     ACTIVE_S = 1.0
 
-    def __init__(self, engine: Engine, executor: ThreadPoolExecutor, window_s: float, max_frames: int):
+    def __init__(self, engine: Engine, executors: "dict[str, ThreadPoolExecutor]", window_s: float, max_frames: int):
         self.engine = engine
-        self.executor = executor
+        self.executors = executors
         self.window_s = window_s
         self.max_frames = max_frames
         self.slots: dict[str, "OrderedDict[str, Job]"] = {k: OrderedDict() for k in self.KINDS}
+        self.running: dict[str, set[str]] = {k: set() for k in self.KINDS}
         self.seen: dict[str, float] = {}  # session -> when it last sent a job
         self.stacks = AvatarStacks(engine)
         self.stats = BatchStats()
-        self._wake = asyncio.Event()
+        self._wake = {k: asyncio.Event() for k in self.KINDS}
 
     def submit(self, kind: str, session: str, payload: Any, size: int) -> asyncio.Future:
         slot = self.slots[kind]
@@ -139,7 +142,7 @@ class Batcher:
         fut = asyncio.get_running_loop().create_future()
         slot[session] = Job(session, payload, fut, size)
         self.seen[session] = time.monotonic()
-        self._wake.set()
+        self._wake[kind].set()
         return fut
 
     def forget(self, session: str) -> None:
@@ -149,12 +152,12 @@ class Batcher:
                 job.future.cancel()
         self.seen.pop(session, None)
 
-    def _all_in(self) -> bool:
-        """Every session active in the last second waits on a job (of either kind: a session waiting on
-        its regions cannot send its next animation, so waiting for it would only stall the batch)."""
+    def _all_in(self, kind: str) -> bool:
+        """Every session active in the last second has a job of this kind waiting, or one of either kind
+        running (a sequential client waiting on its regions cannot send its next animation yet)."""
         now = time.monotonic()
-        waiting = set().union(*self.slots.values())
-        return all(s in waiting for s, t in self.seen.items() if now - t < self.ACTIVE_S)
+        ready = set(self.slots[kind]).union(*self.running.values())
+        return all(s in ready for s, t in self.seen.items() if now - t < self.ACTIVE_S)
 
     def _take(self, kind: str) -> list[Job]:
         slot, jobs, n = self.slots[kind], [], 0
@@ -167,34 +170,40 @@ class Batcher:
         return jobs
 
     async def run(self) -> None:
+        await asyncio.gather(*(self._serve(kind) for kind in self.KINDS))
+
+    async def _serve(self, kind: str) -> None:
         while True:
             try:
-                await self._once()
+                await self._once(kind)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # never leave the slots unserved
-                for slot in self.slots.values():
-                    for job in slot.values():
-                        if not job.future.done():
-                            job.future.set_exception(e)
-                    slot.clear()
+                for job in self.slots[kind].values():
+                    if not job.future.done():
+                        job.future.set_exception(e)
+                self.slots[kind].clear()
 
-    async def _once(self) -> None:
-        """Wait for jobs, the batching window, run one batch per kind, hand out the results."""
-        loop = asyncio.get_running_loop()
-        await self._wake.wait()
-        self._wake.clear()
-        if not any(self.slots.values()):
+    async def _once(self, kind: str) -> None:
+        """Wait for jobs and the batching window, run one batch, hand out the results."""
+        wake = self._wake[kind]
+        await wake.wait()
+        wake.clear()
+        if not self.slots[kind]:
             return
         deadline = time.monotonic() + self.window_s
-        while not self._all_in() and (left := deadline - time.monotonic()) > 0:
+        while not self._all_in(kind) and (left := deadline - time.monotonic()) > 0:
             try:
-                await asyncio.wait_for(self._wake.wait(), left)
+                await asyncio.wait_for(wake.wait(), left)
             except TimeoutError:
                 break
-            self._wake.clear()
-        batches = {k: self._take(k) for k in self.KINDS}
-        results = await loop.run_in_executor(self.executor, self._run, batches)
+            wake.clear()
+        jobs = self._take(kind)
+        self.running[kind] = {j.session for j in jobs}
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(self.executors[kind], self._run, kind, jobs)
+        finally:
+            self.running[kind] = set()
         for job, result in results:
             if job.future.done():
                 continue
@@ -202,30 +211,25 @@ class Batcher:
                 job.future.set_exception(result)
             else:
                 job.future.set_result(result)
-        if any(self.slots.values()):
-            self._wake.set()
+        if self.slots[kind]:
+            wake.set()
 
-    def _run(self, batches: dict[str, list[Job]]) -> list[tuple[Job, Any]]:
-        """On the engine thread: one call per kind -> (job, its result or exception)."""
-        out: list[tuple[Job, Any]] = []
-        for kind, jobs in batches.items():
-            if not jobs:
-                continue
-            try:
-                if kind == "regions":
-                    p = self.engine.regions(np.concatenate([j.payload for j in jobs]))
-                    parts = _split(p, [j.size for j in jobs])
-                else:
-                    avatars = [j.payload[0] for j in jobs for _ in range(j.size)]
-                    params = _cat([j.payload[1] for j in jobs])
-                    frames = self.stacks.animate_many(avatars, params)
-                    parts = np.split(frames, np.cumsum([j.size for j in jobs])[:-1])
-                self.stats.calls[kind] += 1
-                self.stats.frames[kind] += sum(j.size for j in jobs)
-                out.extend(zip(jobs, parts))
-            except Exception as e:  # reported to each client; the worker keeps serving
-                out.extend((j, e) for j in jobs)
-        return out
+    def _run(self, kind: str, jobs: list[Job]) -> list[tuple[Job, Any]]:
+        """On the kind's engine thread: one engine call -> (job, its result or exception)."""
+        try:
+            if kind == "regions":
+                p = self.engine.regions(np.concatenate([j.payload for j in jobs]))
+                parts = _split(p, [j.size for j in jobs])
+            else:
+                avatars = [j.payload[0] for j in jobs for _ in range(j.size)]
+                params = _cat([j.payload[1] for j in jobs])
+                frames = self.stacks.animate_many(avatars, params)
+                parts = np.split(frames, np.cumsum([j.size for j in jobs])[:-1])
+        except Exception as e:  # reported to each client; the worker keeps serving
+            return [(j, e) for j in jobs]
+        self.stats.calls[kind] += 1
+        self.stats.frames[kind] += sum(j.size for j in jobs)
+        return list(zip(jobs, parts))
 
 
 def _cat(ps: list[RegionParams]) -> RegionParams:
@@ -269,7 +273,8 @@ class Worker:
         self.opt = options
         self.log = log or (lambda s: None)
         self.sessions: dict[str, Session] = {}
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        # one engine thread per kind of work, like the stages of the local pipeline
+        self.executors = {k: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{k}") for k in Batcher.KINDS}
         self.port: "int | None" = None
         self.batcher: "Batcher | None" = None
         self._loop: "asyncio.AbstractEventLoop | None" = None
@@ -283,7 +288,7 @@ class Worker:
 
         self._loop = asyncio.get_running_loop()
         self._stopped = asyncio.Event()
-        self.batcher = Batcher(self.engine, self.executor, self.opt.batch_window_ms / 1000.0, self.opt.engine_batch)
+        self.batcher = Batcher(self.engine, self.executors, self.opt.batch_window_ms / 1000.0, self.opt.engine_batch)
         batch_task = asyncio.create_task(self.batcher.run())
         try:
             async with serve(self._session, self.opt.host, self.opt.port, max_size=self.opt.max_message_bytes,
@@ -317,7 +322,8 @@ class Worker:
         self.stop()
         if self._thread is not None:
             self._thread.join(timeout)
-        self.executor.shutdown(wait=False, cancel_futures=True)
+        for ex in self.executors.values():
+            ex.shutdown(wait=False, cancel_futures=True)
 
     # -- one connection --------------------------------------------------------------------------
     async def _fail(self, ws, request: int, code: str, message: str, fatal: bool) -> None:
@@ -459,7 +465,7 @@ class Worker:
         return (rgb.astype(np.float32) * (1.0 / 255.0)).transpose(0, 3, 1, 2)
 
     async def _engine(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(self.executors["animate"], fn, *args)
 
     async def _reply(self, session: Session, msg):
         if isinstance(msg, wp.DetectRegions):
@@ -542,7 +548,8 @@ def build_parser() -> ArgumentParser:
                    help="auto: ONNX Runtime on the CPU, PyTorch (CUDA graphs) on cuda")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="cuda only")
-    p.add_argument("--threads", type=int, help="CPU threads of the engine (default: all cores)")
+    p.add_argument("--threads", type=int, help="CPU threads per engine stage (regions, animation; default: half "
+                   "the cores each, as mra-live)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                    "only; any other needs --token-file)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
@@ -607,8 +614,6 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     options = options_from_args(args)
     from .live import _engine
 
-    if args.threads is None:
-        args.threads = os.cpu_count()  # the engine is the worker's main job (mra-live splits the cores in two)
     engine = _engine(args)
     info = model_info(engine, args.checkpoint)
     log = (lambda s: None) if args.quiet else (lambda s: print(f"mra-serve: {s}", file=sys.stderr, flush=True))
@@ -642,7 +647,8 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     except OSError as e:
         raise UserError(f"cannot listen on {options.host}:{options.port}: {e.strerror or e}") from None
     finally:
-        worker.executor.shutdown(wait=False, cancel_futures=True)
+        for ex in worker.executors.values():
+            ex.shutdown(wait=False, cancel_futures=True)
     return 0
 
 
