@@ -429,7 +429,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="cpu", help="device (default: cpu)")
     p.add_argument("--fps", type=float, metavar="N", help="output frame rate (default: the driving video's)")
     p.add_argument("--batch-size", type=int, metavar="N", default=None,
-                   help="frames animated together (default: 4 on cpu, 16 on cuda)")
+                   help="frames animated together (default: 4 on cpu, 16 on cuda, 8 with --worker)")
+    from .worker_client import add_worker_arguments
+    add_worker_arguments(p)
     return p
 
 
@@ -460,7 +462,8 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
     _sigterm_as_interrupt()
-    batch = args.batch_size if args.batch_size is not None else (16 if args.device == "cuda" else 4)
+    batch = args.batch_size if args.batch_size is not None else \
+        (8 if args.worker else 16 if args.device == "cuda" else 4)
     options = AnimateOptions(mode=args.mode, crop=args.crop, size=args.size, fps=args.fps, batch_size=batch,
                              paste_back=not args.no_paste_back, output_size=_output_size(args.output_size)).validate()
     # fail fast, before a model is loaded: files, formats, output folder, faces
@@ -471,8 +474,14 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         source_box(src_rgb, detector, options.crop_settings)
         first_face_crop(info, detector, options.crop_settings)
     del src_rgb
-    engine = load_engine(args.checkpoint, args.config, auto_backend(args.backend, args.checkpoint, args.device),
-                         args.device)
+    if args.worker:  # a lost connection is waited for (a minute), so no frame of the output is skipped
+        from .worker_client import remote_engine_from_args
+        engine = remote_engine_from_args(args, wait_s=60.0, client="mra-animate")
+        if batch > engine.limits.max_batch:
+            raise UserError(f"--batch-size: the worker takes at most {engine.limits.max_batch} frames per request")
+    else:
+        engine = load_engine(args.checkpoint, args.config, auto_backend(args.backend, args.checkpoint, args.device),
+                             args.device)
 
     from tqdm import tqdm
     bar = tqdm(unit="frame", desc="animating", leave=False, dynamic_ncols=True, disable=None, file=sys.stderr)

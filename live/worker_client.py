@@ -27,6 +27,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,7 +101,7 @@ class RemoteEngine(Engine):
                  max_in_flight: int = 2, timeout_s: float = 10.0, connect_timeout_s: float = 10.0,
                  expect_config: "str | None" = None, expect_sha256: "str | None" = None,
                  ca_file: "str | Path | None" = None, backoff: "Backoff | None" = None,
-                 log: "Callable[[str], None] | None" = None, client: str = "mra-live"):
+                 log: "Callable[[str], None] | None" = None, client: str = "mra-live", wait_s: float = 0.0):
         if max_in_flight < 1:
             raise UserError("--in-flight must be at least 1")
         self.url = worker_url(address)
@@ -110,6 +111,7 @@ class RemoteEngine(Engine):
         self.token = token
         self.codec = codec or wp.ImageCodec()
         self.timeout_s = timeout_s
+        self.wait_s = wait_s
         self.expect_config = expect_config
         self.expect_sha256 = expect_sha256
         self.backoff = backoff or Backoff()
@@ -356,6 +358,21 @@ class RemoteEngine(Engine):
         return self._connected.is_set()
 
     # -- Engine API --------------------------------------------------------------------------------
+    def _retrying(self, call: Callable[[], Any]):
+        """``call()``; with ``wait_s`` > 0 (offline jobs, where a skipped frame would be a lost frame), an
+        unavailable worker is waited for up to ``wait_s`` seconds and the call repeated."""
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                return call()
+            except EngineUnavailable:
+                left = deadline - time.monotonic()
+                if self._fatal is not None:
+                    raise self._fatal from None
+                if left <= 0:
+                    raise
+                self._connected.wait(min(left, 1.0))
+
     def _images(self, frames: np.ndarray, what: str) -> list[bytes]:
         s = self.frame_size
         frames = np.asarray(frames)
@@ -372,7 +389,7 @@ class RemoteEngine(Engine):
         number = next(self._avatar_numbers)
         self._images(image, "source image")  # shape check
         self._portraits[number] = wp.encode_image(_rgb(image[0]), "png")
-        regions = self._prepare(number)
+        regions = self._retrying(lambda: self._prepare(number))
         return Avatar(image=image, regions=regions, cache=RemoteAvatar(number))
 
     def _prepare(self, number: int) -> RegionParams:
@@ -394,8 +411,8 @@ class RemoteEngine(Engine):
                     raise EngineUnavailable(f"worker {self.url} forgot the portrait twice in a row") from None
 
     def regions(self, frames: np.ndarray) -> RegionParams:
-        reply, _ = self._request(wp.DetectRegions(next(self._ids), self._images(frames, "frames")))
-        return reply.params
+        images = self._images(frames, "frames")
+        return self._retrying(lambda: self._request(wp.DetectRegions(next(self._ids), images))[0].params)
 
     def transfer(self, avatar: Avatar, driving: RegionParams, initial: "RegionParams | None",
                  mode: str = "relative") -> RegionParams:
@@ -406,12 +423,12 @@ class RemoteEngine(Engine):
             if initial is None:
                 raise UserError("relative mode needs the initial driving regions")
             return tr.relative(avatar.regions, driving, initial)
-        return self._on_worker(avatar, lambda: self._request(
-            wp.Transfer(next(self._ids), avatar.cache.number, mode, driving, initial))[0].params)
+        return self._retrying(lambda: self._on_worker(avatar, lambda: self._request(
+            wp.Transfer(next(self._ids), avatar.cache.number, mode, driving, initial))[0].params))
 
     def animate(self, avatar: Avatar, params: RegionParams) -> np.ndarray:
-        reply = self._on_worker(avatar, lambda: self._request(
-            wp.Animate(next(self._ids), avatar.cache.number, params))[0])
+        reply = self._retrying(lambda: self._on_worker(avatar, lambda: self._request(
+            wp.Animate(next(self._ids), avatar.cache.number, params))[0]))
         s = self.frame_size
         try:
             rgb = np.stack([wp.decode_image(b, s) for b in reply.images])
@@ -451,11 +468,13 @@ def add_worker_arguments(p) -> None:
     g.add_argument("--worker-format", choices=wp.IMAGE_FORMATS, default="jpeg",
                    help="how frames cross the network, both ways (png: lossless, large)")
     g.add_argument("--worker-quality", type=int, default=90, help="JPEG/WebP quality 1-100 (default 90)")
-    g.add_argument("--in-flight", type=int, default=2, help="requests out at once (default 2: one per stage)")
+    g.add_argument("--in-flight", type=int, default=2, help="requests out at once (default 2)")
 
 
-def remote_engine_from_args(args, log: "Callable[[str], None] | None" = None) -> RemoteEngine:
-    """The RemoteEngine that ``--worker`` and its options ask for (UserError for bad options)."""
+def remote_engine_from_args(args, log: "Callable[[str], None] | None" = None, wait_s: float = 0.0,
+                            client: str = "mra-live") -> RemoteEngine:
+    """The RemoteEngine that ``--worker`` and its options ask for (UserError for bad options); ``wait_s``:
+    how long a call waits for a lost worker to come back (0: raise EngineUnavailable at once)."""
     for name, default in (("backend", "auto"), ("device", "cpu"), ("precision", "fp32"), ("threads", None)):
         if getattr(args, name, default) != default:
             raise UserError(f"--{name} is chosen on the worker with --worker (mra-serve --{name} ...)")
@@ -472,4 +491,4 @@ def remote_engine_from_args(args, log: "Callable[[str], None] | None" = None) ->
         expect_sha256 = wp.model_digest(p)
     return RemoteEngine(args.worker, token, codec=codec, max_in_flight=args.in_flight,
                         expect_config=getattr(args, "config", None), expect_sha256=expect_sha256,
-                        ca_file=args.worker_ca, log=log)
+                        ca_file=args.worker_ca, log=log, wait_s=wait_s, client=client)

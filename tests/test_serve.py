@@ -466,3 +466,20 @@ def test_tls_worker_with_a_self_signed_certificate(engine, checkpoint, tmp_path)
         r.close()
     finally:
         w.join()
+
+
+def test_mra_animate_with_a_worker(worker, tmp_path):
+    from PIL import Image
+    from tests.mediagen import count_frames, make_video
+    src = tmp_path / "portrait.png"
+    Image.fromarray((portrait(40, 96)[0].transpose(1, 2, 0) * 255).astype(np.uint8)).save(src)
+    driving = make_video(tmp_path / "driving.mp4", n=20, size=(96, 96))
+    token = tmp_path / "token.txt"
+    token.write_text(TOKEN)
+    out = tmp_path / "out.mp4"
+    r = subprocess.run([sys.executable, "-m", "live.animate", "--source", str(src), "--driving", str(driving),
+                        "--output", str(out), "--crop", "none", "--worker", f"127.0.0.1:{worker.port}",
+                        "--token-file", str(token)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "remote engine" in r.stdout and count_frames(out) == 20
+    assert worker.batcher.stats.frames["animate"] == 20 and worker.batcher.stats.mean_batch("animate") > 4
