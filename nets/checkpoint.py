@@ -176,6 +176,81 @@ def load_state(model: MRAA, state: Mapping[str, Tensor], source: str = "checkpoi
 # Reading and writing files
 # ---------------------------------------------------------------------------------------------
 
+_MAGIC = ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image"), (b"GIF8", "a GIF image"),
+          (b"RIFF", "a RIFF file (WebP, WAV or AVI)"), (b"\x1f\x8b", "a gzip archive"), (b"%PDF", "a PDF document"),
+          (b"\x1aE\xdf\xa3", "a Matroska/WebM video"), (b"ONNX", "an ONNX file"), (b"\x08", "an ONNX model"))
+
+
+def _looks_like(head: bytes) -> str:
+    """What a file that is not a checkpoint seems to be, from its first bytes."""
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    if head[4:8] == b"ftyp":
+        return "an MP4/MOV video"
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file"
+    return "unknown binary data"
+
+
+_SAFE_GLOBALS = ("torch.", "collections.OrderedDict", "_codecs.encode", "numpy.")
+
+
+def _pickle_globals(path: Path, limit: int = 64 * 1024 * 1024) -> "list[str] | None":
+    """The ``module.name`` globals a plain pickle refers to (read with pickletools: nothing runs);
+    None when the file does not parse as a pickle."""
+    import pickletools
+
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, pos in pickletools.genops(f):
+                if pos > limit:
+                    break
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+                if op.name == "STOP":
+                    break
+    except Exception:  # noqa: BLE001 - not a pickle, or a damaged one
+        return None
+    return found
+
+
+def unreadable_reason(path: Path, error: BaseException) -> str:
+    """One line saying why ``torch.load(path, weights_only=True)`` failed with ``error``: an empty
+    or damaged file, an unsafe pickle (Python objects other than weights), or not a checkpoint at all."""
+    import re
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return f"{path} is an empty file, not a checkpoint; re-download or re-save it"
+    unsafe = ("is an unsafe pickle: it holds Python objects other than weights ({}), which could run code when "
+              "loaded, so it is refused (only tensors and plain data are loaded); if it comes from a source you "
+              "trust, load it in Python and re-save its state dicts with torch.save")
+    blocked = re.search(r"unsupported global:? GLOBAL ([\w.]+)", str(error), re.IGNORECASE)
+    if blocked:
+        return f"{path} " + unsafe.format(blocked.group(1))
+    if head.startswith(b"PK\x03\x04"):  # torch.save's zip format
+        return (f"{path} is a damaged PyTorch checkpoint (its zip archive is truncated or corrupted); re-download "
+                "or re-save it")
+    if head.startswith(b"\x80"):  # a pickle protocol mark
+        names = _pickle_globals(path)
+        if names is not None:
+            bad = sorted({n for n in names if not n.startswith(_SAFE_GLOBALS)})
+            if bad:
+                return f"{path} " + unsafe.format(", ".join(bad[:3]) + (", ..." if len(bad) > 3 else ""))
+            return (f"{path} is a plain Python pickle, not a checkpoint saved with torch.save (or it is damaged); "
+                    "re-save it with torch.save")
+    return (f"{path} is not a PyTorch checkpoint (it looks like {_looks_like(head)}); give a .pth/.pt file saved "
+            "with torch.save")
+
+
 def read_checkpoint(path: "str | os.PathLike") -> dict[str, Any]:
     """``torch.load(weights_only=True)`` with clear errors for missing or foreign files."""
     path = Path(path)
@@ -184,10 +259,11 @@ def read_checkpoint(path: "str | os.PathLike") -> dict[str, Any]:
     if path.is_dir():
         raise CheckpointError(f"checkpoint path is a directory, not a file: {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 4" for plain pickles
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle errors, zip errors, truncated files, unsafe globals...
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({msg[:200]})") from None
+        raise CheckpointError(unreadable_reason(path, e)) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} holds a {type(data).__name__}, not an MRAA checkpoint (a dict of state dicts)")
     return data

@@ -309,10 +309,10 @@ def test_no_face(files, tmp_path, capfd):
 
 
 def test_bad_checkpoints_and_config(files, tmp_path, capfd):
-    (tmp_path / "random.pth").write_bytes(os.urandom(5000))
+    (tmp_path / "random.pth").write_bytes(np.random.default_rng(5).integers(1, 256, 5000, dtype=np.uint8).tobytes())
     torch.save({"kp_detector": {"w": torch.zeros(2)}, "generator": {"w": torch.zeros(2)}}, tmp_path / "fomm.pth")
     torch.save({"generator": {"w": torch.zeros(2)}, "region_predictor": {"w": torch.zeros(2)}}, tmp_path / "mraa.pth")
-    cases = [(["--checkpoint", tmp_path / "random.pth"], "not a readable PyTorch checkpoint"),
+    cases = [(["--checkpoint", tmp_path / "random.pth"], "is not a PyTorch checkpoint"),
              (["--checkpoint", tmp_path / "fomm.pth"], "First Order Motion Model"),
              (["--checkpoint", tmp_path / "mraa.pth", "--config", "tiny"], "does not fit config tiny"),
              (["--checkpoint", tmp_path / "missing.pth"], "checkpoint not found"),

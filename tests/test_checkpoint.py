@@ -2,6 +2,8 @@
 import json
 import pickle
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -140,7 +142,7 @@ def test_unreadable_and_foreign_files(tmp_path):
         nets.load_model(tmp_path / "nope.pth", config="tiny")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"\x00garbage" * 100)
-    with pytest.raises(nets.CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(nets.CheckpointError, match="not a PyTorch checkpoint .it looks like unknown binary data"):
         nets.load_model(junk, config="tiny")
     fomm = tmp_path / "fomm.pth"
     torch.save({"kp_detector": {}, "generator": {}}, fomm)
@@ -171,8 +173,38 @@ def test_untrusted_pickles_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
         pickle.dump({"generator": Evil(), "region_predictor": {}}, f)
-    with pytest.raises(nets.CheckpointError, match="not a readable PyTorch checkpoint"):
+    with pytest.raises(nets.CheckpointError, match=r"unsafe pickle: .* \(builtins.print\), which could run code"):
         nets.load_model(path, config="tiny")
+    zipped = tmp_path / "evil_zip.pth"
+    torch.save({"generator": Evil()}, zipped)
+    with pytest.raises(nets.CheckpointError, match=r"unsafe pickle: .* \((builtins.)?print\)"):
+        nets.load_model(zipped, config="tiny")
+
+
+def test_unreadable_files_are_named_for_what_they_are(tmp_path):
+    """The message says what the file is, whole (never PyTorch's advice to load with weights_only=False)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(14)
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(8)}, good)
+    data = good.read_bytes()
+    files = {"random.pth": rng.integers(1, 256, 5000, dtype=np.uint8).tobytes(),
+             "empty.pth": b"", "notes.pth": b"hello, not weights\n", "cut.pth": data[: len(data) // 2],
+             "plain.pth": pickle.dumps({"x": 1}, protocol=4)}
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    Image.new("RGB", (16, 16)).save(tmp_path / "photo.pth", format="JPEG")
+    expected = {"random.pth": "not a PyTorch checkpoint (it looks like unknown binary data)",
+                "photo.pth": "not a PyTorch checkpoint (it looks like a JPEG image)",
+                "empty.pth": "is an empty file", "notes.pth": "it looks like a text file",
+                "cut.pth": "damaged PyTorch checkpoint", "plain.pth": "plain Python pickle"}
+    for name, words in expected.items():
+        with pytest.raises(nets.CheckpointError) as e:
+            nets.read_checkpoint(tmp_path / name)
+        msg = str(e.value)
+        assert words in msg, (name, msg)
+        assert "weights_only" not in msg and "\n" not in msg and len(msg) < 400, msg
 
 
 def test_checkpoint_without_avd(tmp_path):
