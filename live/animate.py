@@ -367,6 +367,13 @@ def auto_backend(backend: str, checkpoint: "str | os.PathLike | None", device: s
     return "onnx" if checkpoint is None or export_checkpoints else "torch"
 
 
+def check_config_use(checkpoint: "str | os.PathLike | None", config: "str | None") -> None:
+    """``--config`` describes a ``--checkpoint``: alone it would be silently ignored, so it is refused."""
+    if checkpoint is None and config is not None:
+        raise UserError(f"--config {config} describes the checkpoint given with --checkpoint; without one the shipped "
+                        "model is used, which carries its own config: drop --config, or add --checkpoint")
+
+
 def load_engine(checkpoint: "str | os.PathLike | None" = None, config: "str | None" = None, backend: str = "torch",
                 device: str = "cpu", threads: "int | None" = None):
     """The engine for a checkpoint (None: the default model shipped with the package).
@@ -381,6 +388,7 @@ def load_engine(checkpoint: "str | os.PathLike | None" = None, config: "str | No
         raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if device not in DEVICES:
         raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+    check_config_use(checkpoint, config)
     if checkpoint is None:
         if backend == "onnx":
             from .default_model import default_export_dir

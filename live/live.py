@@ -84,8 +84,9 @@ def _sources(spec: str) -> list[Path]:
 
 
 def _engine(args):
-    from .animate import auto_backend, load_engine
+    from .animate import auto_backend, check_config_use, load_engine
 
+    check_config_use(args.checkpoint, args.config)
     backend = auto_backend(args.backend, args.checkpoint, args.device, export_checkpoints=True)
     if args.precision != "fp32" and args.device != "cuda":
         raise UserError("--precision fp16/bf16 needs --device cuda")

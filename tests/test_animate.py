@@ -317,7 +317,9 @@ def test_bad_checkpoints_and_config(files, tmp_path, capfd):
              (["--checkpoint", tmp_path / "mraa.pth", "--config", "tiny"], "does not fit config tiny"),
              (["--checkpoint", tmp_path / "missing.pth"], "checkpoint not found"),
              (["--checkpoint", files / "tiny.pth", "--config", "vox265"], "unknown config 'vox265'"),
-             (["--checkpoint", files / "tiny.pth", "--config", tmp_path / "nope.yaml"], "not found")]
+             (["--checkpoint", files / "tiny.pth", "--config", tmp_path / "nope.yaml"], "not found"),
+             (["--config", "vox265"], "without one the shipped model is used"),  # never silently ignored
+             (["--config", "vox256"], "drop --config, or add --checkpoint")]
     for extra, words in cases:
         args = ["--source", files / "source.png", "--driving", files / "driving.mp4", "--output", tmp_path / "o.mp4",
                 "--crop", "none", *extra]

@@ -553,6 +553,7 @@ def test_cli_errors_are_one_line(files, tmp_path, capfd, monkeypatch):
     assert "--max-upload-mb must be positive" in run("--max-upload-mb", 0)
     assert "invalid int value" in run("--port", "x")
     assert "cannot listen on no-such-host.invalid" in run("--host", "no-such-host.invalid", "--port", 0)
+    assert "--config vox265 describes the checkpoint" in run("--port", 0, "--config", "vox265")
     from live import default_model
     monkeypatch.setattr(default_model, "ASSETS", tmp_path)  # as installed before the default model ships
     assert "no default model is shipped" in run("--port", 0)
