@@ -8,3 +8,14 @@ waiting before torch is imported (an explicit OMP_WAIT_POLICY in the environment
 import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _launch(tool: str):
+    def run() -> None:
+        from nets.errors import launch
+        launch(f"live.{tool}")
+    run.__doc__ = f"The console script of live.{tool} (Ctrl-C while it imports: exit 130)."
+    return run
+
+
+mra_animate, mra_prepare, mra_live, mra_web, mra_serve = (_launch(t) for t in ("animate", "prepare", "live", "web", "serve"))

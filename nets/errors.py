@@ -46,6 +46,22 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         return EXIT_USAGE
 
 
+def launch(target: str) -> None:
+    """The body of a console script: import ``"package.module"`` and exit with its ``main()``.
+
+    The tool's modules import PyTorch and ONNX Runtime (a second or more): a Ctrl-C then is
+    answered like one during the run, ``interrupted`` and exit status 130, not a traceback.
+    """
+    import importlib
+
+    try:
+        main = importlib.import_module(target).main
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(main())
+
+
 def entry_point(main: Callable[[Sequence[str] | None], int | None]) -> Callable[[], None]:
     """Wrap ``main`` as a console-script entry point (``sys.exit`` with run_cli's status)."""
 

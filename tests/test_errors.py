@@ -27,3 +27,50 @@ def test_interrupt_and_success(capsys):
         raise KeyboardInterrupt
     assert run_cli(interrupted, []) == 130
     assert run_cli(lambda argv: None, []) == 0
+
+
+def test_ctrl_c_while_a_tool_imports(tmp_path, monkeypatch, capsys):
+    """A console script's imports (PyTorch: a second or more) are under the same Ctrl-C rule as its run."""
+    from nets.errors import launch
+
+    (tmp_path / "slow_tool.py").write_text("raise KeyboardInterrupt\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        launch("slow_tool")
+    assert e.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+
+
+def test_console_scripts_import_nothing_heavy_before_the_guard():
+    """The entry points named in pyproject.toml live in modules that do not import torch, and the
+    real process answers a SIGINT during torch's import with exit 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    code = ("import importlib, sys\n"
+            f"for spec in {sorted(scripts.values())!r}:\n"
+            "    module, _, name = spec.partition(':')\n"
+            "    assert callable(getattr(importlib.import_module(module), name)), spec\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'onnxruntime', 'cv2')))\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
+
+    p = subprocess.Popen([sys.executable, "-c", "import live; live.mra_live()", "--source", "x.png"], cwd=root,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:  # wait until torch is being loaded
+        try:
+            if "libtorch" in Path(f"/proc/{p.pid}/maps").read_text():
+                break
+        except OSError:
+            break
+        time.sleep(0.005)
+    os.kill(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err

@@ -7,3 +7,9 @@ thin-plate-spline warps for the equivariance losses), :mod:`.vgg` (VGG19 feature
 (checkpoints that resume bit-identically), :mod:`.loop` (the reconstruction stage), :mod:`.avd`
 (the AVD stage), :mod:`.cli` (``mra-train``).
 """
+
+
+def mra_train() -> None:
+    """The console script (Ctrl-C while the training modules import: exit 130)."""
+    from nets.errors import launch
+    launch("nets.train.cli")
