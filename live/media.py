@@ -23,6 +23,7 @@ to do.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
@@ -38,7 +39,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from nets.errors import UserError
+from nets.errors import UserError, disk_fault
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".webm", ".gif", ".mkv", ".m4v")
@@ -485,6 +486,9 @@ def check_output(path: "str | os.PathLike") -> OutputSpec:
         if p.is_dir() and not _is_frame_dir(p):
             raise UserError(f"output directory {p} is not empty (it holds files other than numbered PNG frames); "
                             "choose a new or empty directory")
+        if p.is_dir() and os.path.ismount(p):
+            raise UserError(f"output directory {p} is a mount point, which cannot be replaced by the finished "
+                            f"frames; give a new folder inside it, e.g. --output {p / 'frames'}")
     elif p.is_dir():
         raise UserError(f"output {p} is a directory; give a file name ending in .{kind}")
     check_writable(p.parent, p)
@@ -493,6 +497,31 @@ def check_output(path: "str | os.PathLike") -> OutputSpec:
 
 def _temp_name(target: Path, suffix: str = "") -> Path:
     return target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+class ResultKept(UserError):
+    """The output was written but could not be moved to its name; the message says where it is."""
+
+
+def _place(tmp: Path, target: Path) -> None:
+    """Rename the finished temporary ``tmp`` to ``target``. If that fails (the target is busy, a
+    mount point...), the finished work is kept under a visible name next to it: ResultKept says where."""
+    try:
+        os.replace(tmp, target)
+        return
+    except OSError as e:
+        reason = e.strerror or _short(e)
+    kept = tmp
+    for n in range(1, 100):
+        candidate = target.with_name(f"{target.stem}-{n}{target.suffix}")
+        if not candidate.exists():
+            try:
+                os.rename(tmp, candidate)
+                kept = candidate
+            except OSError:
+                pass
+            break
+    raise ResultKept(f"cannot put the result at {target} ({reason}); it is kept at {kept}")
 
 
 class FrameWriter(ABC):
@@ -518,10 +547,21 @@ class FrameWriter(ABC):
             frames = frames[None]
         if frames.dtype != np.uint8 or frames.shape[-1] != 3:
             raise ValueError(f"expected (B, H, W, 3) uint8 frames, got {frames.shape} {frames.dtype}")
-        for f in frames:
-            self._write_one(np.ascontiguousarray(f))
-            self.frames_written += 1
-        self._after_batch()
+        try:
+            for f in frames:
+                self._write_one(np.ascontiguousarray(f))
+                self.frames_written += 1
+            self._after_batch()
+        except OSError as e:
+            self._fail(e)
+            raise
+
+    def _fail(self, e: OSError) -> None:
+        """A write failed: remove the temporary; a fault the user can fix becomes a UserError."""
+        self.abort()
+        message = disk_fault(e, str(self.spec.path))
+        if message is not None:
+            raise UserError(message) from None
 
     @abstractmethod
     def _write_one(self, rgb: np.ndarray) -> None: ...
@@ -545,6 +585,12 @@ class FrameWriter(ABC):
             raise UserError("no frames were produced; check the driving video")
         try:
             self._finish()
+        except ResultKept:
+            self._closed = True  # the finished work stays where the message says
+            raise
+        except OSError as e:
+            self._fail(e)
+            raise
         except BaseException:
             self.abort()
             raise
@@ -590,8 +636,17 @@ class PngDirWriter(FrameWriter):
             if not target.is_dir() or not _is_frame_dir(target):
                 raise UserError(f"output directory {target} changed while writing; the result is left in {self.tmp}")
             old = _temp_name(target, ".old")
-            os.replace(target, old)
-        os.replace(self.tmp, target)
+            try:
+                os.replace(target, old)
+            except OSError:
+                old = None  # (a mount point): _place keeps the frames under another name
+        try:
+            _place(self.tmp, target)
+        except ResultKept:
+            if old is not None:  # the previous frames go back
+                with contextlib.suppress(OSError):
+                    os.replace(old, target)
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -622,7 +677,7 @@ class _AvWriter(FrameWriter):
             pass
 
     def _rename(self) -> None:
-        os.replace(self.tmp, self.spec.path)
+        _place(self.tmp, self.spec.path)
 
 
 def video_encoder() -> str:
@@ -738,8 +793,11 @@ def open_writer(spec: "OutputSpec | str | os.PathLike", fps: Fraction, size: "in
         if spec.kind == "gif":
             return GifWriter(spec, fps, size)
         return PngDirWriter(spec, fps, size)
-    except PermissionError as e:
-        raise UserError(f"cannot write {spec.path} ({e.strerror}); choose a writable --output location") from None
+    except OSError as e:
+        message = disk_fault(e, str(spec.path))
+        if message is None:
+            raise
+        raise UserError(message.replace("location", "--output location")) from None
 
 
 # ---------------------------------------------------------------------------------------------

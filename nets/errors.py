@@ -6,6 +6,7 @@ Set ``MRA_DEBUG=1`` to see tracebacks.
 """
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import Callable, Sequence
@@ -20,6 +21,28 @@ class UserError(Exception):
 
 def _one_line(msg: str) -> str:
     return " ".join(str(msg).split())
+
+
+# write failures the user can fix on their side: (what happened, what to do)
+DISK_FAULTS = {
+    errno.ENOSPC: ("no space left on the device", "free some space or choose another location"),
+    errno.EDQUOT: ("the disk quota is exceeded", "free some space or choose another location"),
+    errno.EROFS: ("the file system is read-only", "choose a writable location"),
+    errno.EACCES: ("permission denied", "choose a writable location"),
+    errno.EPERM: ("operation not permitted", "choose a writable location"),
+    errno.EBUSY: ("the location is busy (a mount point, or in use)", "choose another location"),
+    errno.EFBIG: ("the file is too large for this file system", "choose another location"),
+}
+
+
+def disk_fault(e: BaseException, what: str = "") -> "str | None":
+    """The one-line message for a write failure the user can fix (disk full, read-only, busy...):
+    ``cannot write <what>: <what happened>; <what to do>``; None for any other error."""
+    if not isinstance(e, OSError) or e.errno not in DISK_FAULTS:
+        return None
+    happened, todo = DISK_FAULTS[e.errno]
+    what = what or (str(e.filename) if e.filename else "")
+    return f"cannot write{' ' + what if what else ''}: {happened}; {todo}"
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
@@ -41,6 +64,12 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        message = disk_fault(e)
+        if message is None or debug:
+            raise
+        print(f"error: {_one_line(message)}", file=sys.stderr)
+        return EXIT_USAGE
     except MemoryError:
         print("error: out of memory; try a smaller --batch-size or --size", file=sys.stderr)
         return EXIT_USAGE

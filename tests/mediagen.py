@@ -172,3 +172,25 @@ def unwritable_dir(tmp_path: Path):
         yield sys_dir
         return
     pytest.skip("running as root and no read-only folder is available")
+
+
+@contextmanager
+def small_tmpfs(path: Path, size: str = "64k", options: str = ""):
+    """A real tiny file system mounted at ``path`` (a full disk, a read-only one, a mount point):
+    needs root and the mount command; skips when they are not there."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small tmpfs needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    opts = f"size={size}" + (f",{options}" if options else "")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
