@@ -137,6 +137,7 @@ class IteratorSource(CaptureSource):
         self._reopen = reopen
         self.on_end = on_end
         self.retry_s = retry_s
+        self.error: "UserError | None" = None  # why the frames ended early (a damaged file)
 
     def _run(self) -> None:
         index = 0
@@ -157,6 +158,8 @@ class IteratorSource(CaptureSource):
                     self.size = (image.shape[1], image.shape[0])
                     self.slot.put(Frame(image=image, timestamp=time.monotonic(), index=index))
                     index += 1
+            except UserError as e:  # a damaged video file: the frames end here, and the tool says why
+                self.error = e
             except Exception:  # a camera unplugged, a decode error: treated like the end of frames
                 pass
             if self.on_end != "lost" or self._reopen is None:
@@ -169,39 +172,26 @@ class IteratorSource(CaptureSource):
             self._stop.wait(self.retry_s)
 
 
-def _video_frames(path: Path, loop: bool) -> Iterator[np.ndarray]:
-    cv2 = _cv2()
-    while True:
-        cap = cv2.VideoCapture(str(path))
-        got = False
-        while True:
-            ok, bgr = cap.read()
-            if not ok:
-                break
-            got = True
-            yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        cap.release()
-        if not loop or not got:
-            return
-
-
 class VideoFileSource(IteratorSource):
-    """A video file played as a camera at its own frame rate (optionally looping)."""
+    """A video file played as a camera at its own frame rate (optionally looping), read by
+    :mod:`live.media`: damage part-way ends the frames with :attr:`error` set (a one-line UserError)."""
 
     def __init__(self, path: "str | Path", loop: bool = False):
-        path = Path(path)
-        if not path.exists():
-            raise UserError(f"camera file not found: {path}")
-        cv2 = _cv2()
-        cap = cv2.VideoCapture(str(path))
-        ok, first = cap.read() if cap.isOpened() else (False, None)
-        fps = cap.get(cv2.CAP_PROP_FPS) if cap.isOpened() else 0
-        cap.release()
-        if not ok:
-            raise UserError(f"cannot read video frames from {path}: is it a video file? (--camera takes a webcam "
-                            "index or a video file)")
-        super().__init__(lambda: _video_frames(path, loop), fps=fps if 1 <= fps <= 240 else 30.0, name=path.name)
-        self.size = (first.shape[1], first.shape[0])
+        from . import media
+
+        info = media.probe_video(path, what="camera file")
+
+        def frames() -> Iterator[np.ndarray]:
+            while True:
+                count = 0
+                for f in media.VideoReader(info.path, what="camera file", info=info).frames():
+                    count += 1
+                    yield f.rgb
+                if not loop or not count:
+                    return
+
+        super().__init__(frames, fps=float(info.fps), name=info.path.name)
+        self.size = (info.width, info.height)
 
 
 class CameraSource(IteratorSource):

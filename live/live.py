@@ -20,7 +20,8 @@ from typing import Sequence
 from nets.errors import ArgumentParser, UserError, entry_point
 
 from .pasteback import FrameSize, parse_frame_size
-from .pipeline import COMMANDS, AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
+from .pipeline import (COMMANDS, MAX_DELAY_MS, AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions,
+                       LivePipeline)
 from .smoothing import OneEuroConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -53,7 +54,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--no-paste-back", action="store_true",
                    help="send the animated face crop instead of pasting it back into the whole portrait")
     p.add_argument("--fps", type=float, help="cap the output frame rate")
-    p.add_argument("--delay", type=float, metavar="MS", help="hold the end-to-end latency constant at MS")
+    p.add_argument("--delay", type=float, metavar="MS",
+                   help=f"hold the end-to-end latency constant at MS (at most {MAX_DELAY_MS:g}): every frame comes "
+                        "out MS after its capture, none is dropped for it")
     p.add_argument("--max-frames", type=int, help="stop after N output frames (scripted runs)")
     p.add_argument("--stats", type=Path, metavar="PATH.json", help="write run statistics there at the end")
     p.add_argument("--no-smoothing", action="store_true", help="turn off the temporal smoothing of regions")
@@ -153,6 +156,9 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if args.delay is not None and args.delay > MAX_DELAY_MS:
+        raise UserError(f"--delay must be at most {MAX_DELAY_MS:g} ms (it matches a delayed microphone; the frames "
+                        f"of the delay are held in memory), got {args.delay:g}")
     sources = _sources(args.source)
     outputs = args.output or ["virtualcam"]
     cam_w = cam_h = None
@@ -195,7 +201,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
                 sinks.append(FileSink(out, fps_out, out_size.width, out_size.height))
         cropper = FaceCropper(FaceTracker(detector, settings=TrackerSettings(detect_every=2))) if detector else \
             CenterCropper()
-        avatars = Avatars(engine, sources, load)
+        avatars = Avatars(engine, sources, load).check(lambda s: print(f"warning: {s}", file=sys.stderr))
         options = LiveOptions(mode=args.mode, smoothing=not args.no_smoothing,
                               one_euro=OneEuroConfig(min_cutoff=args.min_cutoff, beta=args.beta),
                               output_size=out_size, fps=args.fps, delay_ms=args.delay,
@@ -225,9 +231,16 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         print(f"mra-live: {snap['frames_out']} frames out at {snap['fps_out']:.1f} fps, latency p50 "
               f"{snap['latency_ms_all']['p50']:.0f} ms p95 {snap['latency_ms_all']['p95']:.0f} ms, "
               f"{snap['frames_dropped']} dropped", file=sys.stderr)
+        closing, sinks = sinks, []
+        for s in closing:
+            s.close()
+        damage = getattr(capture, "error", None)
+        if damage is not None:  # the camera file ended early: the recording holds the frames before it
+            kept = [str(s.path) for s in closing if getattr(s, "frames", 0)]
+            raise UserError(f"{damage}" + (f"; the recording {', '.join(kept)} keeps the frames before the damage"
+                                           if kept else ""))
     except BaseException:
-        for s in sinks:  # no half-written recordings
-            getattr(s, "abort", s.close)()
+        _finish_recordings(sinks)  # what was recorded is kept, finalised
         sinks = []
         raise
     finally:
@@ -236,6 +249,22 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         if detector is not None:
             detector.close()
     return 0
+
+
+def _finish_recordings(sinks: list) -> None:
+    """After an error: finalise each recording that has frames (what was recorded is the user's), remove
+    the others' temporaries, close the cameras and windows. Never raises."""
+    for s in sinks:
+        try:
+            if getattr(s, "frames", 1):
+                s.close()
+                continue
+        except BaseException:  # noqa: BLE001 - the original error is the one to report
+            pass
+        try:
+            getattr(s, "abort", s.close)()
+        except BaseException:  # noqa: BLE001
+            pass
 
 
 def main(argv: "Sequence[str] | None" = None) -> int:

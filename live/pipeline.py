@@ -5,13 +5,18 @@ newest item, so the slowest stage sets the frame rate and nothing queues up:
 
     capture thread --LatestFrame--> track thread (crop, driving regions)
                    --Mailbox-->     animate thread (smoothing, transfer, animation, overlay)
-                   --Mailbox-->     sink loop (delay, virtual camera / window / file, stats)
+                   --Mailbox-->     sink loop (delay line, virtual camera / window / file, stats)
+
+With ``delay_ms`` the sink loop is a delay line: it takes every rendered frame at once and sends
+each at its capture time + the delay (a constant latency to match a delayed microphone), so the
+delay costs no frames.
 
 Everything that depends only on the source is computed once per avatar (``Engine.prepare_source``).
 Commands (hot keys) arrive through one queue, from the window, stdin or tests.
 """
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -112,6 +117,37 @@ class Rendered:
     index: int
 
 
+MAX_DELAY_MS = 2000.0  # --delay: a lip-sync latency; the line holds delay x fps frames
+
+
+class DelayLine:
+    """Rendered frames held in order until their capture time + ``delay_s`` (none dropped); with
+    ``delay_s = 0`` every frame is due at once."""
+
+    def __init__(self, delay_s: float = 0.0):
+        self.delay_s = delay_s
+        self._frames: "collections.deque[Rendered]" = collections.deque()
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def push(self, item: "Rendered") -> None:
+        self._frames.append(item)
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until the oldest held frame is due (inf when none is held)."""
+        if not self._frames:
+            return float("inf")
+        return max(0.0, self._frames[0].capture_ts + self.delay_s - now)
+
+    def due(self, now: float) -> "list[Rendered]":
+        """The frames due at ``now``, oldest first (removed from the line)."""
+        out = []
+        while self._frames and self._frames[0].capture_ts + self.delay_s <= now:
+            out.append(self._frames.popleft())
+        return out
+
+
 @dataclass
 class LiveOptions:
     mode: str = "relative"
@@ -147,19 +183,47 @@ class Avatars:
     """The sources (one file or a folder), each prepared once and cached.
 
     ``load(path)`` returns the model input ``(1, 3, S, S)`` float32, or an :class:`AvatarImage`
-    (which may carry the portrait prepared for paste-back)."""
+    (which may carry the portrait prepared for paste-back).
+
+    :meth:`check` loads every source up front: with several, the ones that cannot be used (not an
+    image, no face) are skipped with a warning, and only none usable is an error. A switch that
+    fails later (a file removed meanwhile) keeps the current avatar: it never ends a session."""
 
     def __init__(self, engine: Engine, paths: list[Path], load: "Callable[[Path], np.ndarray | AvatarImage]"):
         self.engine = engine
-        self.paths = paths
+        self.paths = list(paths)
         self.load = load
         self.index = 0
         self._cache: "dict[Path, tuple[Avatar, PasteBack | None]]" = {}
+        self._loaded: "dict[Path, np.ndarray | AvatarImage]" = {}
+
+    def check(self, warn: Callable[[str], None] = lambda s: None) -> "Avatars":
+        """Load every source now; drop the unusable ones (``warn`` says which and why) when there are others."""
+        from nets.errors import UserError
+
+        if len(self.paths) == 1:
+            self._loaded[self.paths[0]] = self.load(self.paths[0])  # its own error, as it is
+            return self
+        good, first_error = [], None
+        for path in self.paths:
+            try:
+                self._loaded[path] = self.load(path)
+                good.append(path)
+            except UserError as e:
+                first_error = first_error or e
+                warn(f"skipping {path.name}: {' '.join(str(e).split())}")
+        if not good:
+            raise UserError(f"none of the {len(self.paths)} images can be used as a portrait; the first: "
+                            f"{first_error}")
+        self.paths = good
+        return self
 
     def _entry(self) -> "tuple[Avatar, PasteBack | None]":
         path = self.paths[self.index]
         if path not in self._cache:
-            image = self.load(path)
+            image = self._loaded.pop(path, None)
+            if image is None:
+                image = self.load(path)
             if not isinstance(image, AvatarImage):
                 image = AvatarImage(image)
             self._cache[path] = (self.engine.prepare_source(image.input), image.paste)
@@ -174,8 +238,21 @@ class Avatars:
         return self._entry()[1]
 
     def step(self, delta: int) -> None:
-        """Move to the next / previous avatar (prepared when first used)."""
+        """Move to the next (``delta`` = 1) or previous (-1) avatar, prepared now; one that fails to
+        load is dropped and the current one stays (UserError says why)."""
+        from nets.errors import UserError
+
+        if len(self.paths) < 2:
+            return
+        old = self.index
         self.index = (self.index + delta) % len(self.paths)
+        try:
+            self._entry()
+        except (UserError, OSError) as e:
+            failed = self.paths.pop(self.index)
+            self.index = old if old < self.index else old - 1
+            reason = " ".join(str(e).split())
+            raise UserError(f"cannot switch to {failed.name} ({reason}); it is skipped, {self.name} stays") from None
 
     @property
     def name(self) -> str:
@@ -273,7 +350,13 @@ class LivePipeline:
                 self._recalibrate = True
                 self.stats.event("recalibrate")
             elif c in ("n", "p"):
-                self.avatars.step(1 if c == "n" else -1)
+                from nets.errors import UserError
+                try:
+                    self.avatars.step(1 if c == "n" else -1)
+                except UserError as e:  # the session goes on with the current avatar
+                    self.log(f"warning: {e}")
+                    self.stats.event(f"warning: {e}")
+                    continue
                 self._recalibrate = True
                 self.stats.event(f"avatar {self.avatars.name}")
             elif c == "m":
@@ -385,33 +468,38 @@ class LivePipeline:
         next_out = time.monotonic()
         last_status = time.monotonic()
         last_lost = 0
+        line = DelayLine((self.opt.delay_ms or 0.0) / 1000.0)
+        ended = False
         try:
-            while not self._stop.is_set():
-                item: Rendered | None = self._rendered.get(timeout=0.25)
-                now = time.monotonic()
+            while not self._stop.is_set() and not (ended and not line):
+                wait = min(0.25, line.wait_s(time.monotonic()))
+                item: Rendered | None = None if ended else self._rendered.get(timeout=wait)
+                if item is not None:
+                    line.push(item)
+                elif ended:
+                    time.sleep(wait)
                 if self.capture.status == "lost" and self.capture.lost_events != last_lost:
                     last_lost = self.capture.lost_events
                     self.log("camera lost: showing the last good frame and retrying every second")
                     self.stats.event("camera lost")
-                if item is None:
-                    if self._rendered._slot.closed:
+                if item is None and not ended and self._rendered._slot.closed:
+                    ended = True  # the frames still in the delay line come out at their time
+                now = time.monotonic()
+                ready = line.due(now)
+                if not ready and not line and item is None and self.last_output is not None \
+                        and (self.capture.status == "lost" or self._engine_down.is_set()):
+                    self._write(self.last_output)  # keep the virtual camera alive
+                for out in ready:
+                    if period:
+                        if now < next_out - period * 0.5:
+                            continue  # over the cap: skip this one
+                        next_out = max(next_out + period, now)
+                    self._write(out.image)
+                    self.last_output = out.image
+                    self.stats.output(out.capture_ts)
+                    if self.opt.max_frames and self.stats.frames_out >= self.opt.max_frames:
+                        ended, line = True, DelayLine()
                         break
-                    if (self.capture.status == "lost" or self._engine_down.is_set()) and self.last_output is not None:
-                        self._write(self.last_output)  # keep the virtual camera alive
-                    continue
-                if period:
-                    if now < next_out - period * 0.5:
-                        continue  # over the cap: skip this one
-                    next_out = max(next_out + period, now)
-                if self.opt.delay_ms:
-                    due = item.capture_ts + self.opt.delay_ms / 1000.0
-                    if due > now:
-                        time.sleep(due - now)
-                self._write(item.image)
-                self.last_output = item.image
-                self.stats.output(item.capture_ts)
-                if self.opt.max_frames and self.stats.frames_out >= self.opt.max_frames:
-                    break
                 if time.monotonic() - last_status >= self.opt.status_every_s:
                     last_status = time.monotonic()
                     self._update_counts()

@@ -2,12 +2,29 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections import defaultdict, deque
 from pathlib import Path
 
 import numpy as np
+
+
+def to_json(data, **kwargs) -> str:
+    """Strict JSON of a snapshot: numpy numbers as numbers, no value yet (NaN, inf) as ``null``
+    (``JSON.parse`` in a browser rejects a bare ``NaN``)."""
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (float, np.floating)):
+            return float(v) if np.isfinite(v) else None
+        if isinstance(v, np.integer):
+            return int(v)
+        return v
+    return json.dumps(clean(data), allow_nan=False, **kwargs)
 
 
 class LiveStats:
@@ -95,4 +112,10 @@ class LiveStats:
         data = self.snapshot(fps_in)
         if extra:
             data.update(extra)
-        Path(path).write_text(json.dumps(data, indent=2, default=float))
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        try:  # written whole or not at all
+            tmp.write_text(to_json(data, indent=2))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

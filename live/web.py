@@ -52,6 +52,7 @@ from nets.errors import ArgumentParser, UserError, run_cli
 from .animate import (BACKENDS, CROPS, DEVICES, MODES, AnimateOptions, AnimateResult, animate_file, auto_backend,
                       check_inputs, load_engine)
 from .web_jobs import Job, JobQueue, QueueFull
+from .stats import to_json
 from .web_live import LiveSession
 from .web_upload import MB, UploadTooLarge, _limit_text, error_text, receive_form, safe_name
 
@@ -294,7 +295,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
                 except asyncio.TimeoutError:
                     pass
                 if session is not None:
-                    await websocket.send_text(json.dumps(session.status(), default=float))
+                    await websocket.send_text(to_json(session.status()))
 
         stats_task = None
         try:
@@ -389,7 +390,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
                 with contextlib.suppress(Exception):
                     final = session.status()
                     final["type"] = "stopped"
-                    await websocket.send_text(json.dumps(final, default=float))
+                    await websocket.send_text(to_json(final))
             if folder is not None:
                 shutil.rmtree(folder, ignore_errors=True)
             with contextlib.suppress(Exception):

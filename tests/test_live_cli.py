@@ -170,3 +170,55 @@ def test_source_without_face_under_crop_auto(assets, tmp_path):
 def test_list_cameras_runs():
     r = run_cli("--list-cameras")
     assert r.returncode == 0 and r.stdout.strip()
+
+
+def test_folder_with_an_unreadable_image_and_a_damaged_camera_file(assets, tmp_path):
+    """Bad images in a --source folder are skipped with a warning; a camera file damaged part-way is an
+    error (exit 2, one line, no libav noise) and the recording keeps the frames before the damage."""
+    from mediagen import corrupt
+    d, ckpt, src, cam = assets
+    folder = tmp_path / "portraits"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(src.read_bytes())
+    (folder / "b.png").write_text("not an image")
+    from mediagen import make_video
+    bad_cam = corrupt(make_video(tmp_path / "camera.mp4", n=100, size=(128, 128)), tmp_path / "damaged.mp4",
+                      start=0.5, length=0.3)
+    out = tmp_path / "rec.mp4"
+    r = run_cli("--source", folder, "--camera", bad_cam, "--output", out, "--checkpoint", ckpt, "--crop", "none",
+                "--backend", "torch", "--quiet")
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("warning: skipping b.png: cannot read source image b.png")
+    assert lines[-1].startswith("error: cannot read camera file damaged.mp4: the video is corrupted") and \
+        f"the recording {out} keeps the frames before the damage" in lines[-1]
+    assert [line for line in lines if line.startswith("error:")] == [lines[-1]]
+    assert "Traceback" not in r.stderr and "[h264" not in r.stderr and "@ 0x" not in r.stderr
+    import av
+    with av.open(str(out)) as c:
+        assert 1 <= sum(1 for _ in c.decode(video=0)) < 100
+    (folder / "a.png").write_text("not an image either")
+    r = run_cli("--source", folder, "--camera", cam, "--output", out, "--checkpoint", ckpt, "--crop", "none",
+                "--backend", "torch")
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(
+        "error: none of the 2 images can be used as a portrait")
+
+
+def test_delay_has_an_upper_bound(assets, tmp_path):
+    d, ckpt, src, cam = assets
+    r = run_cli("--source", src, "--camera", cam, "--output", tmp_path / "o.mp4", "--checkpoint", ckpt,
+                "--delay", 100000)
+    assert r.returncode == 2 and r.stderr.startswith("error: --delay must be at most 2000 ms") and \
+        r.stderr.count("\n") == 1
+
+
+def test_recording_on_a_full_disk(assets, tmp_path):
+    from mediagen import small_tmpfs
+    d, ckpt, src, cam = assets
+    with small_tmpfs(tmp_path / "disk", "8k") as disk:
+        r = run_cli("--source", src, "--camera", cam, "--output", disk / "rec.mp4", "--checkpoint", ckpt,
+                    "--crop", "none", "--backend", "torch", "--quiet", "--output-size", 512)
+        assert r.returncode == 2, r.stderr
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: cannot write {disk / 'rec.mp4'}: no space left on the device")
+        assert "Traceback" not in r.stderr and list(disk.iterdir()) == []

@@ -10,7 +10,7 @@ import pytest
 import nets
 from export.engine import RegionParams, TorchEngine
 from live.capture import Frame, IteratorSource, LatestFrame
-from live.pipeline import Avatars, CenterCropper, LiveOptions, LivePipeline
+from live.pipeline import Avatars, CenterCropper, DelayLine, LiveOptions, LivePipeline, Rendered
 from live.smoothing import LostFacePolicy, OneEuroConfig, OneEuroFilter, RegionSmoother, blend
 
 
@@ -192,6 +192,71 @@ def test_delay_holds_latency(engine):
     pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(300), fps=30), max_frames=15, delay_ms=250)
     stats = pipe.run()
     assert stats.snapshot()["latency_ms"]["p50"] >= 245
+
+
+def test_delay_line_keeps_order_and_times():
+    line = DelayLine(0.2)
+    for i in range(5):
+        line.push(Rendered(np.zeros((2, 2, 3), np.uint8), capture_ts=10.0 + i * 0.04, index=i))
+    assert line.wait_s(10.0) == pytest.approx(0.2) and line.due(10.19) == []
+    assert [r.index for r in line.due(10.25)] == [0, 1] and len(line) == 3
+    assert [r.index for r in line.due(99.0)] == [2, 3, 4] and line.wait_s(99.0) == float("inf")
+    assert [r.index for r in DelayLine(0.0).due(0.0)] == []
+
+
+def test_delay_costs_no_frames(engine):
+    """Every rendered frame comes out, each at its capture time + the delay (the sink never sleeps
+    on one frame while the one-slot mailbox drops the next)."""
+    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(40), fps=25), delay_ms=200)
+    rendered = []
+    put = pipe._rendered.put
+    pipe._rendered.put = lambda item: (rendered.append(item.index), put(item))
+    stats = pipe.run()
+    lat = np.asarray(stats.all_latency_ms)
+    assert len(rendered) >= 10 and stats.frames_out == len(rendered) == len(sink.frames)
+    assert pipe._rendered.dropped == 0
+    assert lat.min() >= 199 and np.median(lat) < 200 + 60, lat
+
+
+def test_a_failed_avatar_switch_keeps_the_session(engine):
+    src = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
+
+    def load(path):
+        if path.name == "gone.png":
+            from nets.errors import UserError
+            raise UserError("source image not found: gone.png; check the path")
+        return src
+
+    avatars = Avatars(engine, [Path("a.png"), Path("gone.png"), Path("c.png")], load)
+    sink = ListSink()
+    pipe = LivePipeline(engine, IteratorSource(moving_frames(400), fps=60), CenterCropper(), avatars, [sink],
+                        LiveOptions(output_size=96, max_frames=30))
+    pipe.commands.put("n")
+    pipe.run()
+    events = " ".join(pipe.stats.events)
+    assert "cannot switch to gone.png" in events and len(sink.frames) == 30
+    assert [p.name for p in avatars.paths] == ["a.png", "c.png"] and avatars.name == "a.png"
+    pipe.commands.put("n")
+    assert avatars.step(1) is not None and avatars.name == "c.png"
+
+
+def test_avatars_check_skips_unusable_images(engine):
+    from nets.errors import UserError
+
+    src = np.zeros((1, 3, 64, 64), np.float32)
+
+    def load(path):
+        if path.stem.startswith("bad"):
+            raise UserError(f"cannot read source image {path.name}: not a valid image")
+        return src
+
+    warnings = []
+    a = Avatars(engine, [Path("bad1.png"), Path("ok.png"), Path("bad2.png")], load).check(warnings.append)
+    assert [p.name for p in a.paths] == ["ok.png"] and len(warnings) == 2 and "skipping bad1.png" in warnings[0]
+    with pytest.raises(UserError, match="none of the 2 images can be used.*bad1.png"):
+        Avatars(engine, [Path("bad1.png"), Path("bad2.png")], load).check()
+    with pytest.raises(UserError, match="^cannot read source image bad1.png"):  # one source: its own error
+        Avatars(engine, [Path("bad1.png")], load).check()
 
 
 def test_avd_mode_without_avd_network_falls_back_with_a_note(engine, monkeypatch):
