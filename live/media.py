@@ -39,7 +39,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from nets.errors import UserError, disk_fault
+from nets.errors import DiskFault, UserError, disk_fault
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".webm", ".gif", ".mkv", ".m4v")
@@ -47,6 +47,8 @@ OUTPUT_KINDS = ("mp4", "gif", "png")  # png = a directory of numbered PNG frames
 IMAGE_HINT = "PNG, JPEG, WebP or BMP"
 VIDEO_HINT = "mp4, mov, avi, webm or gif"
 DEFAULT_MAX_IMAGE_SIDE = 2048
+MAX_DECODED_PIXELS = 64_000_000  # an image is refused (from its header) when decoding would take more
+STALE_AFTER_S = 600.0  # a temporary of a process that is gone, untouched this long, is swept
 MAX_FPS = 240
 FALLBACK_FPS = Fraction(25)
 PNG_PATTERN = "{:06d}.png"
@@ -133,6 +135,9 @@ def read_image(path: "str | os.PathLike", max_side: int = DEFAULT_MAX_IMAGE_SIDE
                     # decode at 1/2, 1/4 or 1/8 scale (DCT scaling) while keeping the long side >= max_side
                     s = max_side / max(im.size)
                     im.draft("RGB", (math.ceil(im.size[0] * s), math.ceil(im.size[1] * s)))
+                if im.size[0] * im.size[1] > MAX_DECODED_PIXELS:  # checked before the pixels are decoded
+                    raise UserError(f"{what} {p.name} is {im.size[0]}x{im.size[1]} pixels, too large to decode "
+                                    f"(at most {MAX_DECODED_PIXELS // 1_000_000} megapixels); downscale it")
                 im.load()
                 ImageOps.exif_transpose(im, in_place=True)  # (a copy otherwise)
                 if max(im.size) > max_side:
@@ -492,11 +497,61 @@ def check_output(path: "str | os.PathLike") -> OutputSpec:
     elif p.is_dir():
         raise UserError(f"output {p} is a directory; give a file name ending in .{kind}")
     check_writable(p.parent, p)
+    sweep_partials(p)
     return OutputSpec(path=p, kind=kind)
 
 
 def _temp_name(target: Path, suffix: str = "") -> Path:
-    return target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}{suffix}"
+    """``.NAME.partial-PID-XXXXXXXX[SUFFIX]`` next to ``target`` (the writer's process id: see :func:`sweep_stale`)."""
+    return target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process
+        return True
+    return True
+
+
+def sweep_stale(folder: Path, pattern: str, older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove what a killed run of ours left in ``folder``: entries whose name matches the regular
+    expression ``pattern`` (its group ``pid`` the writer's process id), whose process is gone and
+    which nobody touched for ``older_than_s`` seconds. Returns what was removed; never raises."""
+    import re
+    import time
+
+    removed = []
+    rx = re.compile(pattern)
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = rx.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            st = entry.lstat()
+            if st.st_uid != os.geteuid() or now - st.st_mtime < older_than_s or _process_alive(int(m["pid"])):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except (OSError, ValueError):
+            continue
+    return removed
+
+
+def sweep_partials(target: Path) -> list[Path]:
+    """Stale temporaries of earlier runs that wrote ``target`` (killed before they could clean up)."""
+    import re
+    return sweep_stale(target.parent, rf"\.{re.escape(target.name)}\.partial-(?P<pid>\d+)-[0-9a-f]{{8}}(\.\w+)?")
 
 
 class ResultKept(UserError):
@@ -561,7 +616,7 @@ class FrameWriter(ABC):
         self.abort()
         message = disk_fault(e, str(self.spec.path))
         if message is not None:
-            raise UserError(message) from None
+            raise DiskFault(message, e.errno) from None
 
     @abstractmethod
     def _write_one(self, rgb: np.ndarray) -> None: ...
@@ -797,7 +852,7 @@ def open_writer(spec: "OutputSpec | str | os.PathLike", fps: Fraction, size: "in
         message = disk_fault(e, str(spec.path))
         if message is None:
             raise
-        raise UserError(message.replace("location", "--output location")) from None
+        raise DiskFault(message.replace("location", "--output location"), e.errno) from None
 
 
 # ---------------------------------------------------------------------------------------------

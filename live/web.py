@@ -47,14 +47,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from nets.errors import ArgumentParser, UserError, run_cli
+from nets.errors import ArgumentParser, DiskFault, UserError, disk_fault, run_cli
 
 from .animate import (BACKENDS, CROPS, DEVICES, MODES, AnimateOptions, AnimateResult, animate_file, auto_backend,
                       check_inputs, load_engine)
 from .web_jobs import Job, JobQueue, QueueFull
 from .stats import to_json
 from .web_live import LiveSession
-from .web_upload import MB, UploadTooLarge, _limit_text, error_text, receive_form, safe_name
+from .web_upload import MB, UploadTooLarge, _limit_text, error_text, receive_form, safe_name, server_disk_text
 
 __all__ = ["WebConfig", "WebApp", "create_app", "BackgroundServer", "main", "Job", "JobQueue", "LiveSession",
            "safe_name", "is_loopback", "examples"]
@@ -124,9 +124,7 @@ class WebApp:
         self.engine = SerializedEngine(engine) if device == "cuda" else engine
         self.config = config
         self.device = device
-        if config.workdir is not None:
-            Path(config.workdir).mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix="mra-web-", dir=config.workdir))
+        self.root = make_workdir(config.workdir)
         self.queue = JobQueue(self._run_job, max_pending=config.max_queue, keep_s=config.keep_minutes * 60)
         self.live: set[LiveSession] = set()
         self.live_lock = threading.Lock()
@@ -142,7 +140,8 @@ class WebApp:
         with self.live_lock:
             sessions = list(self.live)
         for s in sessions:
-            s.close()
+            if isinstance(s, LiveSession):  # (not a place being taken)
+                s.close()
         self.queue.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -184,6 +183,36 @@ def _flag(value, default: bool) -> bool:
     return str(value).strip().lower() in ("1", "true", "on", "yes")
 
 
+WORKDIR_PATTERN = r"mra-web-(?P<pid>\d+)-[\w]{8}"  # tempfile's random part: 8 characters
+
+
+def make_workdir(parent: "Path | None") -> Path:
+    """The server's private temporary folder ``mra-web-PID-XXXXXXXX`` in ``parent`` (default: the
+    system's), after sweeping the ones that servers killed earlier left there; a folder that cannot
+    be made is a UserError."""
+    from . import media
+
+    where = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        media.sweep_stale(where, WORKDIR_PATTERN)
+        return Path(tempfile.mkdtemp(prefix=f"mra-web-{os.getpid()}-", dir=where))
+    except OSError as e:
+        raise UserError(f"cannot make mra-web's temporary folder in {where} ({e.strerror or e}); choose a writable "
+                        "--workdir") from None
+
+
+def _json_object(text: "str | None") -> "dict | None":
+    """A web-socket text message as a JSON object; None for anything else (binary, not JSON, a list...)."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _json_error(message: str, status: int):
     from starlette.responses import JSONResponse
     return JSONResponse({"error": message}, status_code=status)
@@ -211,8 +240,13 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
     async def favicon(request):
         return Response(status_code=204)
 
+    checks = asyncio.Semaphore(1)  # uploads are decoded and checked one at a time: memory stays bounded
+
     async def submit(request):
-        job_id, folder = web.new_job_folder()
+        try:
+            job_id, folder = web.new_job_folder()
+        except OSError as e:
+            return _json_error(server_disk_text(e), 507)
         uploads = (folder / "source", folder / "driving")
         try:
             fields, files = await receive_form(request, folder, config.max_upload_bytes,
@@ -235,7 +269,8 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
             job = Job(id=job_id, folder=folder, source=source, driving=driving, options=options,
                       download_name=safe_name(f"{source.stem}-{driving.stem}.mp4"), uploads=uploads)
             job.output.parent.mkdir()
-            await run_in_threadpool(check_inputs, source, driving, job.output)
+            async with checks:
+                await run_in_threadpool(check_inputs, source, driving, job.output)
             if mode == "avd" and not web.engine.has_avd:
                 raise UserError("this model has no trained AVD network: use --mode relative or standard")
             position = web.queue.submit(job)
@@ -245,6 +280,12 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
         except QueueFull as e:
             shutil.rmtree(folder, ignore_errors=True)
             return _json_error(error_text(e), 503)
+        except (DiskFault, OSError) as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            if not isinstance(e, DiskFault) and disk_fault(e) is None:
+                raise
+            print(f"mra-web: an upload could not be stored: {e}", file=sys.stderr)
+            return _json_error(server_disk_text(e), 507)
         except UserError as e:
             shutil.rmtree(folder, ignore_errors=True)
             return _json_error(error_text(e, uploads), 400)
@@ -298,11 +339,25 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
                     await websocket.send_text(to_json(session.status()))
 
         stats_task = None
+        placeholder = object()
         try:
-            start = await websocket.receive_json()
-            if not isinstance(start, dict) or start.get("type") != "start":
-                raise UserError("the webcam tab must start with a 'start' message")
+            msg = await websocket.receive()
+            if msg["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect()
+            start = _json_object(msg.get("text"))
+            if start is None or start.get("type") != "start":
+                raise UserError("the webcam tab must start with a 'start' message (a JSON object)")
+            with web.live_lock:  # a place is taken before any portrait is read
+                if len(web.live) >= config.max_live:
+                    raise UserError(f"the webcam tab is busy ({config.max_live} session(s) at a time, --max-live); "
+                                    "stop the other one first")
+                web.live.add(placeholder)  # type: ignore[arg-type]
             if "upload" in start:
+                declared = start.get("size")
+                too_large = UploadTooLarge(f"the source image is larger than the upload limit of "
+                                           f"{_limit_text(config.max_upload_bytes)}; use a smaller file")
+                if isinstance(declared, (int, float)) and declared > config.max_upload_bytes:
+                    raise too_large
                 msg = await websocket.receive()
                 if msg["type"] == "websocket.disconnect":
                     raise WebSocketDisconnect()
@@ -310,21 +365,16 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
                 if data is None:
                     raise UserError("the portrait's bytes must follow the 'start' message")
                 if len(data) > config.max_upload_bytes:
-                    raise UploadTooLarge(f"the source image is larger than the upload limit of "
-                                         f"{_limit_text(config.max_upload_bytes)}; use a smaller file")
+                    raise too_large
                 _, folder = web.new_job_folder()
                 portrait = folder / safe_name(str(start.get("upload")))
                 portrait.write_bytes(data)
+                del data, msg
             else:
                 name = str(start.get("example", ""))
                 if name not in examples():
                     raise UserError("no portrait: upload an image or pick one of the examples")
                 portrait = EXAMPLES / f"{name}.png"
-            with web.live_lock:
-                if len(web.live) >= config.max_live:
-                    raise UserError(f"the webcam tab is busy ({config.max_live} session(s) at a time, --max-live); "
-                                    "stop the other one first")
-                web.live.add(placeholder := object())  # type: ignore[arg-type]
             try:
                 session = await run_in_threadpool(
                     LiveSession, web.engine, portrait, str(start.get("crop", "auto")), str(start.get("mode", "relative")),
@@ -354,10 +404,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
                 if msg.get("bytes") is not None:
                     session.push(msg["bytes"])
                 elif msg.get("text"):
-                    try:
-                        cmd = json.loads(msg["text"])
-                    except ValueError:
-                        cmd = {}
+                    cmd = _json_object(msg["text"]) or {}  # anything but a JSON object is ignored
                     if cmd.get("type") == "stop":
                         waiter.cancel()
                         break
@@ -370,7 +417,10 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
             pass
         except Exception as e:  # noqa: BLE001 - one line to the page, never a traceback
             from nets.checkpoint import CheckpointError
-            if isinstance(e, (UserError, CheckpointError)):
+            if isinstance(e, DiskFault) or disk_fault(e) is not None:
+                print(f"mra-web: webcam session: {e}", file=sys.stderr)
+                text = server_disk_text(e)
+            elif isinstance(e, (UserError, CheckpointError)):
                 text = error_text(e, [folder] if folder else [])
             else:
                 print(f"mra-web: webcam session failed:\n{traceback.format_exc()}", file=sys.stderr)
@@ -378,6 +428,8 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
             with contextlib.suppress(Exception):
                 await websocket.send_text(json.dumps({"type": "error", "message": text}))
         finally:
+            with web.live_lock:
+                web.live.discard(placeholder)  # type: ignore[arg-type]
             if session is not None:
                 await run_in_threadpool(session.close)
                 with web.live_lock:

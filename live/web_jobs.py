@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from nets.errors import UserError
+from nets.errors import DiskFault, UserError
 
 from .animate import AnimateOptions, AnimateResult
-from .web_upload import error_text
+from .web_upload import error_text, server_disk_text
 
 
 class JobCancelled(Exception):
@@ -168,6 +168,9 @@ class JobQueue:
             state, message = "done", job.result.describe().replace(str(job.output), job.download_name)
         except JobCancelled:
             state, message = "cancelled", "cancelled"
+        except DiskFault as e:  # the server's disk, not the user's: say so without its paths
+            self.log(f"mra-web: job {job.id}: {e}")
+            message = server_disk_text(e)
         except (UserError, CheckpointError, ConfigError) as e:
             message = error_text(e, job.uploads)
         except MemoryError:

@@ -27,6 +27,14 @@ def error_text(e: BaseException, hide: Sequence[Path] = ()) -> str:
     return f"error: {msg}"
 
 
+def server_disk_text(e: BaseException) -> str:
+    """The page's line for a write the server's disk refused (full, read-only...): no server paths."""
+    from nets.errors import DISK_FAULTS
+    happened = DISK_FAULTS.get(getattr(e, "errno", None), ("it cannot be written", ""))[0]
+    return (f"error: the server cannot store files ({happened}); try again later, or ask whoever runs mra-web to "
+            "free space or choose another --workdir")
+
+
 def safe_name(name: str, default: str = "upload") -> str:
     """An uploaded file's name reduced to a harmless base name (extension kept, at most 100 chars)."""
     base = re.split(r"[\\/]", name or "")[-1]
@@ -134,6 +142,11 @@ async def receive_form(request, folder: Path, limit: int, files: "dict[str, str]
                 parser.write(chunk)
         parser.finalize()
     except UploadTooLarge:
+        raise
+    except OSError as e:
+        from nets.errors import DISK_FAULTS, DiskFault
+        if e.errno in DISK_FAULTS:
+            raise DiskFault(f"cannot store the upload in {folder}: {e.strerror}", e.errno) from None
         raise
     except Exception as e:  # a malformed body: python-multipart's own errors
         if st["error"] is None:

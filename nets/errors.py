@@ -35,6 +35,14 @@ DISK_FAULTS = {
 }
 
 
+class DiskFault(UserError):
+    """A write failed for a reason on the user's side (``errno`` one of :data:`DISK_FAULTS`)."""
+
+    def __init__(self, message: str, errno: int):
+        super().__init__(message)
+        self.errno = errno
+
+
 def disk_fault(e: BaseException, what: str = "") -> "str | None":
     """The one-line message for a write failure the user can fix (disk full, read-only, busy...):
     ``cannot write <what>: <what happened>; <what to do>``; None for any other error."""

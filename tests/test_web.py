@@ -580,3 +580,192 @@ def test_live_session_and_job_share_the_one_engine(server, files):
         j = wait_job(c, job_id)
         assert j["state"] == "done" and j["frames"] == 12
         assert got >= 5
+
+
+# ---------------------------------------------------------------------------------------------
+# Hostile input and server-side faults
+# ---------------------------------------------------------------------------------------------
+
+def _strict_json(text: str) -> dict:
+    def refuse(name):
+        raise AssertionError(f"not valid JSON: bare {name} in {text[:200]}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_live_socket_garbage_gets_one_line_answers(server, files, capfd):
+    from websockets.sync.client import connect
+
+    url = server.url.replace("http", "ws") + "api/live"
+
+    def first_answer(*messages) -> dict:
+        with connect(url, max_size=None) as ws:
+            for m in messages:
+                ws.send(m)
+            return _strict_json(ws.recv(timeout=30))
+
+    capfd.readouterr()
+    for garbage in ("not json", b"\x00\x01binary", "null", "42", "[1, 2]", '"start"', '{"type": "hello"}'):
+        m = first_answer(garbage)
+        assert m["type"] == "error" and m["message"].startswith("error: the webcam tab must start with a 'start' "
+                                                                "message"), (garbage, m)
+    big = b"\x89PNG" + bytes(3 * 1024 * 1024)  # over the 2 MB limit, under the socket's own bound
+    start = {"type": "start", "upload": "big.png", "crop": "none"}
+    for messages in ([json.dumps(start), big], [json.dumps({**start, "size": len(big)})]):  # declared: not read
+        m = first_answer(*messages)
+        assert m["message"].startswith("error: the source image is larger than the upload limit of 2 MB"), m
+    assert "Traceback" not in capfd.readouterr().err
+    # during a session, text that is not a JSON object is ignored; stats are strict JSON from the start
+    with connect(url) as ws:
+        ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
+        assert _strict_json(ws.recv(timeout=30))["type"] == "ready"
+        for garbage in ("null", "7", "nonsense", "[]"):
+            ws.send(garbage)
+        stats = _strict_json(ws.recv(timeout=30))  # no frame has come out yet: no NaN
+        assert stats["type"] == "stats" and stats["frames_out"] == 0 and stats["server_latency_ms"]["p50"] is None
+        ws.send(struct.pack("<I", 1) + _jpeg(pattern(160, 120)))
+        ws.send(json.dumps({"type": "stop"}))
+        kinds = []
+        while True:
+            m = ws.recv(timeout=30)
+            if isinstance(m, str):
+                kinds.append(_strict_json(m)["type"])
+                if kinds[-1] in ("stopped", "error"):
+                    break
+        assert "error" not in kinds
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_busy_webcam_tab_refuses_before_reading_the_portrait(server, files):
+    from websockets.sync.client import connect
+
+    url = server.url.replace("http", "ws") + "api/live"
+    with connect(url) as ws:
+        ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        with connect(url) as other:
+            other.send(json.dumps({"type": "start", "upload": "face.png", "crop": "none"}))  # bytes never sent
+            m = json.loads(other.recv(timeout=30))
+            assert m["type"] == "error" and m["message"].startswith("error: the webcam tab is busy")
+
+
+def test_uploads_are_checked_one_at_a_time(server, files, monkeypatch):
+    from live import web
+
+    running, peak, lock = [0], [0], threading.Lock()
+    real = web.check_inputs
+
+    def counting(*args):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        try:
+            time.sleep(0.2)
+            return real(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(web, "check_inputs", counting)
+    with client(server) as c:
+        threads = [threading.Thread(target=lambda: post_job(c, files / "face.png", files / "clip.mp4"))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert peak[0] == 1
+
+
+def test_huge_decoded_images_are_refused_from_their_header(server, files, tmp_path):
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (9000, 8000)).save(bomb)  # a small file that would decode to 72 megapixels
+    assert bomb.stat().st_size < 2 * 1024 * 1024
+    with client(server) as c:
+        r = post_job(c, bomb, files / "clip.mp4")
+    assert r.status_code == 400 and r.json()["error"] == (
+        "error: source image bomb.png is 9000x8000 pixels, too large to decode (at most 64 megapixels); downscale it")
+
+
+def test_the_servers_disk_full_is_said_without_its_paths(server, files, monkeypatch):
+    import errno as errno_
+
+    from live import media, web_upload
+
+    class FullFile:
+        def __init__(self, *a, **k):
+            pass
+
+        def write(self, data):
+            raise OSError(errno_.ENOSPC, "No space left on device")
+
+        def close(self):
+            pass
+
+    with client(server) as c:
+        monkeypatch.setattr(web_upload, "open", FullFile, raising=False)
+        r = post_job(c, files / "face.png", files / "clip.mp4")
+        monkeypatch.undo()
+        assert r.status_code == 507
+        assert r.json()["error"].startswith("error: the server cannot store files (no space left on the device)")
+        real = media.Mp4Writer._write_one
+
+        def failing(self, rgb):
+            if self.frames_written == 3:
+                raise OSError(errno_.ENOSPC, "No space left on device", str(self.tmp))
+            real(self, rgb)
+
+        monkeypatch.setattr(media.Mp4Writer, "_write_one", failing)
+        j = wait_job(c, post_job(c, files / "face.png", files / "clip.mp4").json()["id"])
+    assert j["state"] == "error" and j["message"].startswith("error: the server cannot store files (no space left")
+    assert str(server.web.root) not in j["message"]
+
+
+def test_workdir_that_cannot_be_written(engine, tmp_path, capfd):
+    from live import web
+    from mediagen import small_tmpfs, unwritable_dir
+
+    with unwritable_dir(tmp_path) as ro:
+        with pytest.raises(web.UserError, match="cannot make mra-web's temporary folder in .*choose a writable --workdir"):
+            web.WebApp(engine, WebConfig(workdir=ro / "work"))
+    with small_tmpfs(tmp_path / "ro", "1m", "ro") as ro:
+        capfd.readouterr()
+        code = web.main(["--port", "0", "--workdir", str(ro)])
+        err = capfd.readouterr().err
+        assert code == 2 and err.startswith(f"error: cannot make mra-web's temporary folder in {ro} (Read-only file "
+                                            "system)") and err.count("\n") == 1
+
+
+def test_stale_leftovers_of_killed_runs_are_swept(engine, tmp_path):
+    """Folders and temporaries of processes that are gone (by name and age) go; nothing else does."""
+    from live import media, web
+
+    dead = 2 ** 22 + 12345  # above Linux's pid_max default: no such process
+    old = time.time() - 3600
+    work = tmp_path / "work"
+    work.mkdir()
+    names = {f"mra-web-{dead}-abcd1234": True, f"mra-web-{os.getpid()}-abcd1234": False,
+             "mra-web-notapid-abcd1234": False, "mine": False, f"mra-web-{dead}-young123": False}
+    for name in names:
+        (work / name).mkdir()
+        (work / name / "x").write_text("x")
+        if name != f"mra-web-{dead}-young123":
+            os.utime(work / name, (old, old))
+    app = web.WebApp(engine, WebConfig(workdir=work))
+    try:
+        for name, swept in names.items():
+            assert (work / name).exists() != swept, name
+    finally:
+        app.close()
+    out = tmp_path / "out"
+    out.mkdir()
+    partials = {f".clip.mp4.partial-{dead}-0123abcd.mp4": True, f".clip.mp4.partial-{os.getpid()}-0123abcd.mp4": False,
+                f".frames.partial-{dead}-0123abcd.old": False, f".other.mp4.partial-{dead}-0123abcd.mp4": False,
+                "clip.mp4.partial": False}
+    for name in partials:
+        (out / name).write_bytes(b"x")
+        os.utime(out / name, (old, old))
+    media.check_output(out / "clip.mp4")
+    for name, swept in partials.items():
+        assert (out / name).exists() != swept, name

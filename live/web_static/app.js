@@ -300,6 +300,7 @@ async function liveStart() {
                     paste_back: $("live-paste-back").checked };
     if (state.sourceFile) {
       start.upload = state.sourceFile.name;
+      start.size = state.sourceFile.size;  // the server refuses one over the limit before it is sent
       ws.send(JSON.stringify(start));
       ws.send(await state.sourceFile.arrayBuffer());
     } else { start.example = state.example; ws.send(JSON.stringify(start)); }
