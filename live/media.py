@@ -52,6 +52,7 @@ STALE_AFTER_S = 600.0  # a temporary of a process that is gone, untouched this l
 MAX_FPS = 240
 FALLBACK_FPS = Fraction(25)
 PNG_PATTERN = "{:06d}.png"
+VIDEO_DEMUXERS = {"mov", "mp4", "avi", "matroska", "webm", "gif"}  # FFmpeg's names for the VIDEO_EXTS containers
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,6 +272,11 @@ def probe_video(path: "str | os.PathLike", what: str = "driving video") -> Video
     container = _open_container(p, what)
     try:
         if not container.streams.video:
+            demuxers = set(container.format.name.split(","))
+            if not container.streams.audio and not demuxers & VIDEO_DEMUXERS:  # (random bytes can pass for
+                # a subtitle or data format): the answer to garbage is one message
+                raise UserError(f"cannot read {what} {p.name}: not a valid video (it holds no video or audio track; "
+                                f"the file is corrupted, truncated, or not {VIDEO_HINT}); re-encode or re-download it")
             raise UserError(f"{what} {p.name} has no video frames (a zero-length or audio-only file); give a video "
                             "with at least one frame")
         stream = container.streams.video[0]

@@ -135,6 +135,28 @@ def test_fp16_graphs_keep_float32_io(tiny_export):  # noqa: F811
     assert "fp16" in engine.providers()["animate"]
 
 
+def test_the_picture_is_held_to_a_tenth_of_an_8_bit_level(tiny_export):  # noqa: F811
+    """The animation graph's prediction may differ by what no written frame shows (0.1/255), not by
+    a visible amount: an export whose picture is off by one 8-bit level fails."""
+    class Offset:
+        def __init__(self, engine, offset):
+            self.engine, self.offset = engine, offset
+
+        def __getattr__(self, name):
+            return getattr(self.engine, name)
+
+        def animate(self, avatar, params):
+            return self.engine.animate(avatar, params) + np.float32(self.offset)
+
+    ort = OrtEngine(tiny_export.directory)
+    model = tiny_export.model
+    quiet = verify_engine(model, Offset(ort, 0.05 / 255), clip_frames=2)
+    assert not quiet.failures() and 1e-4 < quiet.diffs["animate/prediction/face"] < 0.1 / 255
+    loud = verify_engine(model, Offset(ort, 1 / 255), clip_frames=2)
+    assert "animate/prediction/face" in loud.failures() and "animate/prediction/noise" in loud.failures()
+    assert loud.to_dict()["prediction_tolerance"] == pytest.approx(0.1 / 255)
+
+
 def test_verification_fails_loudly(tmp_path, monkeypatch, tiny_export):  # noqa: F811
     # another model's weights: far above the tolerance
     other = randomize(nets.build_model("tiny").eval(), seed=99)

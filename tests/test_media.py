@@ -190,7 +190,8 @@ def test_bad_videos(tmp_path):
     truncate(avi, tmp_path / "cut.avi", 0.6)
     truncate(webm, tmp_path / "cut.webm", 0.6)
     corrupt(good, tmp_path / "bad.mp4", 0.1, 0.5)
-    (tmp_path / "garbage.mov").write_bytes(os.urandom(4000))
+    rng = np.random.default_rng(183)
+    (tmp_path / "garbage.mov").write_bytes(rng.integers(0, 256, 4000, dtype=np.uint8).tobytes())
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("x")
     save_image(tmp_path / "still.png", pattern(32, 32))
@@ -218,6 +219,16 @@ def test_bad_videos(tmp_path):
             info = media.probe_video(tmp_path / name)
             for _ in media.VideoReader(info.path, info=info):
                 pass
+
+
+def test_garbage_gets_one_stable_message(tmp_path):
+    """Random bytes named like a video: always 'not a valid video', whatever FFmpeg takes them for
+    (seed 289 passes for a subtitle file)."""
+    for seed in (289, *range(12)):
+        path = tmp_path / f"garbage{seed}.mov"
+        path.write_bytes(np.random.default_rng(seed).integers(0, 256, 4000, dtype=np.uint8).tobytes())
+        with pytest.raises(UserError, match=rf"^cannot read driving video garbage{seed}.mov: not a valid video"):
+            media.probe_video(path)
 
 
 # ---------------------------------------------------------------------------------------------
