@@ -18,4 +18,5 @@ def _launch(tool: str):
     return run
 
 
-mra_animate, mra_prepare, mra_live, mra_web, mra_serve = (_launch(t) for t in ("animate", "prepare", "live", "web", "serve"))
+mra_animate, mra_prepare, mra_live, mra_web, mra_serve = (
+    _launch(tool) for tool in ("animate", "prepare", "live", "web", "serve"))
