@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import nets  # noqa: E402
-from export.engine import TorchEngine  # noqa: E402
+from export.torch_engine import TorchEngine  # noqa: E402
 
 
 def frames(n: int, size: int, seed: int = 0) -> np.ndarray:

@@ -21,7 +21,6 @@ Backends:
 from __future__ import annotations
 
 import copy
-import inspect
 import itertools
 import shutil
 import time
@@ -34,6 +33,9 @@ import torch
 import torch.nn.functional as F
 
 import nets
+from export.cudagraph import capture as cuda_capture
+from export.runtime import SHORT
+from live.engines import EngineSpec, build_engine
 from nets.regions import Regions
 
 
@@ -315,16 +317,7 @@ def capture(fn: Callable[[], Any], warmup: int = 2, graphs: bool = True) -> tupl
     if not graphs:
         g = EagerReplay(fn)
         return g, g.out
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = fn()
-    return graph, out
+    return cuda_capture(fn, warmup=warmup)
 
 
 class CudaGraphRunner(Runner):
@@ -428,46 +421,7 @@ class CudaGraphRunner(Runner):
 # ONNX Runtime through the Engine API
 # ---------------------------------------------------------------------------------------------
 
-ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                 "tensorrt": "TensorrtExecutionProvider"}
-
-
-def ort_options(factory: Callable, provider: str, threads: int, precision: str = "fp32",
-                devices: "Sequence[str] | None" = None) -> tuple[dict[str, Any], list[str]]:
-    """Keyword arguments for ``OrtEngine.from_checkpoint`` (beyond the checkpoint and config), and notes.
-
-    The export issue's runtime takes ``device`` = ``cpu`` | ``cuda`` | ``tensorrt`` (``devices``:
-    the values it accepts), ``threads`` (intra-op threads), ``precision`` = ``fp32`` | ``fp16`` |
-    ``int8`` and ``fallback`` = ``error`` (no silent provider fallback). Other spellings are
-    tolerated (``provider=``, ``int8=True``); what the factory cannot be asked for raises
-    :class:`Unavailable`.
-    """
-    params = inspect.signature(factory).parameters
-    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    accepts = lambda name: name in params or var_kw  # noqa: E731
-    opts: dict[str, Any] = {}
-    notes: list[str] = []
-    if provider in ("cpu", "cuda") or (devices is not None and provider in devices):
-        opts["device"] = provider
-    elif "provider" in params:
-        opts["device"], opts["provider"] = "cuda", provider
-    else:
-        raise Unavailable(f"OrtEngine cannot be asked for the {provider} provider (device must be one of "
-                          f"{', '.join(devices or ('cpu', 'cuda'))})")
-    if "threads" in params or var_kw:
-        opts["threads"] = threads
-    else:
-        notes.append("ORT thread count not set (no threads option)")
-    if precision != "fp32":
-        if "precision" in params:
-            opts["precision"] = precision
-        elif precision in params:
-            opts[precision] = True
-        else:
-            raise Unavailable(f"OrtEngine.from_checkpoint cannot be asked for {precision} graphs")
-    if "fallback" in params:
-        opts["fallback"] = "error"
-    return opts, notes
+ORT_PROVIDERS = {short: provider for provider, short in SHORT.items()}
 
 
 class OrtRunner(Runner):
@@ -494,17 +448,13 @@ class OrtRunner(Runner):
                               f"(available: {', '.join(ort.get_available_providers())})")
         if self.provider != "cpu" and not torch.cuda.is_available():
             raise Unavailable("no CUDA GPU on this machine")
-        try:
-            from export import runtime
-            from export.runtime import OrtEngine
-        except ImportError as e:
-            raise Unavailable(f"export.runtime (the ONNX Runtime engine) is not available yet: {e}") from None
         target = self.onnx_dir or s.checkpoint_file()
-        opts, notes = ort_options(OrtEngine.from_checkpoint, self.provider, s.threads, self.precision,
-                                  getattr(runtime, "DEVICES", None))
+        spec = EngineSpec(str(target), s.config_arg, backend="onnx", device=self.provider, precision=self.precision,
+                          threads=s.threads, fallback="error")
+        notes: list[str] = []
         t0 = time.perf_counter()
         try:
-            engine = OrtEngine.from_checkpoint(str(target), config=s.config_arg, **opts)
+            engine = build_engine(spec)
         except Exception as e:  # noqa: BLE001 - report why, as an unavailable row
             msg = " ".join(str(e).split())[:240] or type(e).__name__
             raise Unavailable(f"OrtEngine: {msg}") from None
@@ -538,7 +488,10 @@ class OrtRunner(Runner):
         def run(frame: np.ndarray) -> np.ndarray:
             return post(engine.animate(avatar, engine.transfer(avatar, engine.regions(pre(frame)), init, "relative")))
 
-        info = {"providers": providers, "setup_s": round(setup_s, 2), "ort_options": dict(opts)}
+        info = {"providers": providers, "setup_s": round(setup_s, 2),
+                "ort_options": {"device": spec.device, "threads": spec.threads,
+                                **({"precision": spec.precision} if spec.precision != "fp32" else {}),
+                                "fallback": spec.fallback}}
         if self.provider == "tensorrt":
             notes.append("TensorRT builds fp16 engines (engine cache in the user cache dir; first build in setup_s)")
         if notes:

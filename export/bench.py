@@ -96,7 +96,8 @@ def _load() -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .quantize import CalibrationSet, _cpu_name, read_video
+    from .manifest import MANIFEST, read_manifest
+    from .quantize import CalibrationSet, cpu_name, read_video
     from .runtime import OrtEngine
     from .verify import synthetic_clip, synthetic_face
 
@@ -104,14 +105,14 @@ def run(args: argparse.Namespace) -> dict:
     model = random_weights(nets.build_model(args.config), args.seed)
     s = model.frame_size
     export_dir = Path(args.export_dir) if args.export_dir else Path(tempfile.mkdtemp(prefix="mra-bench-"))
-    if not (export_dir / "manifest.json").is_file():
+    if not (export_dir / MANIFEST).is_file():
         from .pipeline import export_model
 
         calibration = CalibrationSet.from_path(args.calibration, s) if args.calibration else None
         print(f"exporting {args.config} to {export_dir} ...", file=sys.stderr)
         export_model(model, export_dir, calibration=calibration, threads=args.threads,
                      progress=lambda m: print("  " + m, file=sys.stderr))
-    manifest = json.loads((export_dir / "manifest.json").read_text())
+    manifest = read_manifest(export_dir)
     n = args.frames + args.warmup
     if args.video:
         clip = read_video(Path(args.video), s, n + 1, stride=2)
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> dict:
         paths["official"] = official
         paths["torch_cached"] = torch_cached
     for precision in ("fp32", "int8"):
-        if precision in manifest["variants"]:
+        if precision in manifest.variants:
             engine = OrtEngine(export_dir, device="cpu", precision=precision, threads=args.threads)
             avatar = engine.prepare_source(source)
             initial = engine.regions(driving[:1])
@@ -185,7 +186,7 @@ def run(args: argparse.Namespace) -> dict:
             times[name].append(t)
     result = {"config": args.config, "threads": args.threads, "frames": len(times[next(iter(paths))]) - args.warmup,
               "warmup": args.warmup, "rounds": rounds, "rounds_dropped_busy_machine": dropped,
-              "max_other_cpu": args.max_other_cpu, "cpu": _cpu_name(), "load_before": load_before,
+              "max_other_cpu": args.max_other_cpu, "cpu": cpu_name(), "load_before": load_before,
               "load_after": _load(), "input": args.video or "synthetic face clip", "export_dir": str(export_dir),
               "paths": {}}
     if result["frames"] < 1:

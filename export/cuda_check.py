@@ -22,6 +22,8 @@ import torch
 
 import nets
 
+from .cudagraph import capture
+
 
 def _per_frame(model, cache, initial):
     def step(frame):
@@ -84,12 +86,7 @@ def run(args) -> dict:
                      "ms_per_frame_eager": _time(step, frames)}
             if args.graphs:
                 static_in = frames[0].clone()
-                for _ in range(2):  # warm up on a side stream before capture
-                    step(static_in)
-                _sync()
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g):
-                    static_out = step(static_in)
+                g, static_out = capture(lambda: step(static_in), warmup=2)
 
                 def replay(frame):
                     static_in.copy_(frame)

@@ -22,6 +22,9 @@ import nets
 from nets.checkpoint import checkpoint_kind, read_checkpoint, sha256_file
 
 from . import onnx as ox
+from .cache import user_cache_dir
+from .quantize import quantize_export
+from .runtime import OrtEngine
 from .manifest import MANIFEST, Manifest, Variant, read_manifest, ManifestError
 from .verify import FP16_TOLERANCE, FP32_CHAIN_TOLERANCE, FP32_TOLERANCE, Report, VerificationError, verify_engine
 
@@ -104,8 +107,6 @@ def export_model(model: nets.MRAA, out_dir: "str | os.PathLike", opset: int = ox
     Raises :class:`VerificationError` (after writing ``verification_failed.json``) when a graph
     differs from PyTorch by more than the tolerance.
     """
-    from .runtime import OrtEngine
-
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -148,8 +149,6 @@ def export_model(model: nets.MRAA, out_dir: "str | os.PathLike", opset: int = ox
             if verify:
                 manifest.variants["fp16"].verification = verified("fp16", FP16_TOLERANCE, FP16_TOLERANCE).to_dict()
         if calibration is not None:
-            from .quantize import quantize_export
-
             manifest.write(out_dir)
             manifest.variants["int8"] = quantize_export(out_dir, manifest, calibration, threads=threads, progress=say)
     except VerificationError:
@@ -188,8 +187,6 @@ def cached_export(checkpoint: "str | os.PathLike", config=None, size: "int | Non
                   fp16: bool = False, export_dir: "str | os.PathLike | None" = None) -> Path:
     """Export ``checkpoint`` once into ``export_dir`` or the user cache and return the directory;
     an existing export of the same checkpoint (sha256), config, size and opset is reused."""
-    from .runtime import user_cache_dir
-
     model, provenance = load_for_export(checkpoint, config, size)
     opset = opset or ox.DEFAULT_OPSET
     key = f"{provenance['sha256'][:16]}-{model.config.name}-{model.frame_size}-op{opset}"
@@ -206,9 +203,3 @@ def cached_export(checkpoint: "str | os.PathLike", config=None, size: "int | Non
     export_model(model, out, opset=opset, fp16=fp16, checkpoint=provenance)
     return out
 
-
-def max_pixel_diffs(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    """Max and mean absolute difference of two frame stacks in [0, 1], also in 8-bit levels."""
-    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
-    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
-            "max_diff_255": float(d.max() * 255), "mean_diff_255": float(d.mean() * 255)}

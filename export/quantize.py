@@ -26,7 +26,12 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from nets.checkpoint import sha256_file
 from nets.errors import UserError
+
+from .manifest import Variant
+from .runtime import OrtEngine
+from .verify import max_pixel_diffs
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif"}
@@ -222,9 +227,6 @@ def per_frame_outputs(engine, clip: np.ndarray) -> tuple[np.ndarray, list[float]
 
 def compare_int8(export_dir: Path, held_out: np.ndarray, threads: "int | None", repeats: int = 2) -> dict[str, Any]:
     """Quality (pixel differences of int8 vs fp32 on ``held_out``) and speed (median ms per frame)."""
-    from .pipeline import max_pixel_diffs
-    from .runtime import OrtEngine
-
     engines = {p: OrtEngine(export_dir, device="cpu", precision=p, threads=threads) for p in ("fp32", "int8")}
     outputs, times = {}, {"fp32": [], "int8": []}
     for _ in range(repeats):  # alternate so both see the same machine load
@@ -235,10 +237,11 @@ def compare_int8(export_dir: Path, held_out: np.ndarray, threads: "int | None", 
     diffs = max_pixel_diffs(outputs["int8"], outputs["fp32"])
     return {"held_out_frames": int(len(held_out) - 1), "ms_per_frame_fp32": round(ms["fp32"], 1),
             "ms_per_frame_int8": round(ms["int8"], 1), "speedup": round(ms["fp32"] / ms["int8"], 2),
-            "threads": threads, "cpu": _cpu_name(), **{k: round(v, 5) for k, v in diffs.items()}}
+            "threads": threads, "cpu": cpu_name(), **{k: round(v, 5) for k, v in diffs.items()}}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (with its int8 dot-product extension when it has one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -256,11 +259,6 @@ def quantize_export(export_dir: "str | os.PathLike", manifest, calibration: Cali
                     threads: "int | None" = None, progress: "Callable[[str], None] | None" = None):
     """Add the int8 variant (``animate.int8.onnx``) to an export directory
     whose fp32 graphs are written; returns the :class:`~export.manifest.Variant` (with ``quality``)."""
-    from nets.checkpoint import sha256_file
-
-    from .manifest import Variant
-    from .runtime import OrtEngine
-
     say = progress or (lambda msg: None)
     export_dir = Path(export_dir)
     engine = OrtEngine(export_dir, device="cpu", precision="fp32", threads=threads)

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 
 from . import transfer as tr
+from .cache import user_cache_dir
 from .engine import Avatar, Engine, EngineError, RegionParams
-from .manifest import MANIFEST, Manifest, ManifestError, read_manifest
+from .manifest import Manifest, ManifestError, read_manifest
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 FALLBACKS = ("error", "warn")
@@ -37,14 +38,6 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 SHORT = {TENSORRT: "tensorrt", CUDA: "cuda", CPU: "cpu"}
 RECORD_ASSIGNMENT = "session.record_ep_graph_assignment_info"
-
-
-def user_cache_dir() -> Path:
-    """``$MRA_CACHE_DIR``, else ``$XDG_CACHE_HOME/mra-live``, else ``~/.cache/mra-live``."""
-    if os.environ.get("MRA_CACHE_DIR"):
-        return Path(os.environ["MRA_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "mra-live"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,31 +306,6 @@ class OrtEngine(Engine):
         self.has_avd = "avd" in self.graphs
         self._device = (self.graphs["animate"].device_type, device_id)
 
-    # -- construction ------------------------------------------------------------------------
-    @classmethod
-    def from_dir(cls, export_dir: "str | os.PathLike", device: str = "cpu", **options: Any) -> "OrtEngine":
-        """An engine over a directory written by ``mra-export``."""
-        return cls(export_dir, device=device, **options)
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: "str | os.PathLike", config=None, device: str = "cpu",
-                        size: "int | None" = None, opset: "int | None" = None, precision: str = "fp32",
-                        export_dir: "str | os.PathLike | None" = None, **options: Any) -> "OrtEngine":
-        """An engine for a checkpoint (official or own; ``config`` as for ``nets.load_model``) or an
-        export directory. A checkpoint is exported (and verified) once into ``export_dir`` or the
-        user cache (``~/.cache/mra-live/onnx/<sha256 prefix>-<config>-<size>``) and reused."""
-        path = Path(checkpoint)
-        if path.is_dir():
-            return cls.from_dir(path, device=device, precision=precision, **options)
-        if precision == "int8":
-            raise EngineError("int8 graphs need calibration frames: run mra-export CHECKPOINT --int8 --calibration "
-                              "DIR --out EXPORT_DIR and open EXPORT_DIR")
-        from .pipeline import cached_export
-
-        out = cached_export(path, config=config, size=size, opset=opset, fp16=precision == "fp16",
-                            export_dir=export_dir)
-        return cls.from_dir(out, device=device, precision=precision, **options)
-
     def export_id(self) -> str:
         """A short id of the exported graphs (their sha256s): names this export's TensorRT engine cache."""
         h = hashlib.sha256()
@@ -428,6 +396,3 @@ class SourceTensors:
             self._batched[b] = arrays
         return self._batched[b]
 
-
-def is_export_dir(path: "str | os.PathLike") -> bool:
-    return (Path(path) / MANIFEST).is_file()

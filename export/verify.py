@@ -28,6 +28,8 @@ import torch
 
 import nets
 
+from .torch_engine import params_from_regions
+
 FP32_TOLERANCE = 1e-4
 FP32_CHAIN_TOLERANCE = 1e-3  # the whole per-frame path (see Report)
 # The animation graph's output is the picture, in [0, 1], written with 8 bits per channel: it is
@@ -183,8 +185,6 @@ def verify_engine(model: nets.MRAA, engine, tolerance: float = FP32_TOLERANCE,
     :class:`Report`); the animation graph's picture is held to ``prediction_tolerance`` (see
     :data:`FP32_PREDICTION_TOLERANCE`). Returns the :class:`Report` (call ``.check()`` to raise on failure).
     """
-    from .engine import RegionParams
-
     model = model.eval()
     pca_before = model.pca
     model.pca = "closed_form"
@@ -220,7 +220,7 @@ def verify_engine(model: nets.MRAA, engine, tolerance: float = FP32_TOLERANCE,
             cache = model.prepare_source(src)
             for tag, frames in (("noise", noise), ("face", clip[1:3])):
                 r = model.regions(torch.from_numpy(frames)).without_heatmap()
-                got = engine.animate(avatar, RegionParams.from_regions(r))
+                got = engine.animate(avatar, params_from_regions(r))
                 ref = model.animate_cached(cache, r, with_deformed=False).prediction.numpy()
                 rep.add(f"animate/prediction/{tag}", max_abs(got, ref))
             # AVD graph
@@ -228,7 +228,7 @@ def verify_engine(model: nets.MRAA, engine, tolerance: float = FP32_TOLERANCE,
                 drv = model.regions(torch.from_numpy(clip[1:3]))
                 b = drv.shift.shape[0]
                 new = model.transfer(cache.regions.map(lambda t: t.expand(b, *t.shape[1:])), drv, mode="avd")
-                got = engine.transfer(avatar, RegionParams.from_regions(drv), None, mode="avd")
+                got = engine.transfer(avatar, params_from_regions(drv), None, mode="avd")
                 for name in ("shift", "covar", "affine"):
                     rep.add(f"avd/{name}/face", max_abs(getattr(got, name), getattr(new, name).numpy()))
             # the per-frame path, relative mode, frame by frame
@@ -245,3 +245,10 @@ def verify_engine(model: nets.MRAA, engine, tolerance: float = FP32_TOLERANCE,
     finally:
         model.pca = pca_before
     return rep
+
+
+def max_pixel_diffs(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Max and mean absolute difference of two frame stacks in [0, 1], also in 8-bit levels."""
+    d = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))
+    return {"max_abs_diff": float(d.max()), "mean_abs_diff": float(d.mean()),
+            "max_diff_255": float(d.max() * 255), "mean_diff_255": float(d.mean() * 255)}

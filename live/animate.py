@@ -28,16 +28,15 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from export.engine import BACKENDS, MODES, EngineError, RegionParams
 from nets.errors import ArgumentParser, UserError, run_cli
 
 from . import media
+from .engines import DEVICES, EngineSpec, build_engine
 from .face import CropBox, CropSettings, FaceDetector, FaceTracker, TrackerSettings, crop_resize, face_crop
 from .pasteback import FrameSize, PasteBack, capped_size, parse_frame_size
 
-MODES = ("relative", "avd", "standard")
 CROPS = ("auto", "none")
-BACKENDS = ("torch", "onnx")
-DEVICES = ("cpu", "cuda")
 WORKING_SIDE = 1280  # driving frames are decoded at most this large for face tracking
 OUTPUT_LONG_SIDE = 1280  # full-frame output: the portrait's resolution, its long side capped at this
 FACE_SCAN_SECONDS = 10.0  # how far into the driving video to look for the first face
@@ -279,13 +278,11 @@ def animate_file(engine, source: "str | os.PathLike", driving: "str | os.PathLik
                  detector: "FaceDetector | None" = None) -> AnimateResult:
     """Animate the portrait ``source`` with the driving video ``driving`` into ``output``.
 
-    ``engine``: an :class:`export.engine.Engine` (see :func:`load_engine`); ``output``: ``.mp4``,
+    ``engine``: an :class:`export.engine.Engine` (see :func:`live.engines.build_engine`); ``output``: ``.mp4``,
     ``.gif`` or a directory (numbered PNGs). ``progress(done, total)`` is called after every batch
     (``total`` is an estimate, None when unknown); raising from it cancels the job cleanly. Bad
     inputs raise :class:`UserError`; nothing is left at ``output`` unless the call succeeds.
     """
-    from export.engine import EngineError
-
     t_start = time.perf_counter()
     options = (options or AnimateOptions()).validate()
     src_rgb, info, spec = check_inputs(source, driving, output)
@@ -304,8 +301,6 @@ def animate_file(engine, source: "str | os.PathLike", driving: "str | os.PathLik
 
 
 def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) -> AnimateResult:
-    from export.engine import RegionParams
-
     size = engine.frame_size
     fps = Fraction(options.fps).limit_denominator(1001) if options.fps else info.fps
     if info.fps_guessed and not options.fps:
@@ -347,65 +342,6 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
         raise
     return AnimateResult(output=path, kind=spec.kind, frames=done, fps=fps, size=out_size, has_audio=writer.has_audio,
                          seconds=time.perf_counter() - t_start)
-
-
-def auto_backend(backend: str, checkpoint: "str | os.PathLike | None", device: str,
-                 export_checkpoints: bool = False) -> str:
-    """``auto`` -> ``onnx`` or ``torch`` (any other value is returned as it is).
-
-    ONNX Runtime on the CPU when onnxruntime is installed, PyTorch on CUDA. A checkpoint other than
-    the shipped one (whose verified export ships with it) must first be exported: tools that run for
-    long (mra-live, mra-web) pass ``export_checkpoints=True`` and pay that once; a one-off mra-animate
-    job keeps PyTorch for it (ONNX Runtime: 26 vs 16 frames/s here on the shipped model).
-    """
-    import importlib.util
-
-    if backend != "auto":
-        return backend
-    if device != "cpu" or not importlib.util.find_spec("onnxruntime"):
-        return "torch"
-    return "onnx" if checkpoint is None or export_checkpoints else "torch"
-
-
-def check_config_use(checkpoint: "str | os.PathLike | None", config: "str | None") -> None:
-    """``--config`` describes a ``--checkpoint``: alone it would be silently ignored, so it is refused."""
-    if checkpoint is None and config is not None:
-        raise UserError(f"--config {config} describes the checkpoint given with --checkpoint; without one the shipped "
-                        "model is used, which carries its own config: drop --config, or add --checkpoint")
-
-
-def load_engine(checkpoint: "str | os.PathLike | None" = None, config: "str | None" = None, backend: str = "torch",
-                device: str = "cpu", threads: "int | None" = None):
-    """The engine for a checkpoint (None: the default model shipped with the package).
-
-    Engine problems (no CUDA, ONNX backend missing) become :class:`UserError`; checkpoint and
-    config problems raise ``nets.CheckpointError`` / ``nets.ConfigError`` (one-line messages too).
-    """
-    from export.engine import EngineError, open_engine
-    from .default_model import default_checkpoint
-
-    if backend not in BACKENDS:
-        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if device not in DEVICES:
-        raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
-    check_config_use(checkpoint, config)
-    if checkpoint is None:
-        if backend == "onnx":
-            from .default_model import default_export_dir
-            checkpoint = default_export_dir()  # the shipped, verified ONNX export: no export at start-up
-        else:
-            checkpoint = default_checkpoint()
-    else:
-        p = Path(checkpoint).expanduser()
-        if not p.exists():
-            raise UserError(f"checkpoint not found: {p}; check the path (or leave --checkpoint out to use the "
-                            "default model)")
-        checkpoint = p
-    try:
-        options = {"threads": threads} if threads and backend == "onnx" else {}
-        return open_engine(checkpoint, config=config, backend=backend, device=device, **options)
-    except EngineError as e:
-        raise UserError(str(e)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,8 +424,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         if batch > engine.limits.max_batch:
             raise UserError(f"--batch-size: the worker takes at most {engine.limits.max_batch} frames per request")
     else:
-        engine = load_engine(args.checkpoint, args.config, auto_backend(args.backend, args.checkpoint, args.device),
-                             args.device)
+        engine = build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device))
 
     from tqdm import tqdm
     bar = tqdm(unit="frame", desc="animating", leave=False, dynamic_ncols=True, disable=None, file=sys.stderr)

@@ -87,40 +87,17 @@ def _sources(spec: str) -> list[Path]:
 
 
 def _engine(args):
-    from .animate import auto_backend, check_config_use, load_engine
+    from .engines import EngineSpec, build_engine
 
-    check_config_use(args.checkpoint, args.config)
-    backend = auto_backend(args.backend, args.checkpoint, args.device, export_checkpoints=True)
     if args.precision != "fp32" and args.device != "cuda":
         raise UserError("--precision fp16/bf16 needs --device cuda")
-    if args.threads:
+    if args.threads:  # also the threads of the PyTorch pre- and post-processing
         import torch
         torch.set_num_threads(args.threads)
-    if backend == "torch" and args.device == "cuda" and args.precision != "fp32":
-        import torch
-        from export.engine import TorchEngine
-        import nets
-        from .default_model import default_checkpoint
-        ckpt = args.checkpoint or default_checkpoint()
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.precision]
-        try:
-            return TorchEngine(nets.load_model(ckpt, config=args.config), device="cuda", dtype=dtype)
-        except Exception as e:
-            from export.engine import EngineError
-            if isinstance(e, EngineError):
-                raise UserError(str(e)) from None
-            raise
     # the region and animation stages run at the same time: by default each gets half the cores
     threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
-    if backend == "torch" and not args.threads:
-        import torch
-        torch.set_num_threads(threads)
-    try:
-        return load_engine(args.checkpoint, args.config, backend=backend, device=args.device, threads=threads)
-    except UserError:
-        if args.backend == "auto" and backend == "onnx":  # ONNX Runtime unusable: PyTorch still works
-            return load_engine(args.checkpoint, args.config, backend="torch", device=args.device)
-        raise
+    return build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device, args.precision, threads,
+                                   export_checkpoints=True))
 
 
 def _stdin_keys(commands: "queue.Queue[str]") -> None:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 
-from export.engine import RegionParams
+P = TypeVar("P")  # region parameters: any dataclass with numpy shift, covar, affine (e.g. RegionParams)
 
 
 def _alpha(cutoff: "float | np.ndarray", dt: float) -> "float | np.ndarray":
@@ -53,7 +54,8 @@ class OneEuroFilter:
 
 
 class RegionSmoother:
-    """One-Euro filters on shift, affine and covar of a single frame's :class:`RegionParams`."""
+    """One-Euro filters on shift, affine and covar of a single frame's region parameters
+    (``export.engine.RegionParams``)."""
 
     def __init__(self, config: OneEuroConfig | None = None, enabled: bool = True):
         self.enabled = enabled
@@ -63,20 +65,20 @@ class RegionSmoother:
         for f in self.filters.values():
             f.reset()
 
-    def __call__(self, params: RegionParams, t: float) -> RegionParams:
+    def __call__(self, params: P, t: float) -> P:
         if not self.enabled:
             return params
         out = {}
         for k, f in self.filters.items():
             v = getattr(params, k)
             out[k] = None if v is None else f(v, t).astype(np.float32)
-        return RegionParams(**out)
+        return replace(params, **out)
 
 
-def blend(a: RegionParams, b: RegionParams, w: float) -> RegionParams:
+def blend(a: P, b: P, w: float) -> P:
     """``(1 - w) * a + w * b`` field by field (w in [0, 1])."""
     f = lambda x, y: None if x is None or y is None else ((1 - w) * x + w * y).astype(np.float32)  # noqa: E731
-    return RegionParams(shift=f(a.shift, b.shift), covar=f(a.covar, b.covar), affine=f(a.affine, b.affine))
+    return replace(a, shift=f(a.shift, b.shift), covar=f(a.covar, b.covar), affine=f(a.affine, b.affine))
 
 
 @dataclass

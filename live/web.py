@@ -47,10 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from export.engine import BACKENDS, MODES
 from nets.errors import ArgumentParser, DiskFault, UserError, disk_fault, run_cli
 
-from .animate import (BACKENDS, CROPS, DEVICES, MODES, AnimateOptions, AnimateResult, animate_file, auto_backend,
-                      check_inputs, load_engine)
+from .animate import CROPS, AnimateOptions, AnimateResult, animate_file, check_inputs
+from .engines import DEVICES, EngineSpec, build_engine
 from .web_jobs import Job, JobQueue, QueueFull
 from .stats import to_json
 from .web_live import LiveSession
@@ -606,8 +607,8 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     sock = bind(config.host, config.port)  # fail fast: a busy port is known before the model loads
     web = None
     try:
-        backend = auto_backend(args.backend, args.checkpoint, args.device, export_checkpoints=True)
-        engine = load_engine(args.checkpoint, args.config, backend, args.device)
+        engine = build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device,
+                                         export_checkpoints=True))
         app = create_app(engine, config, args.device)
         web = app.state.web
         server = make_server(app, sock, config)

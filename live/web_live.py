@@ -10,9 +10,10 @@ from typing import Callable
 
 import numpy as np
 
+from export.engine import MODES
 from nets.errors import UserError
 
-from .animate import CROPS, MODES
+from .animate import CROPS
 from .capture import CaptureSource, Frame, LatestFrame
 from .stats import LiveStats
 

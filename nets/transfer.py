@@ -17,7 +17,7 @@ from torch import Tensor
 from . import geometry as geo
 from .regions import Regions
 
-MODES = ("standard", "relative", "avd")
+MODES = ("relative", "avd", "standard")  # the order the tools offer them in; relative is their default
 
 
 def movement_scale(source: Regions, initial: Regions, eps: float = 1e-12) -> Tensor:

@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--batches", default="1,8,32")
     args = p.parse_args()
     import nets
-    from export.engine import TorchEngine
+    from export.torch_engine import TorchEngine
     from mediagen import count_frames, make_video, pattern, save_image, tone
 
     work = Path(args.work)

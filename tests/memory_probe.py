@@ -69,7 +69,8 @@ def main() -> None:
     p.add_argument("--size", type=int, default=None)
     args = p.parse_args()
 
-    from live.animate import AnimateOptions, animate_file, load_engine
+    from live.animate import AnimateOptions, animate_file
+    from live.engines import load_engine
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

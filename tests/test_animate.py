@@ -14,7 +14,9 @@ from PIL import Image
 
 import nets
 from conftest import shared_path
-from export.engine import Avatar, Engine, RegionParams, TorchEngine
+from export.engine import Avatar, Engine, RegionParams
+from export.torch_engine import TorchEngine
+from live.engines import load_engine
 from live import animate, media
 from live.animate import AnimateOptions, animate_file
 from live.default_model import default_checkpoint
@@ -41,7 +43,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(files):
-    return animate.load_engine(files / "tiny.pth")
+    return load_engine(files / "tiny.pth")
 
 
 def cli(capfd, *argv):
@@ -537,7 +539,7 @@ def test_tc05_identity_preserved_by_default_model(tmp_path):
         ckpt = default_checkpoint()
     except media.UserError as e:
         pytest.skip(f"TC05 needs the shipped model ({e})")
-    engine = animate.load_engine(ckpt)
+    engine = load_engine(ckpt)
     # the drawn example portraits shipped with mra-web always; real portraits when ../shared is here
     faces = sorted((ROOT / "live" / "web_static" / "examples").glob("*.png"))
     if (ROOT.parent / "shared" / "data" / "faces" / "portraits").exists():
@@ -553,7 +555,7 @@ def test_tc05_identity_preserved_by_default_model(tmp_path):
 
 def test_tc05_bound_rejects_an_untrained_model(files, tmp_path):
     """The identity check is not vacuous: a random-weight model fails it."""
-    engine = animate.load_engine(files / "tiny.pth")
+    engine = load_engine(files / "tiny.pth")
     errs = identity_error(engine, pattern(128, 128, 0.3), tmp_path)
     assert min(errs) > IDENTITY_BOUND
 
@@ -576,15 +578,3 @@ def test_memory_flat_for_long_1080p_video(files, tmp_path):
     # one 1080p RGB frame kept per frame would be +6 MB per frame
     assert r["slope_kb_per_frame"] < 50, r
     assert r["growth_mb"] < 30, r
-
-
-def test_auto_backend_uses_onnx_only_for_the_shipped_model_on_the_cpu():
-    from live.animate import auto_backend
-
-    assert auto_backend("auto", None, "cpu") == "onnx"  # its verified export ships with it
-    assert auto_backend("auto", "mine.pth", "cpu") == "torch"  # would need an export first
-    assert auto_backend("auto", None, "cuda") == "torch"
-    assert auto_backend("torch", None, "cpu") == "torch" and auto_backend("onnx", "mine.pth", "cpu") == "onnx"
-    # mra-live and mra-web export any checkpoint once (they run for long)
-    assert auto_backend("auto", "mine.pth", "cpu", export_checkpoints=True) == "onnx"
-    assert auto_backend("auto", "mine.pth", "cuda", export_checkpoints=True) == "torch"

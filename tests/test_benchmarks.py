@@ -105,26 +105,6 @@ def test_shape_and_motion_metrics():
     assert missing.frames == 1
 
 
-def test_ort_options_follow_the_factory_signature():
-    def runtime_like(checkpoint, config=None, device="cpu", size=None, opset=None, precision="fp32",
-                     export_dir=None, **options):
-        pass
-
-    def bare(checkpoint, config=None, device="cpu"):
-        pass
-
-    devices = ("auto", "cpu", "cuda", "tensorrt")
-    assert rn.ort_options(runtime_like, "tensorrt", 2, devices=devices) == ({"device": "tensorrt", "threads": 2}, [])
-    assert rn.ort_options(runtime_like, "cpu", 3, "int8", devices)[0] == {"device": "cpu", "threads": 3,
-                                                                          "precision": "int8"}
-    opts, notes = rn.ort_options(bare, "cuda", 2)
-    assert opts == {"device": "cuda"} and notes
-    with pytest.raises(rn.Unavailable, match="tensorrt"):
-        rn.ort_options(bare, "tensorrt", 2)
-    with pytest.raises(rn.Unavailable, match="int8"):
-        rn.ort_options(bare, "cpu", 2, "int8")
-
-
 def _setup(seed=0):
     torch.manual_seed(seed)
     model = nets.build_model("tiny").eval()

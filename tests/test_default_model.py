@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import nets
-from export.engine import TorchEngine
+from export.torch_engine import TorchEngine
 from export.runtime import OrtEngine
 from live.default_model import default_checkpoint, default_export_dir
 from nets.errors import UserError
@@ -47,7 +47,7 @@ def face_like(size=256, t=0.0):
 
 def test_shipped_onnx_export_equals_pytorch():
     torch_engine = TorchEngine(nets.load_model(default_checkpoint()))
-    ort_engine = OrtEngine.from_dir(default_export_dir(), threads=2)
+    ort_engine = OrtEngine(default_export_dir(), threads=2)
     src = face_like()
     a_t, a_o = torch_engine.prepare_source(src), ort_engine.prepare_source(src)
     init_t, init_o = torch_engine.regions(face_like(t=0.3)), ort_engine.regions(face_like(t=0.3))

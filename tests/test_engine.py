@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import nets
-from export.engine import EngineError, RegionParams, TorchEngine
+from export.engine import EngineError
+from export.torch_engine import TorchEngine, params_from_regions, regions_from_params
 
 from test_networks import randomize
 
@@ -44,6 +45,5 @@ def test_engine_mode_checks():
 
 def test_region_params_roundtrip():
     r = nets.Regions(shift=torch.rand(1, 3, 2), covar=torch.rand(1, 3, 2, 2), affine=torch.rand(1, 3, 2, 2))
-    p = RegionParams.from_regions(r)
-    back = p.to_regions()
+    back = regions_from_params(params_from_regions(r))
     assert torch.equal(back.shift, r.shift) and torch.equal(back.affine, r.affine)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import nets
-from export.engine import TorchEngine
+from export.torch_engine import TorchEngine
 from export.onnx import FORBIDDEN_OPS, graph_ops
 from export.pipeline import FAILED_REPORT, export_model
 from export.rewrite import PhaseConv2d, PolyphaseUpBlock2d, export_friendly

@@ -1,5 +1,5 @@
 """ONNX Runtime engine: provider selection and fallback reporting (with fakes), numpy transfer,
-open_engine, checkpoint export cache, int8 quantization."""
+int8 quantization."""
 import warnings
 from pathlib import Path
 
@@ -10,7 +10,8 @@ import torch
 import nets
 from export import runtime as rt
 from export import transfer as ntr
-from export.engine import EngineError, RegionParams, open_engine
+from export.engine import EngineError
+from export.torch_engine import params_from_regions
 from export.runtime import CPU, CUDA, TENSORRT, ActiveProviders, OrtEngine, check_active, plan_providers
 from export.verify import synthetic_clip, synthetic_face
 from nets import geometry as geo
@@ -156,31 +157,6 @@ def test_engine_errors(tiny_export, tmp_path):  # noqa: F811
 
 
 # ---------------------------------------------------------------------------------------------
-# open_engine and checkpoints
-# ---------------------------------------------------------------------------------------------
-
-def test_open_engine_with_export_dir_and_cached_checkpoint_export(tiny_export, tmp_path, monkeypatch):  # noqa: F811
-    engine = open_engine(tiny_export.directory, backend="onnx")
-    assert isinstance(engine, OrtEngine) and engine.num_regions == 4
-    with pytest.raises(EngineError, match="ONNX export directory.*--backend onnx"):
-        open_engine(tiny_export.directory, backend="torch")
-    # a checkpoint file is exported once into the user cache, then reused
-    monkeypatch.setenv("MRA_CACHE_DIR", str(tmp_path / "cache"))
-    path = tmp_path / "tiny.pth"
-    nets.save_model(tiny_export.model, path)
-    first = open_engine(path, backend="onnx")
-    cached = list((tmp_path / "cache" / "onnx").iterdir())
-    assert len(cached) == 1 and first.export_dir == cached[0]
-    assert first.manifest.checkpoint["kind"] == "own"
-    assert first.manifest.checkpoint["sha256"] == nets.sha256_file(path)
-    assert first.manifest.variants["fp32"].verification["max_diff"] <= 1e-4
-    import export.pipeline as pipeline
-    monkeypatch.setattr(pipeline, "export_model", lambda *a, **k: pytest.fail("exported again"))
-    again = open_engine(path, backend="onnx")
-    assert again.export_dir == first.export_dir
-
-
-# ---------------------------------------------------------------------------------------------
 # numpy transfer against nets.transfer
 # ---------------------------------------------------------------------------------------------
 
@@ -193,10 +169,10 @@ def _random_regions(b, k, seed):
 def test_numpy_relative_transfer_equals_nets():
     s, d, i = _random_regions(1, 10, 0), _random_regions(3, 10, 1), _random_regions(1, 10, 2)
     ref = ttr.relative(s.map(lambda t: t.expand(3, *t.shape[1:])), d, i.map(lambda t: t.expand(3, *t.shape[1:])))
-    got = ntr.relative(RegionParams.from_regions(s), RegionParams.from_regions(d), RegionParams.from_regions(i))
+    got = ntr.relative(params_from_regions(s), params_from_regions(d), params_from_regions(i))
     for f in ("shift", "covar", "affine"):
         assert np.abs(getattr(got, f) - getattr(ref, f).numpy()).max() < 1e-5, f
-    fixed = ntr.relative(RegionParams.from_regions(s), RegionParams.from_regions(d), RegionParams.from_regions(i),
+    fixed = ntr.relative(params_from_regions(s), params_from_regions(d), params_from_regions(i),
                          adapt_movement_scale=False)
     ref = ttr.relative(s, d, i, adapt_movement_scale=False)
     assert np.abs(fixed.shift - ref.shift.numpy()).max() < 1e-6

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import nets
-from export.engine import RegionParams, TorchEngine
+from export.engine import RegionParams
+from export.torch_engine import TorchEngine
 from live.capture import Frame, IteratorSource, LatestFrame
 from live.pipeline import Avatars, CenterCropper, DelayLine, LiveOptions, LivePipeline, Rendered
 from live.smoothing import LostFacePolicy, OneEuroConfig, OneEuroFilter, RegionSmoother, blend

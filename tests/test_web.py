@@ -23,7 +23,7 @@ pytest.importorskip("starlette", reason="mra-web needs starlette (pip install st
 
 import nets  # noqa: E402
 from live import animate  # noqa: E402
-from live.animate import load_engine  # noqa: E402
+from live.engines import load_engine  # noqa: E402
 from live.web import BackgroundServer, JobQueue, WebConfig, is_loopback, safe_name  # noqa: E402
 from live.pasteback import FrameSize  # noqa: E402
 from mediagen import count_frames, make_video, pattern, save_image, tone, truncate  # noqa: E402

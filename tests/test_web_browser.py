@@ -14,7 +14,7 @@ import av
 import pytest
 
 import nets
-from live.animate import load_engine
+from live.engines import load_engine
 from live.web import BackgroundServer, WebConfig
 from mediagen import count_frames, make_video, pattern, save_image, tone, truncate
 

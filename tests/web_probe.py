@@ -48,7 +48,7 @@ def main() -> int:
     import nets
     from playwright.sync_api import sync_playwright
 
-    from live.animate import auto_backend, load_engine
+    from live.engines import EngineSpec, build_engine
     from live.web import BackgroundServer, WebConfig
     from mediagen import make_video, tone
     from webgen import talking, write_y4m
@@ -58,7 +58,7 @@ def main() -> int:
     if ckpt is None and not args.shipped:
         ckpt = tmp / "lite256-random.pth"
         nets.save_model(nets.build_model("lite256").eval(), ckpt)
-    engine = load_engine(ckpt, args.config, backend=auto_backend(args.backend, ckpt, "cpu", export_checkpoints=True))
+    engine = build_engine(EngineSpec(ckpt, args.config, args.backend, export_checkpoints=True))
     cam = write_y4m(tmp / "camera.y4m", [talking(i, 100, 0, 480, 640) for i in range(100)], fps=25)
     result: dict = {"engine": engine.describe(), "crop": args.crop, "camera": "y4m 640x480 @ 25 fps",
                     "load_average_before": os.getloadavg()}
