@@ -3,7 +3,7 @@
     python benchmarks/quality.py --videos heldout/ --crop none --max-frames 60 --json q.json --sheet q.png
 
 The model is the shipped default (``live/assets/lite256.pth``) unless ``--checkpoint`` is given;
-it runs through the tools' engine (``live.animate.load_engine``; backend ``auto`` as mra-animate:
+it runs through the tools' engine factory (``live.engines.build_engine``; backend ``auto`` as mra-animate:
 ONNX Runtime for the shipped model on the CPU, PyTorch otherwise), frames are read and cropped by
 mra-animate's own reader (``benchmarks.clips``: ``--crop auto`` is its face tracker, ``--crop
 none`` a plain resize for prepared square crops), and every transfer is the engine's
@@ -550,12 +550,10 @@ def frames_to_do(clip_paths: Sequence[Path], max_frames: Optional[int], n_cross:
 def open_model(args):
     """(engine, ModelInfo): the checkpoint given, or the shipped default, through the tools' engine loader."""
     import nets
-    from live.animate import auto_backend, load_engine
     from live.default_model import default_checkpoint
+    from live.engines import EngineSpec, build_engine
 
-    backend = auto_backend(args.backend, args.checkpoint, args.device)
-    engine = load_engine(args.checkpoint, config=args.config, backend=backend, device=args.device,
-                         threads=args.threads)
+    engine = build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device, threads=args.threads))
     path = Path(args.checkpoint).expanduser() if args.checkpoint else default_checkpoint()
     return engine, ModelInfo(checkpoint=str(path), sha256=nets.sha256_file(path) if path.is_file() else "-",
                              config=engine.config_name, shipped=args.checkpoint is None, backend=engine.backend,

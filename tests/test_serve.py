@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import nets
-from export.engine import EngineUnavailable, TorchEngine
+from export.engine import EngineUnavailable
+from export.torch_engine import TorchEngine
 from live import worker_protocol as wp
 from live.capture import IteratorSource
 from live.pipeline import Avatars, CenterCropper, LiveOptions, LivePipeline
