@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from live import media
-from live.animate import load_engine, prepare_portrait, to_batch, to_frames
+from live.animate import prepare_portrait, to_batch, to_frames
+from live.engines import load_engine
 from live.face import FaceDetector, crop_resize, face_crop
 from live.live import EXAMPLE_PORTRAIT, FULL_FRAME
 

@@ -268,7 +268,8 @@ def test_quality_relative_mode_is_what_mra_animate_writes(tmp_path):
     pytest.importorskip("mediapipe")
     from PIL import Image
 
-    from live.animate import AnimateOptions, animate_file, load_engine
+    from live.animate import AnimateOptions, animate_file
+    from live.engines import load_engine
     from mediagen import read_frames, save_image
 
     clip = _talking_clips(tmp_path / "clips", n_clips=1, frames=6)["c0.mp4"]
