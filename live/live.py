@@ -150,6 +150,8 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         engine = remote_engine_from_args(args)
     else:
         engine = _engine(args)
+    import cv2
+    cv2.setNumThreads(1)  # the stages already run side by side; OpenCV's own pool would only contend with them
     from . import media
     from .animate import prepare_portrait
     from .face import FaceDetector, FaceTracker, TrackerSettings
