@@ -484,3 +484,17 @@ def test_mra_animate_with_a_worker(worker, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "remote engine" in r.stdout and count_frames(out) == 20
     assert worker.batcher.stats.frames["animate"] == 20 and worker.batcher.stats.mean_batch("animate") > 4
+
+
+@pytest.mark.slow
+def test_serve_load_benchmark_runs(checkpoint, tmp_path):
+    out = tmp_path / "load.json"
+    r = subprocess.run([sys.executable, "benchmarks/serve_load.py", "--clients", "2", "--seconds", "2", "--warmup", "2",
+                        "--startup", "1", "--checkpoint", str(checkpoint), "--config", "tiny", "--backend", "torch",
+                        "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import json
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["clients"] for row in rows] == [2]
+    assert all(row["fps_per_client_min"] > 0 and row["latency_p95_ms"] >= row["latency_p50_ms"] > 0 for row in rows)
+    assert "| 2 |" in r.stdout
