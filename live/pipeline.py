@@ -248,6 +248,8 @@ class Avatars:
         self.index = (self.index + delta) % len(self.paths)
         try:
             self._entry()
+        except EngineUnavailable:  # a remote worker reconnecting: prepared when it is back
+            return
         except (UserError, OSError) as e:
             failed = self.paths.pop(self.index)
             self.index = old if old < self.index else old - 1

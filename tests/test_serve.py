@@ -498,3 +498,29 @@ def test_serve_load_benchmark_runs(checkpoint, tmp_path):
     assert [row["clients"] for row in rows] == [2]
     assert all(row["fps_per_client_min"] > 0 and row["latency_p95_ms"] >= row["latency_p50_ms"] > 0 for row in rows)
     assert "| 2 |" in r.stdout
+
+
+def test_switching_avatars_while_the_worker_is_away_waits_for_it(engine):
+    """n / p while the engine is unavailable: the switch happens, the portrait is prepared once it is back."""
+    class Flaky:
+        down = True
+
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def prepare_source(self, image):
+            if self.down:
+                raise EngineUnavailable("reconnecting")
+            return engine.prepare_source(image)
+
+    flaky = Flaky()
+    flaky.down = False
+    avatars = Avatars(flaky, [Path("a.png"), Path("b.png")], lambda p: portrait(1 if p.name == "a.png" else 2))
+    avatars.current()
+    flaky.down = True
+    avatars.step(1)
+    assert avatars.name == "b.png"
+    with pytest.raises(EngineUnavailable):
+        avatars.current()
+    flaky.down = False
+    assert avatars.current() is avatars.current()
