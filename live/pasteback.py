@@ -4,8 +4,8 @@ The model animates a square crop around the portrait's face (:func:`live.face.fa
 show the whole portrait (hair, shoulders, background, at its own sharpness), each animated crop
 is mapped back through the inverse of the crop transform and blended in through a feathered
 mask. Everything that depends only on the portrait is done once per avatar by
-:meth:`PasteBack.prepare`; :meth:`PasteBack.apply` is the per-frame part (a small warp and a
-masked blend inside the face's box, then one copy of the prepared canvas):
+:meth:`PasteBack.prepare`; :meth:`PasteBack.apply` is the per-frame part (one copy of the
+prepared canvas, a resize of the crop into the face's box and a masked blend there):
 
     paste = PasteBack.prepare(portrait_rgb, crop_box, FrameSize(1280, 720))   # once per avatar
     frame = paste.apply(animated_crop)                                          # (720, 1280, 3) uint8
@@ -29,15 +29,15 @@ import numpy as np
 
 from nets.errors import UserError
 
-from .face import CropBox
+from .face import CropBox, CropSettings
 
 # feathered mask, in units of the crop side. The animation is used fully over the head (a disc of
-# radius FACE_INNER around the face's centre, which lies FACE_DROP below the crop's: CropSettings
-# frames the face 0.08 face sides below the centre, the crop being 1.75 face sides), fading out
+# radius FACE_INNER around the face's centre, which lies FACE_DROP below the crop's, as
+# CropSettings frames it), fading out
 # to FACE_OUTER; the crop's corners and background come from the still portrait, so what the
 # model's background motion moves there (window frames, edges) does not show twice. A rectangular
 # ramp from FEATHER_START to FEATHER_END of the border makes the weight 0 at the crop's border.
-FACE_DROP = 0.08 / 1.75
+FACE_DROP = -CropSettings.shift_y / CropSettings.scale
 FACE_INNER = 0.38
 FACE_OUTER = 0.52
 FEATHER_START = 0.02
