@@ -418,13 +418,13 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         source_box(src_rgb, detector, options.crop_settings)
         first_face_crop(info, detector, options.crop_settings)
     del src_rgb
-    if args.worker:  # a lost connection is waited for (a minute), so no frame of the output is skipped
-        from .worker_client import remote_engine_from_args
-        engine = remote_engine_from_args(args, wait_s=60.0, client="mra-animate")
-        if batch > engine.limits.max_batch:
-            raise UserError(f"--batch-size: the worker takes at most {engine.limits.max_batch} frames per request")
-    else:
-        engine = build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device))
+    from .worker_client import worker_spec
+
+    # with --worker, a lost connection is waited for (a minute), so no frame of the output is skipped
+    engine = build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device,
+                                     worker=worker_spec(args, wait_s=60.0, client="mra-animate")))
+    if args.worker and batch > engine.limits.max_batch:
+        raise UserError(f"--batch-size: the worker takes at most {engine.limits.max_batch} frames per request")
 
     from tqdm import tqdm
     bar = tqdm(unit="frame", desc="animating", leave=False, dynamic_ncols=True, disable=None, file=sys.stderr)

@@ -10,7 +10,10 @@ The factory decides, for every caller alike:
   (``~/.cache/mra-live/onnx/...``) and reuses that export afterwards;
 * precision (torch: fp32 | fp16 | bf16 on cuda, under autocast; onnx: fp32 | fp16 | int8 graphs)
   and threads (torch: ``torch.set_num_threads``; onnx: intra-op threads per graph);
-* fallback: when ``auto`` chose ONNX Runtime and it cannot start, PyTorch runs instead.
+* fallback: when ``auto`` chose ONNX Runtime and it cannot start, PyTorch runs instead;
+* a remote worker: with ``worker`` set, the networks run on an ``mra-serve`` worker
+  (:class:`live.worker_client.RemoteEngine`); ``checkpoint`` / ``config`` then name the model the
+  worker must run (checked), backend, device, precision and threads are the worker's.
 
 Problems the user can fix (missing checkpoint, no CUDA, no onnxruntime) raise :class:`UserError`;
 checkpoint and config problems raise ``nets.CheckpointError`` / ``nets.ConfigError`` (one-line
@@ -22,9 +25,13 @@ import importlib.util
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export.engine import BACKENDS, Engine, EngineError
 from nets.errors import UserError
+
+if TYPE_CHECKING:
+    from .worker_client import WorkerSpec
 
 DEVICES = ("cpu", "cuda")
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
@@ -41,7 +48,8 @@ class EngineSpec:
     CPU threads (None: the library's default); ``export_checkpoints``: let ``auto`` choose ONNX
     Runtime for a checkpoint other than the shipped one (paying its export once: long-running
     tools); ``fallback``: the onnx provider policy (``error`` | ``warn``; None: the runtime's
-    default); ``cuda_graphs``: torch on cuda (None: on when the model allows it).
+    default); ``cuda_graphs``: torch on cuda (None: on when the model allows it); ``worker``: run on
+    an mra-serve worker instead (:class:`live.worker_client.WorkerSpec`).
     """
 
     checkpoint: "str | os.PathLike | None" = None
@@ -53,6 +61,7 @@ class EngineSpec:
     export_checkpoints: bool = False
     fallback: "str | None" = None
     cuda_graphs: "bool | None" = None
+    worker: "WorkerSpec | None" = None
 
 
 def auto_backend(backend: str, checkpoint: "str | os.PathLike | None", device: str,
@@ -80,6 +89,8 @@ def check_config_use(checkpoint: "str | os.PathLike | None", config: "str | None
 
 def build_engine(spec: EngineSpec) -> Engine:
     """The engine ``spec`` describes (see the module doc for what is decided here)."""
+    if spec.worker is not None:
+        return _remote_engine(spec)
     check_config_use(spec.checkpoint, spec.config)
     backend = auto_backend(spec.backend, spec.checkpoint, spec.device, spec.export_checkpoints)
     try:
@@ -140,6 +151,29 @@ def _torch_engine(checkpoint: Path, spec: EngineSpec) -> Engine:
     model = nets.load_model(checkpoint, config=spec.config, pca="closed_form")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[spec.precision]
     return TorchEngine(model, device=spec.device, dtype=dtype, cuda_graphs=spec.cuda_graphs)
+
+
+def _remote_engine(spec: EngineSpec) -> Engine:
+    from . import worker_protocol as wp
+    from .worker_client import RemoteEngine
+
+    local = EngineSpec()
+    for name in ("backend", "device", "precision", "threads"):
+        if getattr(spec, name) != getattr(local, name):
+            raise UserError(f"--{name} is chosen on the worker with --worker (mra-serve --{name} ...)")
+    expect_sha256 = None
+    if spec.checkpoint is not None:
+        path = Path(spec.checkpoint).expanduser()
+        if not path.exists():
+            raise UserError(f"checkpoint not found: {path} (with --worker it names the model the worker must run)")
+        expect_sha256 = wp.model_digest(path)
+    w = spec.worker
+    try:
+        codec = wp.ImageCodec(w.image_format, w.quality)
+    except ValueError as e:
+        raise UserError(f"--worker-format / --worker-quality: {e}") from None
+    return RemoteEngine(w.address, w.token, codec=codec, max_in_flight=w.max_in_flight, expect_config=spec.config,
+                        expect_sha256=expect_sha256, ca_file=w.ca_file, wait_s=w.wait_s, client=w.client)
 
 
 def _onnx_engine(checkpoint: Path, spec: EngineSpec) -> Engine:

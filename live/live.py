@@ -88,6 +88,11 @@ def _sources(spec: str) -> list[Path]:
 
 def _engine(args):
     from .engines import EngineSpec, build_engine
+    from .worker_client import worker_spec
+
+    if getattr(args, "worker", None):  # the networks on an mra-serve worker
+        return build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device, args.precision,
+                                       args.threads, worker=worker_spec(args)))
 
     if args.precision != "fp32" and args.device != "cuda":
         raise UserError("--precision fp16/bf16 needs --device cuda")
@@ -145,11 +150,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         except ValueError:
             raise UserError("--camera-size must look like 640x480") from None
 
-    if args.worker:
-        from .worker_client import remote_engine_from_args
-        engine = remote_engine_from_args(args)
-    else:
-        engine = _engine(args)
+    engine = _engine(args)
     import cv2
     cv2.setNumThreads(1)  # the stages already run side by side; OpenCV's own pool would only contend with them
     from . import media

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import random
 import secrets
 import socket
@@ -48,6 +49,24 @@ FATAL_CODES = (wp.BAD_TOKEN, wp.VERSION, wp.MODEL, wp.BAD_MESSAGE)
 
 class WorkerError(UserError):
     """The worker refused us for a reason retrying cannot fix (one ``error:`` line on the command line)."""
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """An ``mra-serve`` worker that runs the networks: ``address`` (``HOST:PORT``, ``ws://`` or
+    ``wss://`` URL), ``token``, how frames cross the network both ways (``image_format`` jpeg | webp
+    | png, ``quality`` 1-100), ``ca_file`` (a wss:// worker's certificate), requests out at once
+    (``max_in_flight``), how long a call waits for a lost worker (``wait_s``; 0: it raises
+    ``EngineUnavailable`` at once, as a live loop wants) and the ``client`` name it reports."""
+
+    address: str
+    token: str = ""
+    image_format: str = "jpeg"
+    quality: int = 90
+    ca_file: "str | os.PathLike | None" = None
+    max_in_flight: int = 2
+    wait_s: float = 0.0
+    client: str = "mra-live"
 
 
 @dataclass
@@ -471,24 +490,11 @@ def add_worker_arguments(p) -> None:
     g.add_argument("--in-flight", type=int, default=2, help="requests out at once (default 2)")
 
 
-def remote_engine_from_args(args, log: "Callable[[str], None] | None" = None, wait_s: float = 0.0,
-                            client: str = "mra-live") -> RemoteEngine:
-    """The RemoteEngine that ``--worker`` and its options ask for (UserError for bad options); ``wait_s``:
-    how long a call waits for a lost worker to come back (0: raise EngineUnavailable at once)."""
-    for name, default in (("backend", "auto"), ("device", "cpu"), ("precision", "fp32"), ("threads", None)):
-        if getattr(args, name, default) != default:
-            raise UserError(f"--{name} is chosen on the worker with --worker (mra-serve --{name} ...)")
+def worker_spec(args, wait_s: float = 0.0, client: str = "mra-live") -> "WorkerSpec | None":
+    """The :class:`WorkerSpec` that ``--worker`` and its options ask for (None without
+    ``--worker``); ``wait_s``: how long a call waits for a lost worker (0: EngineUnavailable at once)."""
+    if not getattr(args, "worker", None):
+        return None
     token = wp.read_token(args.token_file) if args.token_file else ""
-    try:
-        codec = wp.ImageCodec(args.worker_format, args.worker_quality)
-    except ValueError as e:
-        raise UserError(f"--worker-quality / --worker-format: {e}") from None
-    expect_sha256 = None
-    if getattr(args, "checkpoint", None):
-        p = Path(args.checkpoint).expanduser()
-        if not p.exists():
-            raise UserError(f"checkpoint not found: {p} (with --worker it only names the model the worker must run)")
-        expect_sha256 = wp.model_digest(p)
-    return RemoteEngine(args.worker, token, codec=codec, max_in_flight=args.in_flight,
-                        expect_config=getattr(args, "config", None), expect_sha256=expect_sha256,
-                        ca_file=args.worker_ca, log=log, wait_s=wait_s, client=client)
+    return WorkerSpec(args.worker, token, args.worker_format, args.worker_quality, args.worker_ca, args.in_flight,
+                      wait_s, client)

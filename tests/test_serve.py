@@ -298,6 +298,26 @@ def test_serve_cli_refuses_an_open_address_without_a_token(checkpoint):
     assert "Traceback" not in r.stderr
 
 
+def test_serve_cli_on_an_open_address_with_a_token_says_how_to_add_tls(checkpoint, tmp_path):
+    tok = tmp_path / "token.txt"
+    tok.write_text(TOKEN)
+    proc = subprocess.Popen([sys.executable, "-m", "live.serve", "--checkpoint", str(checkpoint), "--config", "tiny",
+                             "--backend", "torch", "--host", "0.0.0.0", "--port", "0", "--token-file", str(tok)],
+                            cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "unencrypted" in line or len(lines) > 20:
+                break
+        text = "".join(lines)
+        assert "listening on ws://0.0.0.0:" in text and "token required" in text
+        assert "--tls-cert" in text and "reverse proxy" in text
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_live_cli_bad_token_is_one_error_line(worker, tmp_path):
     src = tmp_path / "p.png"
     from PIL import Image
@@ -524,3 +544,17 @@ def test_switching_avatars_while_the_worker_is_away_waits_for_it(engine):
         avatars.current()
     flaky.down = False
     assert avatars.current() is avatars.current()
+
+
+def test_the_engine_factory_builds_the_remote_engine(worker, checkpoint):
+    from live.engines import EngineSpec, build_engine
+    from live.worker_client import WorkerSpec
+    from nets.errors import UserError
+    w = WorkerSpec(f"127.0.0.1:{worker.port}", TOKEN, "webp", 70)
+    engine = build_engine(EngineSpec(checkpoint, "tiny", worker=w))  # names the model the worker must run
+    try:
+        assert isinstance(engine, RemoteEngine) and engine.codec == wp.ImageCodec("webp", 70)
+    finally:
+        engine.close()
+    with pytest.raises(UserError, match="--device is chosen on the worker"):
+        build_engine(EngineSpec(device="cuda", worker=w))
