@@ -203,6 +203,18 @@ def make_workdir(parent: "Path | None") -> Path:
                         "--workdir") from None
 
 
+START_TIMEOUT_S = 30.0  # a webcam-tab socket must say what it wants (and send its portrait) this soon
+
+
+async def _receive_within(websocket, seconds: float) -> dict:
+    """The next web-socket message; a UserError when none comes within ``seconds`` (idle sockets are closed)."""
+    try:
+        return await asyncio.wait_for(websocket.receive(), timeout=seconds)
+    except asyncio.TimeoutError:
+        raise UserError(f"nothing received for {seconds:g} s: the webcam tab must start with a 'start' message "
+                        "(and its portrait)") from None
+
+
 def _json_object(text: "str | None") -> "dict | None":
     """A web-socket text message as a JSON object; None for anything else (binary, not JSON, a list...)."""
     if not text:
@@ -342,7 +354,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
         stats_task = None
         placeholder = object()
         try:
-            msg = await websocket.receive()
+            msg = await _receive_within(websocket, START_TIMEOUT_S)
             if msg["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect()
             start = _json_object(msg.get("text"))
@@ -359,7 +371,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
                                            f"{_limit_text(config.max_upload_bytes)}; use a smaller file")
                 if isinstance(declared, (int, float)) and declared > config.max_upload_bytes:
                     raise too_large
-                msg = await websocket.receive()
+                msg = await _receive_within(websocket, START_TIMEOUT_S)
                 if msg["type"] == "websocket.disconnect":
                     raise WebSocketDisconnect()
                 data = msg.get("bytes")

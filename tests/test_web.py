@@ -635,6 +635,16 @@ def test_live_socket_garbage_gets_one_line_answers(server, files, capfd):
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_an_idle_webcam_socket_is_closed(server, monkeypatch):
+    from websockets.sync.client import connect
+
+    from live import web
+    monkeypatch.setattr(web, "START_TIMEOUT_S", 0.5)
+    with connect(server.url.replace("http", "ws") + "api/live") as ws:
+        m = json.loads(ws.recv(timeout=30))  # nothing sent
+    assert m["type"] == "error" and m["message"].startswith("error: nothing received for 0.5 s")
+
+
 def test_a_busy_webcam_tab_refuses_before_reading_the_portrait(server, files):
     from websockets.sync.client import connect
 
