@@ -142,6 +142,8 @@ def read_image(path: "str | os.PathLike", max_side: int = DEFAULT_MAX_IMAGE_SIDE
                 im.load()
                 ImageOps.exif_transpose(im, in_place=True)  # (a copy otherwise)
                 if max(im.size) > max_side:
+                    if im.mode in ("1", "P") and "transparency" not in im.info:  # 1 byte a pixel, not 3
+                        im = im.convert("L" if im.mode == "1" else "RGB")
                     if im.mode not in ("RGB", "RGBA", "L", "LA"):
                         im = Image.fromarray(image_to_rgb(im))
                     im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
