@@ -142,6 +142,10 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         raise UserError(f"--delay must be at most {MAX_DELAY_MS:g} ms (it matches a delayed microphone; the frames "
                         f"of the delay are held in memory), got {args.delay:g}")
     sources = _sources(args.source)
+    if args.stats:  # known now, not after the session
+        from .media import check_writable
+        stats_path = Path(os.path.abspath(args.stats.expanduser()))
+        check_writable(stats_path.parent, stats_path)
     outputs = args.output or ["virtualcam"]
     cam_w = cam_h = None
     if args.camera_size:

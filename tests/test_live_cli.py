@@ -204,6 +204,14 @@ def test_folder_with_an_unreadable_image_and_a_damaged_camera_file(assets, tmp_p
         "error: none of the 2 images can be used as a portrait")
 
 
+def test_stats_path_is_checked_before_the_session(assets, tmp_path):
+    d, ckpt, src, cam = assets
+    r = run_cli("--source", src, "--camera", cam, "--output", tmp_path / "o.mp4", "--checkpoint", ckpt,
+                "--stats", tmp_path / "missing" / "s.json")
+    assert r.returncode == 2 and r.stderr.startswith("error: output folder") and "does not exist" in r.stderr
+    assert r.stderr.count("\n") == 1 and not (tmp_path / "o.mp4").exists()
+
+
 def test_delay_has_an_upper_bound(assets, tmp_path):
     d, ckpt, src, cam = assets
     r = run_cli("--source", src, "--camera", cam, "--output", tmp_path / "o.mp4", "--checkpoint", ckpt,
