@@ -281,10 +281,16 @@ def test_pipeline_pastes_back_into_each_avatars_portrait(engine):
         return AvatarImage(src, PasteBack.prepare(portraits[p.name], CropBox(75, 75, 60) if p.name == "a.png"
                                                   else CropBox(100, 75, 60), out))
     avatars = Avatars(engine, [Path("a.png"), Path("b.png")], load)
-    sink = ListSink()
+
+    class SwitchingSink(ListSink):  # "n" after the 10th frame (not after a time: a fast run would miss it)
+        def write(self, frame):
+            super().write(frame)
+            if len(self.frames) == 10:
+                pipe.commands.put("n")
+
+    sink = SwitchingSink()
     pipe = LivePipeline(engine, IteratorSource(moving_frames(400), fps=60), CenterCropper(), avatars, [sink],
                         LiveOptions(output_size=out, max_frames=30))
-    threading.Timer(0.8, lambda: pipe.commands.put("n")).start()
     stats = pipe.run()
     assert stats.frames_out == 30 and all(f.shape == (180, 320, 3) for f in sink.frames)
     first, last = sink.frames[0], sink.frames[-1]
