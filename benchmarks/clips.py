@@ -1,6 +1,6 @@
 """Evaluation clips and portraits, read and cropped exactly as mra-animate reads them.
 
-A clip is a video file (``live.media``); its frames come out as the model sees them, uint8
+A clip is a video file (``nets.media``); its frames come out as the model sees them, uint8
 ``(size, size, 3)`` RGB at the video's own frame rate, by ``live.animate.driving_frames``:
 
 * ``crop="none"``: every frame resized to ``size`` (for square face crops such as ``mra-prepare``'s);
@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from live import media
+from nets import media
 from live.animate import CROPS, driving_frames, source_crop
 from nets.errors import UserError
 

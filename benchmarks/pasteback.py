@@ -40,7 +40,7 @@ def measure(portrait: np.ndarray, size: str, frames: int, crop_side: int = 256) 
 def main(argv=None) -> int:
     import cv2
 
-    from live import media
+    from nets import media
     from live.live import EXAMPLE_PORTRAIT
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -70,7 +70,8 @@ from benchmarks import metrics as mt  # noqa: E402
 from benchmarks import sheet as sh  # noqa: E402
 from benchmarks.landmarks import GROUPS, SUBSET, FaceMesh, LandmarksUnavailable  # noqa: E402
 from export.engine import MODES, RegionParams  # noqa: E402
-from live.animate import batched, to_batch, to_frames  # noqa: E402
+from live.animate import batched  # noqa: E402
+from nets import media  # noqa: E402
 
 AKD_SCALE = 256  # AKD is reported in pixels of a 256 x 256 frame
 BORDER = 8  # identity fidelity: width of the outer band, pixels at the model's size
@@ -239,7 +240,7 @@ def summarise(mode: str, scores: Sequence[ClipScore]) -> ModeSummary:
 
 def identity_motion(engine, avatar) -> np.ndarray:
     """The portrait animated by its own regions (``model.animate(src, r, r)``): uint8 ``(S, S, 3)``."""
-    return to_frames(engine.animate(avatar, avatar.regions))[0]
+    return media.to_uint8(engine.animate(avatar, avatar.regions))[0]
 
 
 def amplified_error(output: np.ndarray, frame: np.ndarray, gain: float = 4) -> np.ndarray:
@@ -328,7 +329,7 @@ def self_reenactment(path: Path, engine, mesh: FaceMesh, opt: Options, detector=
     first = next(frames, None)
     if first is None:
         raise UserError(f"{path} has no frames")
-    avatar = engine.prepare_source(to_batch([first]))
+    avatar = engine.prepare_source(media.to_input(first[None]))
     same = identity_motion(engine, avatar)
     identity = identity_score(same, first, path.name)
     lm_first = mesh(first)
@@ -344,11 +345,12 @@ def self_reenactment(path: Path, engine, mesh: FaceMesh, opt: Options, detector=
     initial: Optional[RegionParams] = None
     t = 0
     for batch in batched(itertools.chain([first], frames), opt.batch):
-        r = engine.regions(to_batch(batch))
+        r = engine.regions(media.to_input(np.stack(batch)))
         if initial is None:
             initial = first_row(r)
         regions.append(r)
-        outs = {m: to_frames(engine.animate(avatar, engine.transfer(avatar, r, initial, mode=m))) for m in opt.modes}
+        outs = {m: media.to_uint8(engine.animate(avatar, engine.transfer(avatar, r, initial, mode=m)))
+                for m in opt.modes}
         for i, real in enumerate(batch):
             f_real = as_float(real)
             still.l1.append(mt.l1(f_first, f_real))
@@ -377,7 +379,7 @@ def cross_identity(portrait: np.ndarray, portrait_name: str, driving: ClipRun, e
                    driving_frames: Optional[sh.Strip] = None, progress=lambda n: None
                    ) -> tuple[CrossScore, Optional[sh.Block]]:
     """Animate ``portrait`` with the driving clip's regions (relative mode, the first driving frame as initial)."""
-    avatar = engine.prepare_source(to_batch([portrait]))
+    avatar = engine.prepare_source(media.to_input(portrait[None]))
     initial = first_row(driving.regions[0])
     block = sh.Block(f"{portrait_name} driven by {driving.name} (relative)",
                      [sh.Strip("portrait", [sh.thumbnail(portrait)]), driving_frames or sh.Strip("driving"),
@@ -385,7 +387,7 @@ def cross_identity(portrait: np.ndarray, portrait_name: str, driving: ClipRun, e
     lm_out: list[Optional[np.ndarray]] = []
     t = 0
     for r in driving.regions:
-        for out in to_frames(engine.animate(avatar, engine.transfer(avatar, r, initial, mode="relative"))):
+        for out in media.to_uint8(engine.animate(avatar, engine.transfer(avatar, r, initial, mode="relative"))):
             if t % opt.akd_every == 0:
                 lm_out.append(mesh(out))
             if block:
@@ -535,8 +537,6 @@ def check_writable(flag: str, path: Path) -> None:
 
 def frames_to_do(clip_paths: Sequence[Path], max_frames: Optional[int], n_cross: int, offset: int) -> Optional[int]:
     """Frames the run animates (self-reenactment, then cross pair i driven by clip i + offset), for the progress bar."""
-    from live import media
-
     try:
         counts = [media.probe_video(p, "clip").estimated_frames() for p in clip_paths]
     except UserError:

@@ -125,16 +125,16 @@ class CountingSink:
 def run_client(args) -> int:
     import threading
 
-    from live import media
+    from nets import media
     from live.animate import source_crop
     from live.capture import open_capture
-    from live.pipeline import Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline, to_input
+    from live.pipeline import Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
     from live.worker_client import RemoteEngine
     from live.worker_protocol import ImageCodec
 
     if args.client == "local":  # the baseline: the same pipeline with the engine in this process
-        from live.live import _engine
-        engine = _engine(args)
+        from live.live import engine_from_args
+        engine = engine_from_args(args)
     else:
         engine = RemoteEngine(args.client, codec=ImageCodec(args.format, args.quality), log=lambda s: None)
     detector = None
@@ -146,7 +146,8 @@ def run_client(args) -> int:
         cropper = CenterCropper()
 
     def load(path: Path):
-        return to_input(source_crop(media.read_image(path), engine.frame_size, args.crop, detector, name=path.name))
+        return media.to_input(source_crop(media.read_image(path), engine.frame_size, args.crop, detector,
+                                           name=path.name)[None])
 
     pipe = LivePipeline(engine, open_capture(args.camera, loop=True), cropper,
                         Avatars(engine, [Path(args.portrait)], load), [CountingSink()],
@@ -165,7 +166,7 @@ def run_client(args) -> int:
     result = ClientResult(fps=(n1 - n0) / (t1 - t0), latency_p50_ms=float(np.percentile(lat, 50)) if len(lat) else
                           float("nan"), latency_p95_ms=float(np.percentile(lat, 95)) if len(lat) else float("nan"),
                           frames=n1 - n0, dropped=pipe.capture.slot.dropped - d0, events=pipe.stats.events,
-                          stages_ms={k: round(v["median_ms"], 1) for k, v in pipe.stats.snapshot()["stages"].items()},
+                          stages_ms={k: round(v.median_ms, 1) for k, v in pipe.stats.snapshot().stages.items()},
                           latencies_ms=[round(float(x), 2) for x in lat])
     Path(args.json).write_text(json.dumps(asdict(result)))
     return 0
@@ -243,12 +244,12 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     args = parse_args(argv)
     if args.client:
         return run_client(args)
-    from live.live import _engine
+    from live.live import engine_from_args
     from live.serve import ServeOptions, Worker, model_info
 
     counts = [int(c) for c in args.clients.split(",")]
     load_start = os.getloadavg()
-    engine = _engine(args)
+    engine = engine_from_args(args)
     worker = Worker(engine, model_info(engine, args.checkpoint),
                     ServeOptions(port=0, max_sessions=max(counts), batch_window_ms=args.batch_window)).start_thread()
     print(f"worker: {engine.describe()} on ws://127.0.0.1:{worker.port}; {os.cpu_count()} cores", flush=True)

@@ -16,8 +16,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 import nets
 from nets.checkpoint import checkpoint_kind, read_checkpoint, sha256_file
 

@@ -27,14 +27,13 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from nets.checkpoint import sha256_file
+from nets import media
 from nets.errors import UserError
 
 from .manifest import Variant
 from .runtime import OrtEngine
 from .verify import max_pixel_diffs
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v", ".gif"}
 QUANTIZED_GRAPHS = ("animate",)  # see the module doc for why not "regions"
 
 
@@ -42,49 +41,36 @@ QUANTIZED_GRAPHS = ("animate",)  # see the module doc for why not "regions"
 # Frames
 # ---------------------------------------------------------------------------------------------
 
-def to_frame(image, size: int) -> np.ndarray:
-    """A PIL image -> ``(3, size, size)`` float32 in [0, 1] (centre square crop, then resize)."""
+def to_frame(rgb: np.ndarray, size: int) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(3, size, size)`` float32 in [0, 1] (centre square crop, then bicubic resize)."""
     from PIL import Image
 
-    image = image.convert("RGB")
-    w, h = image.size
+    h, w = rgb.shape[:2]
     side = min(w, h)
     left, top = (w - side) // 2, (h - side) // 2
-    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-    return (np.asarray(image, dtype=np.float32) / 255.0).transpose(2, 0, 1)
+    image = Image.fromarray(rgb[top:top + side, left:left + side]).resize((size, size), Image.BICUBIC)
+    return media.to_input(np.asarray(image))
 
 
 def read_video(path: Path, size: int, max_frames: int, stride: int = 1) -> np.ndarray:
     """Up to ``max_frames`` frames (every ``stride``-th) of a video -> ``(N, 3, size, size)``."""
-    import av
-
+    reader = media.VideoReader(path, what="calibration video")
     frames = []
     try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            for i, frame in enumerate(container.decode(stream)):
-                if i % stride == 0:
-                    frames.append(to_frame(frame.to_image(), size))
-                    if len(frames) >= max_frames:
-                        break
-    except (av.error.FFmpegError, IndexError, OSError) as e:
-        raise UserError(f"cannot read video {path}: {e}") from None
+        for f in reader.frames():
+            if f.index % stride == 0:
+                frames.append(to_frame(f.rgb, size))
+                if len(frames) >= max_frames:
+                    break
+    finally:
+        reader.close()
     if not frames:
         raise UserError(f"{path} has no video frames")
     return np.stack(frames)
 
 
 def read_images(paths: list[Path], size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    frames = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                frames.append(to_frame(im, size))
-        except (UnidentifiedImageError, OSError) as e:
-            raise UserError(f"cannot read image {p}: {e}") from None
-    return np.stack(frames)
+    return np.stack([to_frame(media.read_image(p, what="calibration image"), size) for p in paths])
 
 
 def read_clips(path: "str | os.PathLike", size: int, max_frames: int = 64, stride: int = 3,
@@ -99,14 +85,14 @@ def read_clips(path: "str | os.PathLike", size: int, max_frames: int = 64, strid
     if not path.exists():
         raise UserError(f"calibration path not found: {path}")
     if path.is_file():
-        if path.suffix.lower() in VIDEO_SUFFIXES:
+        if path.suffix.lower() in media.VIDEO_EXTS:
             return [read_video(path, size, max_frames, stride)]
-        if path.suffix.lower() in IMAGE_SUFFIXES:
+        if path.suffix.lower() in media.IMAGE_EXTS:
             return [read_images([path], size)]
-        raise UserError(f"{path}: not a video ({', '.join(sorted(VIDEO_SUFFIXES))}) or image file")
+        raise UserError(f"{path}: not a video ({', '.join(sorted(media.VIDEO_EXTS))}) or image file")
     files = sorted(p for p in path.iterdir() if p.is_file())
-    videos = [p for p in files if p.suffix.lower() in VIDEO_SUFFIXES][:max_videos]
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    videos = [p for p in files if p.suffix.lower() in media.VIDEO_EXTS][:max_videos]
+    images = [p for p in files if p.suffix.lower() in media.IMAGE_EXTS]
     if videos:
         per_video = max(8, -(-max_frames // len(videos)))
         return [read_video(v, size, per_video, stride) for v in videos]

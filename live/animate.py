@@ -28,11 +28,11 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from export.engine import BACKENDS, MODES, EngineError, RegionParams
+from export.engine import BACKENDS, MODES, RegionParams
+from nets import media
 from nets.errors import ArgumentParser, UserError, run_cli
 
-from . import media
-from .engines import DEVICES, EngineSpec, build_engine
+from .engines import DEVICES, EngineSpec, build_engine, check_mode
 from .face import CropBox, CropSettings, FaceDetector, FaceTracker, TrackerSettings, crop_resize, face_crop
 from .pasteback import FrameSize, PasteBack, capped_size, parse_frame_size
 
@@ -118,16 +118,6 @@ class AnimateResult:
 # ---------------------------------------------------------------------------------------------
 # Pieces
 # ---------------------------------------------------------------------------------------------
-
-def to_batch(frames: Sequence[np.ndarray]) -> np.ndarray:
-    """``(H, W, 3)`` uint8 frames -> ``(B, 3, H, W)`` float32 in [0, 1] (the engine's input)."""
-    return np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2), dtype=np.float32) / 255.0
-
-
-def to_frames(pred: np.ndarray) -> np.ndarray:
-    """``(B, 3, H, W)`` float in [0, 1] -> ``(B, H, W, 3)`` uint8."""
-    return (np.clip(pred, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
-
 
 def source_box(rgb: np.ndarray, detector: "FaceDetector | None" = None, settings: CropSettings = CropSettings(),
                name: str = "the source image") -> CropBox:
@@ -286,10 +276,7 @@ def animate_file(engine, source: "str | os.PathLike", driving: "str | os.PathLik
     t_start = time.perf_counter()
     options = (options or AnimateOptions()).validate()
     src_rgb, info, spec = check_inputs(source, driving, output)
-    try:
-        engine.check_mode(options.mode)
-    except EngineError as e:
-        raise UserError(str(e)) from None
+    check_mode(engine, options.mode)
     own_detector = options.crop == "auto" and detector is None
     if own_detector:
         detector = FaceDetector(min_score=options.crop_settings.min_score)
@@ -309,7 +296,7 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     full = options.frame_size(src_rgb.shape[1], src_rgb.shape[0]) if options.full_frame else False
     src, paste = prepare_portrait(src_rgb, size, options.crop, detector, full, options.crop_settings)
     out_size = paste.size if paste is not None else FrameSize(options.size or size, options.size or size)
-    avatar = engine.prepare_source(to_batch([src]))
+    avatar = engine.prepare_source(media.to_input(src[None]))
     del src_rgb
 
     frames = driving_frames(info, size, fps, options.crop, detector, options)
@@ -321,13 +308,13 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     initial = None
     try:
         for batch in prefetch(batched(frames, options.batch_size), depth=2):
-            x = to_batch(batch)
+            x = media.to_input(np.stack(batch))
             regions = engine.regions(x)
             if initial is None:  # relative motion is measured from the first driving frame
                 initial = RegionParams(*(None if a is None else a[:1].copy()
                                          for a in (regions.shift, regions.covar, regions.affine)))
             new = engine.transfer(avatar, regions, initial, mode=options.mode)
-            out = to_frames(engine.animate(avatar, new))
+            out = media.to_uint8(engine.animate(avatar, new))
             if paste is not None:
                 out = np.stack([paste.apply(f) for f in out])
             elif out_size.width != size:

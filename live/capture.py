@@ -174,10 +174,10 @@ class IteratorSource(CaptureSource):
 
 class VideoFileSource(IteratorSource):
     """A video file played as a camera at its own frame rate (optionally looping), read by
-    :mod:`live.media`: damage part-way ends the frames with :attr:`error` set (a one-line UserError)."""
+    :mod:`nets.media`: damage part-way ends the frames with :attr:`error` set (a one-line UserError)."""
 
     def __init__(self, path: "str | Path", loop: bool = False):
-        from . import media
+        from nets import media
 
         info = media.probe_video(path, what="camera file")
 

@@ -101,6 +101,14 @@ def build_engine(spec: EngineSpec) -> Engine:
         raise
 
 
+def check_mode(engine: Engine, mode: str) -> None:
+    """:meth:`Engine.check_mode` for the tools: a mode the engine cannot run is a :class:`UserError`."""
+    try:
+        engine.check_mode(mode)
+    except EngineError as e:
+        raise UserError(str(e)) from None
+
+
 def load_engine(checkpoint: "str | os.PathLike | None" = None, config: "str | None" = None, backend: str = "torch",
                 device: str = "cpu", threads: "int | None" = None) -> Engine:
     """``build_engine(EngineSpec(checkpoint, config, backend, device, threads=threads))``, for scripts."""

@@ -19,12 +19,12 @@ from typing import Sequence
 
 from nets.errors import ArgumentParser, UserError, entry_point
 
+from .engines import EngineSpec, build_engine, check_mode
 from .pasteback import FrameSize, parse_frame_size
 from .pipeline import (COMMANDS, MAX_DELAY_MS, AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions,
                        LivePipeline)
 from .smoothing import OneEuroConfig
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 FULL_FRAME = FrameSize(1280, 720)  # the portrait pasted back: a standard video frame
 CROP_SIDE = 512  # the face crop alone: a square
 EXAMPLE_PORTRAIT = Path(__file__).resolve().parent / "assets" / "example-portrait.png"
@@ -79,15 +79,17 @@ def _sources(spec: str) -> list[Path]:
     if not p.exists():
         raise UserError(f"source not found: {p}; give a portrait image or a folder of them")
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        from nets.media import IMAGE_EXTS
+
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
         if not files:
-            raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in the folder {p}")
+            raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) in the folder {p}")
         return files
     return [p]
 
 
-def _engine(args):
-    from .engines import EngineSpec, build_engine
+def engine_from_args(args):
+    """The engine of mra-live's options (also mra-serve's): a worker, or threads per stage and export on demand."""
     from .worker_client import worker_spec
 
     if getattr(args, "worker", None):  # the networks on an mra-serve worker
@@ -154,21 +156,20 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         except ValueError:
             raise UserError("--camera-size must look like 640x480") from None
 
-    engine = _engine(args)
+    engine = engine_from_args(args)
     import cv2
     cv2.setNumThreads(1)  # the stages already run side by side; OpenCV's own pool would only contend with them
-    from . import media
+    from nets import media
     from .animate import prepare_portrait
     from .face import FaceDetector, FaceTracker, TrackerSettings
 
     detector = FaceDetector() if args.crop == "auto" else None
 
     def load(path: Path) -> AvatarImage:
-        from .pipeline import to_input
         rgb = media.read_image(path)
         crop, paste = prepare_portrait(rgb, engine.frame_size, args.crop, detector, out_size if paste_back else False,
                                        name=path.name)
-        return AvatarImage(to_input(crop), paste)
+        return AvatarImage(media.to_input(crop[None]), paste)
 
     capture = open_capture(args.camera, loop=args.loop, width=cam_w, height=cam_h)
     commands: queue.Queue[str] = queue.Queue()
@@ -190,8 +191,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
                               one_euro=OneEuroConfig(min_cutoff=args.min_cutoff, beta=args.beta),
                               output_size=out_size, fps=args.fps, delay_ms=args.delay,
                               max_frames=args.max_frames, overlay=args.overlay)
-        if args.mode == "avd" and not engine.has_avd:
-            raise UserError("this model has no trained AVD network: use --mode relative or standard")
+        check_mode(engine, args.mode)
         log = (lambda s: None) if args.quiet else (lambda s: print(f"\r{s}", end="", file=sys.stderr, flush=True))
         print(f"mra-live: {engine.describe()}; camera {args.camera} ({capture.size[0]}x{capture.size[1]} @ "
               f"{capture.fps:g} fps) -> {', '.join(outputs)} at {out_size}"
@@ -199,7 +199,9 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         if "window" not in outputs:
             print("keys: " + ", ".join(f"{k} {v.split(' (')[0]}" for k, v in COMMANDS.items()) +
                   " (type + Enter)", file=sys.stderr)
-        if engine.frame_size > 256 or engine.config_name in ("vox256", "taichi256", "ted384", "mgif256"):
+        from nets.config import OFFICIAL_PRESETS
+
+        if engine.frame_size > 256 or engine.config_name in OFFICIAL_PRESETS:
             if args.device == "cpu" and not args.worker:
                 print(f"note: {engine.config_name} is a full-size network; on a CPU it runs at a few frames per "
                       "second at best. Use the default model or --device cuda for real time.", file=sys.stderr)
@@ -210,11 +212,11 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
             print(file=sys.stderr)
         if args.stats:
             stats.write_json(args.stats, extra={"engine": engine.describe(), "camera": args.camera,
-                                                "outputs": outputs, "mode": pipe.mode}, fps_in=pipe._fps_in())
-        snap = stats.snapshot(pipe._fps_in())
-        print(f"mra-live: {snap['frames_out']} frames out at {snap['fps_out']:.1f} fps, latency p50 "
-              f"{snap['latency_ms_all']['p50']:.0f} ms p95 {snap['latency_ms_all']['p95']:.0f} ms, "
-              f"{snap['frames_dropped']} dropped", file=sys.stderr)
+                                                "outputs": outputs, "mode": pipe.mode}, fps_in=pipe.fps_in())
+        snap = stats.snapshot(pipe.fps_in())
+        print(f"mra-live: {snap.frames_out} frames out at {snap.fps_out:.1f} fps, latency p50 "
+              f"{snap.latency_ms_all.p50:.0f} ms p95 {snap.latency_ms_all.p95:.0f} ms, "
+              f"{snap.frames_dropped} dropped", file=sys.stderr)
         closing, sinks = sinks, []
         for s in closing:
             s.close()

@@ -27,6 +27,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from export.engine import Avatar, Engine, EngineUnavailable, RegionParams
+from nets.media import to_input, to_uint8
 
 from .capture import CaptureSource, Frame, LatestFrame
 from .face import CropBox, FaceTracker, crop_resize
@@ -71,16 +72,6 @@ class FaceCropper:
         return None if crop is None or self.tracker.lost else crop
 
 
-def to_input(rgb: np.ndarray) -> np.ndarray:
-    """uint8 ``(S, S, 3)`` -> float32 ``(1, 3, S, S)`` in [0, 1]."""
-    return (rgb.astype(np.float32) * (1.0 / 255.0)).transpose(2, 0, 1)[None]
-
-
-def to_image(frame: np.ndarray) -> np.ndarray:
-    """float ``(3, S, S)`` in [0, 1] -> uint8 ``(S, S, 3)``."""
-    return (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
-
-
 class Mailbox:
     """One-slot hand-over between stage threads (newest item wins; ``None`` from ``get`` on timeout)."""
 
@@ -99,6 +90,10 @@ class Mailbox:
     @property
     def dropped(self) -> int:
         return self._slot.dropped
+
+    @property
+    def closed(self) -> bool:
+        return self._slot.closed
 
 
 @dataclass
@@ -312,7 +307,7 @@ class LivePipeline:
                 if box is not None:
                     crop = crop_resize(frame.image, box, self.size)
                     try:
-                        params = self.engine.regions(to_input(crop))
+                        params = self.engine.regions(to_input(crop[None]))
                     except EngineUnavailable as e:
                         self._engine_lost(e)
                         continue
@@ -372,7 +367,7 @@ class LivePipeline:
             while not self._stop.is_set():
                 item: Tracked | None = self._tracked.get(timeout=0.5)
                 if item is None:
-                    if self._tracked._slot.closed:
+                    if self._tracked.closed:
                         break
                     continue
                 if not self._handle_commands():
@@ -425,7 +420,7 @@ class LivePipeline:
     def _post(self, out: np.ndarray, item: Tracked, new: RegionParams) -> np.ndarray:
         """The animated crop -> the output frame: pasted back into the portrait, or the crop fitted
         to the output size (+ the overlay)."""
-        image = to_image(out)
+        image = to_uint8(out)
         if self.overlay:
             image = self._draw_regions(image, new)
         paste = self.avatars.paste
@@ -454,7 +449,7 @@ class LivePipeline:
             thumb = cv2.resize(item.crop, (s // 4, s // 4))
             image[-thumb.shape[0]:, :thumb.shape[1]] = thumb
         snap = self.stats.snapshot()
-        text = f"{self.stats.fps_out():.1f} fps  {snap['latency_ms']['p50']:.0f} ms  {self.mode}"
+        text = f"{self.stats.fps_out():.1f} fps  {snap.latency_ms.p50:.0f} ms  {self.mode}"
         cv2.putText(image, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         return image
 
@@ -484,7 +479,7 @@ class LivePipeline:
                     last_lost = self.capture.lost_events
                     self.log("camera lost: showing the last good frame and retrying every second")
                     self.stats.event("camera lost")
-                if item is None and not ended and self._rendered._slot.closed:
+                if item is None and not ended and self._rendered.closed:
                     ended = True  # the frames still in the delay line come out at their time
                 now = time.monotonic()
                 ready = line.due(now)
@@ -505,7 +500,7 @@ class LivePipeline:
                 if time.monotonic() - last_status >= self.opt.status_every_s:
                     last_status = time.monotonic()
                     self._update_counts()
-                    self.log(self.stats.status_line(self._fps_in()))
+                    self.log(self.stats.status_line(self.fps_in()))
         except KeyboardInterrupt:
             # Ctrl-C is how a terminal user stops a live tool: stop like "q" (recordings kept, stats
             # written); a second Ctrl-C during the clean-up interrupts that as usual
@@ -530,6 +525,7 @@ class LivePipeline:
         self.stats.frames_in = self.capture.slot.received
         self.stats.dropped = self.capture.slot.dropped + self._tracked.dropped + self._rendered.dropped
 
-    def _fps_in(self) -> float:
+    def fps_in(self) -> float:
+        """Camera frames received per second since the start."""
         el = time.monotonic() - self.stats.start
         return self.capture.slot.received / el if el > 0 else 0.0

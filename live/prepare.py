@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from nets import media
 from nets.errors import ArgumentParser, UserError, run_cli
 
-from . import media
 from .face import CropBox, CropSettings, FaceDetector, crop_resize, face_tube
 
 WORKING_SIDE = 1280

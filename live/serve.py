@@ -39,6 +39,7 @@ import numpy as np
 from export.engine import Avatar, Engine, EngineError, RegionParams
 from export.stack import AvatarStacks
 from nets.errors import ArgumentParser, UserError
+from nets.media import to_input, to_uint8
 
 from . import worker_protocol as wp
 
@@ -462,7 +463,7 @@ class Worker:
         if len(images) > self.opt.max_batch:
             raise RequestFailed(wp.BAD_MESSAGE, f"at most {self.opt.max_batch} frames per request")
         rgb = np.stack([wp.decode_image(b, s) for b in images])
-        return (rgb.astype(np.float32) * (1.0 / 255.0)).transpose(0, 3, 1, 2)
+        return to_input(rgb)
 
     async def _engine(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self.executors["animate"], fn, *args)
@@ -479,7 +480,7 @@ class Worker:
             avatar = self._avatar(session, msg.avatar)
             frames = await self.batcher.submit("animate", session.id, (avatar, msg.params), msg.params.batch_size)
             session.frames += len(frames)
-            images = await asyncio.to_thread(lambda: [session.codec.encode(_rgb(f)) for f in frames])
+            images = await asyncio.to_thread(lambda: [session.codec.encode(to_uint8(f)) for f in frames])
             return wp.Animated(msg.id, images)
         if isinstance(msg, wp.PrepareSource):
             frames = await asyncio.to_thread(self._frames, [msg.image])
@@ -501,11 +502,6 @@ class Worker:
             new = await self._engine(self.engine.transfer, avatar, msg.driving, msg.initial, msg.mode)
             return wp.Transferred(msg.id, new)
         raise RequestFailed(wp.BAD_MESSAGE, f"a client does not send {type(msg).__name__}")
-
-
-def _rgb(frame: np.ndarray) -> np.ndarray:
-    """float ``(3, S, S)`` in [0, 1] -> uint8 ``(S, S, 3)``."""
-    return (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
 
 
 def _health(connection, request):
@@ -612,9 +608,9 @@ def options_from_args(args) -> ServeOptions:
 def cli(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     options = options_from_args(args)
-    from .live import _engine
+    from .live import engine_from_args
 
-    engine = _engine(args)
+    engine = engine_from_args(args)
     info = model_info(engine, args.checkpoint)
     log = (lambda s: None) if args.quiet else (lambda s: print(f"mra-serve: {s}", file=sys.stderr, flush=True))
     worker = Worker(engine, info, options, log=log)

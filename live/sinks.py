@@ -85,14 +85,14 @@ class WindowSink(Sink):
 
 class FileSink(Sink):
     """A recording: ``.mp4`` (H.264), ``.gif`` or a directory of numbered PNG frames, written to a
-    temporary name and renamed when closed (``live.media`` writers)."""
+    temporary name and renamed when closed (``nets.media`` writers)."""
 
     name = "file"
 
     def __init__(self, path: "str | Path", fps: float, width: int, height: int):
         from fractions import Fraction
 
-        from . import media
+        from nets import media
         self.spec = media.check_output(path)
         self.path = self.spec.path
         # a live recording must keep up with the camera on the cores the model uses too: x264's veryfast

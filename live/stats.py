@@ -6,6 +6,7 @@ import os
 import threading
 import time
 from collections import defaultdict, deque
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,49 @@ def to_json(data, **kwargs) -> str:
             return int(v)
         return v
     return json.dumps(clean(data), allow_nan=False, **kwargs)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """End-to-end latency percentiles, ms (NaN before the first output frame)."""
+
+    p50: float
+    p95: float
+
+
+@dataclass(frozen=True)
+class WholeRunLatency(Latency):
+    max: float
+
+
+@dataclass(frozen=True)
+class StageTimes:
+    median_ms: float
+    p95_ms: float
+
+
+@dataclass(frozen=True)
+class LiveSnapshot:
+    """The live loop's statistics at one moment (``latency_ms`` and ``stages`` over the rolling
+    window, ``latency_ms_all`` over the whole run)."""
+
+    elapsed_s: float
+    frames_in: int
+    frames_out: int
+    frames_dropped: int
+    face_lost_frames: int
+    fps_in: float
+    fps_out: float
+    latency_ms: Latency
+    latency_ms_all: WholeRunLatency
+    stages: "dict[str, StageTimes]"
+    max_output_gap_ms: float
+    stalls_over_1s: int
+    events: "list[str]"
+
+    def to_dict(self) -> dict:
+        """The snapshot as the JSON of ``mra-live --stats`` shows it."""
+        return asdict(self)
 
 
 class LiveStats:
@@ -79,22 +123,19 @@ class LiveStats:
     def _pct(values, q) -> float:
         return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
 
-    def snapshot(self, fps_in: float = 0.0) -> dict:
+    def snapshot(self, fps_in: float = 0.0) -> LiveSnapshot:
         with self._lock:
-            stages = {k: {"median_ms": self._pct(v, 50), "p95_ms": self._pct(v, 95)} for k, v in self.stage_ms.items()}
+            stages = {k: StageTimes(self._pct(v, 50), self._pct(v, 95)) for k, v in self.stage_ms.items()}
             lat = list(self.latency_ms)
             all_lat = list(self.all_latency_ms)
-            return {
-                "elapsed_s": time.monotonic() - self.start,
-                "frames_in": self.frames_in, "frames_out": self.frames_out, "frames_dropped": self.dropped,
-                "face_lost_frames": self.face_lost_frames,
-                "fps_in": fps_in, "fps_out": self._fps_unlocked(),
-                "latency_ms": {"p50": self._pct(lat, 50), "p95": self._pct(lat, 95)},
-                "latency_ms_all": {"p50": self._pct(all_lat, 50), "p95": self._pct(all_lat, 95),
-                                   "max": max(all_lat) if all_lat else float("nan")},
-                "stages": stages, "max_output_gap_ms": self.max_gap_ms, "stalls_over_1s": self.stalls_over_1s,
-                "events": list(self.events),
-            }
+            return LiveSnapshot(
+                elapsed_s=time.monotonic() - self.start, frames_in=self.frames_in, frames_out=self.frames_out,
+                frames_dropped=self.dropped, face_lost_frames=self.face_lost_frames, fps_in=fps_in,
+                fps_out=self._fps_unlocked(), latency_ms=Latency(self._pct(lat, 50), self._pct(lat, 95)),
+                latency_ms_all=WholeRunLatency(self._pct(all_lat, 50), self._pct(all_lat, 95),
+                                               max(all_lat) if all_lat else float("nan")),
+                stages=stages, max_output_gap_ms=self.max_gap_ms, stalls_over_1s=self.stalls_over_1s,
+                events=list(self.events))
 
     def _fps_unlocked(self) -> float:
         t = self.out_times
@@ -104,12 +145,12 @@ class LiveStats:
 
     def status_line(self, fps_in: float = 0.0) -> str:
         s = self.snapshot(fps_in)
-        st = " ".join(f"{k} {v['median_ms']:.0f}" for k, v in s["stages"].items())
-        return (f"in {fps_in:4.1f} fps  out {s['fps_out']:4.1f} fps  dropped {s['frames_dropped']}  "
-                f"latency p50 {s['latency_ms']['p50']:.0f} p95 {s['latency_ms']['p95']:.0f} ms  [{st} ms]")
+        st = " ".join(f"{k} {v.median_ms:.0f}" for k, v in s.stages.items())
+        return (f"in {fps_in:4.1f} fps  out {s.fps_out:4.1f} fps  dropped {s.frames_dropped}  "
+                f"latency p50 {s.latency_ms.p50:.0f} p95 {s.latency_ms.p95:.0f} ms  [{st} ms]")
 
     def write_json(self, path: "str | Path", extra: dict | None = None, fps_in: float = 0.0) -> None:
-        data = self.snapshot(fps_in)
+        data = self.snapshot(fps_in).to_dict()
         if extra:
             data.update(extra)
         path = Path(path)

@@ -51,11 +51,11 @@ from export.engine import BACKENDS, MODES
 from nets.errors import ArgumentParser, DiskFault, UserError, disk_fault, run_cli
 
 from .animate import CROPS, AnimateOptions, AnimateResult, animate_file, check_inputs
-from .engines import DEVICES, EngineSpec, build_engine
+from .engines import DEVICES, EngineSpec, build_engine, check_mode
 from .web_jobs import Job, JobQueue, QueueFull
 from .stats import to_json
 from .web_live import LiveSession
-from .web_upload import MB, UploadTooLarge, _limit_text, error_text, receive_form, safe_name, server_disk_text
+from .web_upload import MB, UploadTooLarge, limit_text, error_text, receive_form, safe_name, server_disk_text
 
 __all__ = ["WebConfig", "WebApp", "create_app", "BackgroundServer", "main", "Job", "JobQueue", "LiveSession",
            "safe_name", "is_loopback", "examples"]
@@ -191,7 +191,7 @@ def make_workdir(parent: "Path | None") -> Path:
     """The server's private temporary folder ``mra-web-PID-XXXXXXXX`` in ``parent`` (default: the
     system's), after sweeping the ones that servers killed earlier left there; a folder that cannot
     be made is a UserError."""
-    from . import media
+    from nets import media
 
     where = Path(parent) if parent is not None else Path(tempfile.gettempdir())
     try:
@@ -284,8 +284,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
             job.output.parent.mkdir()
             async with checks:
                 await run_in_threadpool(check_inputs, source, driving, job.output)
-            if mode == "avd" and not web.engine.has_avd:
-                raise UserError("this model has no trained AVD network: use --mode relative or standard")
+            check_mode(web.engine, mode)
             position = web.queue.submit(job)
         except UploadTooLarge as e:
             shutil.rmtree(folder, ignore_errors=True)
@@ -368,7 +367,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
             if "upload" in start:
                 declared = start.get("size")
                 too_large = UploadTooLarge(f"the source image is larger than the upload limit of "
-                                           f"{_limit_text(config.max_upload_bytes)}; use a smaller file")
+                                           f"{limit_text(config.max_upload_bytes)}; use a smaller file")
                 if isinstance(declared, (int, float)) and declared > config.max_upload_bytes:
                     raise too_large
                 msg = await _receive_within(websocket, START_TIMEOUT_S)

@@ -5,6 +5,7 @@ import collections
 import struct
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -15,6 +16,7 @@ from nets.errors import UserError
 
 from .animate import CROPS
 from .capture import CaptureSource, Frame, LatestFrame
+from .engines import check_mode
 from .stats import LiveStats
 
 
@@ -142,25 +144,24 @@ class LiveSession:
                  paste_back: bool = True):
         import queue
 
-        from . import media
+        from nets import media
         from .animate import prepare_portrait
         from .face import FaceDetector, FaceTracker, TrackerSettings
         from .pasteback import capped_size
-        from .pipeline import AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline, to_input
+        from .pipeline import AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
 
         if crop not in CROPS:
             raise UserError(f"--crop must be auto or none, got {crop!r}")
         if mode not in MODES:
             raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if mode == "avd" and not engine.has_avd:
-            raise UserError("this model has no trained AVD network: use --mode relative or standard")
+        check_mode(engine, mode)
         self.detector = FaceDetector() if crop == "auto" else None
         try:
             def load(path: Path) -> AvatarImage:
                 rgb = media.read_image(path)
                 full = capped_size(rgb.shape[1], rgb.shape[0], output_size) if paste_back else False
                 src, paste = prepare_portrait(rgb, engine.frame_size, crop, self.detector, full)  # mra-animate's wording
-                return AvatarImage(to_input(src), paste)
+                return AvatarImage(media.to_input(src[None]), paste)
 
             self.avatars = Avatars(engine, [portrait], load)
             self.avatars.current()  # the portrait is checked (and prepared) now
@@ -218,8 +219,8 @@ class LiveSession:
     def status(self) -> dict:
         snap = self.stats.snapshot()
         return {"type": "stats", "frames_in": self.source.received,
-                "frames_out": snap["frames_out"], "fps_out": snap["fps_out"],
-                "dropped": snap["frames_dropped"] + self.source.dropped_before_decode,
-                "face_lost_frames": snap["face_lost_frames"], "mode": self.pipeline.mode,
-                "server_latency_ms": snap["latency_ms"],
-                "stages_ms": {k: v["median_ms"] for k, v in snap["stages"].items()}}
+                "frames_out": snap.frames_out, "fps_out": snap.fps_out,
+                "dropped": snap.frames_dropped + self.source.dropped_before_decode,
+                "face_lost_frames": snap.face_lost_frames, "mode": self.pipeline.mode,
+                "server_latency_ms": asdict(snap.latency_ms),
+                "stages_ms": {k: v.median_ms for k, v in snap.stages.items()}}

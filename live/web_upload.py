@@ -49,7 +49,7 @@ class UploadTooLarge(UserError):
     """An uploaded file is over ``--max-upload-mb`` (HTTP 413)."""
 
 
-def _limit_text(limit: int) -> str:
+def limit_text(limit: int) -> str:
     return f"{limit / MB:g} MB"
 
 
@@ -70,7 +70,7 @@ async def receive_form(request, folder: Path, limit: int, files: "dict[str, str]
     bound = len(files) * limit + MB
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > bound:
-        raise UploadTooLarge(f"the upload is {int(length) / MB:.1f} MB, over the limit of {_limit_text(limit)} per file; "
+        raise UploadTooLarge(f"the upload is {int(length) / MB:.1f} MB, over the limit of {limit_text(limit)} per file; "
                              "use smaller files (or start mra-web with a higher --max-upload-mb)")
     fields: dict[str, str] = {}
     saved: dict[str, Path] = {}
@@ -110,7 +110,7 @@ async def receive_form(request, folder: Path, limit: int, files: "dict[str, str]
                 if st["error"] is None:
                     st["error"] = UploadTooLarge(
                         f"the {files[st['name']]} {st['path'].name} is larger than the upload limit of "
-                        f"{_limit_text(limit)}; use a smaller file (or start mra-web with a higher --max-upload-mb)")
+                        f"{limit_text(limit)}; use a smaller file (or start mra-web with a higher --max-upload-mb)")
                 st["file"].close()
                 st["file"] = None
                 st["path"].unlink(missing_ok=True)
@@ -136,7 +136,7 @@ async def receive_form(request, folder: Path, limit: int, files: "dict[str, str]
         async for chunk in request.stream():
             received += len(chunk)
             if received > bound:
-                raise UploadTooLarge(f"the upload is over the limit of {_limit_text(limit)} per file; use smaller files "
+                raise UploadTooLarge(f"the upload is over the limit of {limit_text(limit)} per file; use smaller files "
                                      "(or start mra-web with a higher --max-upload-mb)")
             if chunk:
                 parser.write(chunk)

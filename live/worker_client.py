@@ -40,6 +40,7 @@ import numpy as np
 from export import transfer as tr
 from export.engine import Avatar, Engine, EngineUnavailable, RegionParams
 from nets.errors import UserError
+from nets.media import to_input, to_uint8
 
 from . import worker_protocol as wp
 
@@ -104,11 +105,6 @@ def worker_url(address: str) -> str:
         raise UserError(f"--worker has a bad port: {address!r}") from None
     host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
     return f"{parts.scheme}://{host}:{port}{parts.path or '/'}"
-
-
-def _rgb(frame: np.ndarray) -> np.ndarray:
-    """float ``(3, S, S)`` in [0, 1] -> uint8 ``(S, S, 3)``."""
-    return (np.clip(frame, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8).transpose(1, 2, 0)
 
 
 class RemoteEngine(Engine):
@@ -399,7 +395,7 @@ class RemoteEngine(Engine):
             raise UserError(f"{what} must be (B, 3, {s}, {s}) in [0, 1], got {tuple(frames.shape)}")
         if frames.shape[0] > self.limits.max_batch:
             raise UserError(f"the worker takes at most {self.limits.max_batch} frames per request")
-        return [self.codec.encode(_rgb(f)) for f in frames]
+        return [self.codec.encode(to_uint8(f)) for f in frames]
 
     def prepare_source(self, image: np.ndarray) -> Avatar:
         image = np.asarray(image, dtype=np.float32)
@@ -407,7 +403,7 @@ class RemoteEngine(Engine):
             raise UserError(f"prepare one source image (1, 3, S, S) at a time, got {tuple(image.shape)}")
         number = next(self._avatar_numbers)
         self._images(image, "source image")  # shape check
-        self._portraits[number] = wp.encode_image(_rgb(image[0]), "png")
+        self._portraits[number] = wp.encode_image(to_uint8(image[0]), "png")
         regions = self._retrying(lambda: self._prepare(number))
         return Avatar(image=image, regions=regions, cache=RemoteAvatar(number))
 
@@ -453,7 +449,7 @@ class RemoteEngine(Engine):
             rgb = np.stack([wp.decode_image(b, s) for b in reply.images])
         except wp.FrameError as e:
             raise WorkerError(f"the worker {self.url} sent a bad frame ({e})") from None
-        return (rgb.astype(np.float32) * (1.0 / 255.0)).transpose(0, 3, 1, 2)
+        return to_input(rgb)
 
     def providers(self) -> dict[str, str]:
         return {"worker": f"{self.url}: {self.model.engine}"}

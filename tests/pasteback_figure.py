@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from live import media
-from live.animate import prepare_portrait, to_batch, to_frames
+from nets import media
+from live.animate import prepare_portrait
 from live.engines import load_engine
 from live.face import FaceDetector, crop_resize, face_crop
 from live.live import EXAMPLE_PORTRAIT, FULL_FRAME
@@ -31,7 +31,7 @@ def figure() -> Image.Image:
     detector = FaceDetector()
     portrait = media.read_image(EXAMPLE_PORTRAIT)
     src, paste = prepare_portrait(portrait, size, "auto", detector, FULL_FRAME)
-    avatar = engine.prepare_source(to_batch([src]))
+    avatar = engine.prepare_source(media.to_input(src[None]))
 
     def crop_of(rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
@@ -39,9 +39,9 @@ def figure() -> Image.Image:
 
     neutral = draw_face(0, 480, 640)
     driving = draw_face(0, 480, 640, dx=0.015, dy=0.01, mouth=0.9, tilt=5.0)
-    init = engine.regions(to_batch([crop_of(neutral)]))
-    new = engine.transfer(avatar, engine.regions(to_batch([crop_of(driving)])), init, mode="relative")
-    crop_out = to_frames(engine.animate(avatar, new))[0]
+    init = engine.regions(media.to_input(crop_of(neutral)[None]))
+    new = engine.transfer(avatar, engine.regions(media.to_input(crop_of(driving)[None])), init, mode="relative")
+    crop_out = media.to_uint8(engine.animate(avatar, new))[0]
     full = paste.apply(crop_out)
     detector.close()
 

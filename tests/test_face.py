@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import shared_path
-from live import media
+from nets import media
 from live.face import (CropBox, CropSettings, FaceBox, FaceDetector, FaceTracker, TrackerSettings, crop_resize,
                        face_crop, face_tube, fit_crop)
 from mediagen import make_video, pattern

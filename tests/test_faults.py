@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import nets
-from live import animate, media
+from live import animate
+from nets import media
 from mediagen import make_video, pattern, save_image, small_tmpfs
 from nets.errors import run_cli
 

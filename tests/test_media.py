@@ -1,4 +1,4 @@
-"""live.media: image reading, video probing/streaming, resampling, atomic writers (generated files only)."""
+"""nets.media: image reading, video probing/streaming, resampling, atomic writers (generated files only)."""
 import os
 import subprocess
 import sys
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from live import media
-from live.media import Frame, UserError
+from nets import media
+from nets.media import Frame, UserError
 from mediagen import (corrupt, count_frames, make_video, pattern, read_frames, save_image, truncate, unwritable_dir,
                       write_png16)
 
@@ -89,7 +89,7 @@ def test_very_large_jpeg_is_decoded_small(tmp_path):
     big = np.tile(pattern(500, 500), (8, 12, 1))  # 6000 x 4000
     Image.fromarray(big).save(tmp_path / "big.jpg", quality=80)
     del big
-    code = ("import resource, json, sys; from live.media import read_image;"
+    code = ("import resource, json, sys; from nets.media import read_image;"
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
             f"a = read_image({str(tmp_path / 'big.jpg')!r}, max_side=2048);"
             "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"

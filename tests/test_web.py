@@ -701,7 +701,8 @@ def test_huge_decoded_images_are_refused_from_their_header(server, files, tmp_pa
 def test_the_servers_disk_full_is_said_without_its_paths(server, files, monkeypatch):
     import errno as errno_
 
-    from live import media, web_upload
+    from live import web_upload
+    from nets import media
 
     class FullFile:
         def __init__(self, *a, **k):
@@ -749,7 +750,8 @@ def test_workdir_that_cannot_be_written(engine, tmp_path, capfd):
 
 def test_stale_leftovers_of_killed_runs_are_swept(engine, tmp_path):
     """Folders and temporaries of processes that are gone (by name and age) go; nothing else does."""
-    from live import media, web
+    from live import web
+    from nets import media
 
     dead = 2 ** 22 + 12345  # above Linux's pid_max default: no such process
     old = time.time() - 3600

@@ -2,9 +2,10 @@
 
 Layout: ``ROOT/train/`` and ``ROOT/test/``; each video is one of
 
-* a folder of frames (``.png`` / ``.jpg``; sorted by name) -- the fastest to read,
-* an ``.mp4`` / ``.mov`` / ``.avi`` / ``.mkv`` / ``.webm`` file (decoded with OpenCV, or PyAV
-  when OpenCV is missing),
+* a folder of frames (``.png`` / ``.jpg`` or another ``nets.media.IMAGE_EXTS`` image; sorted by
+  name) -- the fastest to read,
+* an ``.mp4`` / ``.mov`` / ``.avi`` / ``.mkv`` / ``.webm`` / ``.m4v`` file (decoded by
+  ``nets.media.VideoReader``, as the tools read videos),
 * a ``.gif`` (Pillow),
 * a ``.png`` / ``.jpg`` strip of square frames stacked horizontally (width = frames x height).
 
@@ -29,13 +30,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .. import media
 from ..config import AugmentationConfig
 from ..errors import UserError
 from .augment import augment_frames
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
-GIF_SUFFIXES = (".gif",)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+GIF = ".gif"  # a video read frame by frame with Pillow; the other media.VIDEO_EXTS are decoded by PyAV
 SPLITS = ("train", "test")
 
 
@@ -65,7 +65,7 @@ class VideoEntry:
 
 
 def _frame_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in media.IMAGE_EXTS and p.is_file())
 
 
 def list_videos(split_dir: "str | os.PathLike") -> list[VideoEntry]:
@@ -79,11 +79,11 @@ def list_videos(split_dir: "str | os.PathLike") -> list[VideoEntry]:
         if p.is_dir():
             if _frame_files(p):
                 entries.append(VideoEntry(p, "frames"))
-        elif suffix in VIDEO_SUFFIXES:
-            entries.append(VideoEntry(p, "video"))
-        elif suffix in GIF_SUFFIXES:
+        elif suffix == GIF:
             entries.append(VideoEntry(p, "gif"))
-        elif suffix in IMAGE_SUFFIXES:
+        elif suffix in media.VIDEO_EXTS:
+            entries.append(VideoEntry(p, "video"))
+        elif suffix in media.IMAGE_EXTS:
             entries.append(VideoEntry(p, "strip"))
     return entries
 
@@ -111,48 +111,13 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def _decode_cv2(path: Path) -> np.ndarray:
-    import cv2
-
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            frames.append(cv2.cvtColor(frame, cv2.COLOR_BGR2RGB))
-    finally:
-        cap.release()
-    return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
-
-
-def _decode_av(path: Path) -> np.ndarray:
-    import av
-
-    with av.open(str(path)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
-
-
 def decode_video_file(path: Path) -> np.ndarray:
-    """All frames of a video file as ``(T, H, W, 3)`` uint8 RGB (OpenCV, else PyAV)."""
+    """All frames of a video file as ``(T, H, W, 3)`` uint8 RGB (upright), read by ``nets.media``."""
     try:
-        import cv2  # noqa: F401
-        decoder = _decode_cv2
-    except ImportError:
-        try:
-            import av  # noqa: F401
-            decoder = _decode_av
-        except ImportError:
-            raise DataError(f"cannot read {path}: neither OpenCV (opencv-python-headless) nor PyAV is "
-                            "installed; install one, or convert the videos to frame folders") from None
-    try:
-        return decoder(path)
-    except DataError:
-        raise
-    except Exception as e:  # corrupt container, unsupported codec
-        raise DataError(f"cannot decode video {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        frames = [f.rgb for f in media.VideoReader(path, what="video")]
+    except UserError as e:
+        raise DataError(str(e)) from None
+    return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
 
 
 def _resize(frame: np.ndarray, size: int) -> np.ndarray:

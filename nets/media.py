@@ -1,4 +1,6 @@
-"""Media input and output for the tools: images, streamed video frames, and atomic outputs.
+"""Media input and output for every layer that reads pictures (the tools, training data, int8
+calibration, benchmarks): images, streamed video frames, atomic outputs, and the one conversion
+between uint8 frames and the networks' float input.
 
 Reading
     :func:`read_image` -> ``(H, W, 3)`` uint8 RGB: PNG / JPEG / WebP / BMP (and TIFF), grayscale,
@@ -17,6 +19,10 @@ Writing
     of lossless numbered PNGs. Every writer writes to a temporary name in the target folder and
     renames at :meth:`FrameWriter.close`; :meth:`FrameWriter.abort` (any exception, Ctrl-C)
     removes the temporary, so an existing output is never clobbered by a failed run.
+
+Conversion
+    :func:`to_input` ``(..., H, W, 3)`` uint8 -> ``(..., 3, H, W)`` float32 in [0, 1];
+    :func:`to_uint8` back (clipped, rounded).
 
 Every problem the user can fix raises :class:`nets.errors.UserError` with a message that says what
 to do.
@@ -53,6 +59,20 @@ MAX_FPS = 240
 FALLBACK_FPS = Fraction(25)
 PNG_PATTERN = "{:06d}.png"
 VIDEO_DEMUXERS = {"mov", "mp4", "avi", "matroska", "webm", "gif"}  # FFmpeg's names for the VIDEO_EXTS containers
+
+
+# ---------------------------------------------------------------------------------------------
+# Frames <-> the networks' tensors
+# ---------------------------------------------------------------------------------------------
+
+def to_input(rgb: np.ndarray) -> np.ndarray:
+    """uint8 frames ``(..., H, W, 3)`` -> float32 ``(..., 3, H, W)`` in [0, 1] (the networks' input)."""
+    return np.ascontiguousarray(np.moveaxis(rgb, -1, -3), dtype=np.float32) / 255.0
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    """float ``(..., 3, H, W)`` in [0, 1] (the networks' output) -> uint8 frames ``(..., H, W, 3)``, rounded."""
+    return np.moveaxis((np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), -3, -1)
 
 
 # ---------------------------------------------------------------------------------------------
