@@ -1,4 +1,4 @@
-"""ONNX export and runtime engines (see the export issue)."""
+"""ONNX graphs of the model, their export and verification, and the engines that run the model (PyTorch, ONNX Runtime)."""
 
 
 def mra_export() -> None:

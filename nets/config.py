@@ -337,11 +337,6 @@ def preset(name: str) -> Config:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)} or give a YAML file") from None
 
 
-def register_preset(name: str, factory) -> None:
-    """Add a preset (used by modules that define lite variants)."""
-    PRESETS[name] = factory
-
-
 def load_config(spec: "str | Path | Config | None", default: str = "vox256") -> Config:
     """A preset name, a YAML path, or a Config (returned as is). ``None`` gives ``default``."""
     if spec is None:

@@ -1,4 +1,4 @@
-"""mra-animate: full pipeline (TC04), audio sync, formats, every bad input (TC02/TC03), atomic output, TC05."""
+"""mra-animate: full pipeline, audio sync, formats, every bad input, atomic output, identity preservation."""
 import json
 import os
 import subprocess
@@ -17,7 +17,8 @@ from conftest import shared_path
 from export.engine import Avatar, Engine, RegionParams
 from export.torch_engine import TorchEngine
 from live.engines import load_engine
-from live import animate, media
+from live import animate
+from nets import media
 from live.animate import AnimateOptions, animate_file
 from live.default_model import default_checkpoint
 from live.face import FaceDetector
@@ -99,10 +100,10 @@ def no_partials(folder):
 
 
 # ---------------------------------------------------------------------------------------------
-# TC04: the full pipeline
+# The full pipeline
 # ---------------------------------------------------------------------------------------------
 
-def test_tc04_mp4_png_gif(files, tmp_path, capfd):
+def test_full_pipeline_writes_mp4_png_and_gif(files, tmp_path, capfd):
     code, out, err = cli(capfd, *base_args(files, tmp_path / "out.mp4"))
     assert code == 0, err
     assert "wrote 20 frames" in out and "torch engine" in out
@@ -120,11 +121,11 @@ def test_tc04_mp4_png_gif(files, tmp_path, capfd):
     # the PNG frames are exactly what the engine computes (lossless; batch size does not matter)
     eng = TorchEngine(nets.load_model(files / "tiny.pth"))
     src = media.resize_rgb(media.read_image(files / "source.png"), 64)
-    avatar = eng.prepare_source(animate.to_batch([src]))
-    drv = animate.to_batch([f.rgb for f in media.VideoReader(files / "driving.mp4", size=(64, 64))])
+    avatar = eng.prepare_source(media.to_input(src[None]))
+    drv = media.to_input(np.stack([f.rgb for f in media.VideoReader(files / "driving.mp4", size=(64, 64))]))
     r = eng.regions(drv)
     init = RegionParams(shift=r.shift[:1], covar=r.covar[:1], affine=r.affine[:1])
-    ref = animate.to_frames(eng.animate(avatar, eng.transfer(avatar, r, init, "relative")))
+    ref = media.to_uint8(eng.animate(avatar, eng.transfer(avatar, r, init, "relative")))
     got = np.stack([np.asarray(Image.open(p)) for p in pngs])
     assert np.abs(got.astype(int) - ref).max() <= 1 and (got != ref).mean() < 0.01
 
@@ -329,7 +330,7 @@ def test_bad_checkpoints_and_config(files, tmp_path, capfd):
         assert_one_error_line(code, err, words)
 
 
-def test_no_default_model_yet(files, tmp_path, capfd, monkeypatch):
+def test_missing_default_model_is_one_error_line(files, tmp_path, capfd, monkeypatch):
     import live.default_model as dm
     monkeypatch.setattr(dm, "ASSETS", tmp_path / "assets")
     code, _, err = cli(capfd, "--source", files / "source.png", "--driving", files / "driving.mp4", "--output",
@@ -514,7 +515,7 @@ def test_size_with_paste_back_is_explained(files, drawn, tmp_path, capfd):
 
 
 # ---------------------------------------------------------------------------------------------
-# TC05: identity preservation (needs the shipped, trained model)
+# Identity preservation (needs the shipped, trained model)
 # ---------------------------------------------------------------------------------------------
 
 IDENTITY_BOUND = 0.06  # mean absolute difference on [0, 1]; see docs/animate.md
@@ -534,11 +535,11 @@ def identity_error(engine, source_rgb, tmp_path, n=8):
     return [float(np.abs(o - ref).mean()) for o in outs]
 
 
-def test_tc05_identity_preserved_by_default_model(tmp_path):
+def test_identity_preserved_by_default_model(tmp_path):
     try:
         ckpt = default_checkpoint()
     except media.UserError as e:
-        pytest.skip(f"TC05 needs the shipped model ({e})")
+        pytest.skip(f"the identity check needs the shipped model ({e})")
     engine = load_engine(ckpt)
     # the drawn example portraits shipped with mra-web always; real portraits when ../shared is here
     faces = sorted((ROOT / "live" / "web_static" / "examples").glob("*.png"))
@@ -553,7 +554,7 @@ def test_tc05_identity_preserved_by_default_model(tmp_path):
         assert max(errs) - min(errs) < 0.01, "a still driving video must give a still output"
 
 
-def test_tc05_bound_rejects_an_untrained_model(files, tmp_path):
+def test_identity_bound_rejects_an_untrained_model(files, tmp_path):
     """The identity check is not vacuous: a random-weight model fails it."""
     engine = load_engine(files / "tiny.pth")
     errs = identity_error(engine, pattern(128, 128, 0.3), tmp_path)

@@ -255,3 +255,45 @@ def test_pixel_centre_grid_and_flow_resize_return_the_image():
     assert torch.allclose(g[0, :, 0], torch.tensor([-7, -5, -3, -1, 1, 3, 5, 7]) / 8)
     assert torch.allclose(g[:, 0, 1], torch.tensor([-3.0, -1, 1, 3]) / 4)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients (training backpropagates through PCA and the region motions)
+# ---------------------------------------------------------------------------------------------
+
+def test_closed_form_pca_gradients_match_finite_differences():
+    gen = torch.Generator().manual_seed(3)
+    covar = random_spd(6, gen=gen).requires_grad_()  # distinct eigenvalues: U and S are differentiable
+    assert torch.autograd.gradcheck(lambda c: geo.pca_closed_form(c), (covar,))
+    assert torch.autograd.gradcheck(lambda c: geo.affine_from_pca(*geo.pca_closed_form(c)), (covar,))
+
+
+def test_region_parameters_from_a_heatmap_have_the_right_gradients():
+    """heatmap -> shift, covariance -> closed-form PCA -> affine: the path of the region predictor."""
+    gen = torch.Generator().manual_seed(4)
+    grid = geo.coordinate_grid(6, 5, dtype=torch.float64)
+    logits = torch.randn(2, 3, 6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+
+    def affine(x):
+        heatmap = torch.softmax(x.flatten(2), -1).view_as(x)
+        shift = geo.heatmap_shift(heatmap, grid)
+        return shift, geo.affine_from_pca(*geo.pca_closed_form(geo.heatmap_covar(heatmap, grid, shift)))
+
+    assert torch.autograd.gradcheck(affine, (logits,))
+
+
+def test_region_motion_gradients_match_finite_differences():
+    gen = torch.Generator().manual_seed(5)
+    grid = geo.coordinate_grid(4, 5, dtype=torch.float64)
+
+    def leaf(*shape):
+        return (torch.rand(*shape, generator=gen, dtype=torch.float64) - 0.5).requires_grad_()
+
+    rot = torch.tensor([[0.9, -0.3], [0.3, 0.9]], dtype=torch.float64)  # a00 far from 0: the sign fix is constant
+    affine_src = (rot + 0.1 * torch.rand(2, 3, 2, 2, generator=gen, dtype=torch.float64)).requires_grad_()
+    affine_drv = (rot + 0.1 * torch.rand(2, 3, 2, 2, generator=gen, dtype=torch.float64)).requires_grad_()
+    inputs = (leaf(2, 3, 2), leaf(2, 3, 2), affine_src, affine_drv)
+    assert torch.autograd.gradcheck(lambda *a: geo.region_motion(grid, *a), inputs)
+    # the affine changes the motion (the check above is not only about the shifts)
+    still = geo.region_motion(grid, inputs[0], inputs[1])
+    assert not torch.allclose(still, geo.region_motion(grid, *inputs))

@@ -167,9 +167,45 @@ def test_source_without_face_under_crop_auto(assets, tmp_path):
     assert "no face found" in r.stderr and "--crop none" in r.stderr
 
 
-def test_list_cameras_runs():
-    r = run_cli("--list-cameras")
-    assert r.returncode == 0 and r.stdout.strip()
+class FakeCv2:
+    """OpenCV's VideoCapture for cameras ``{index: (width, height, fps, delivers_frames)}``."""
+
+    CAP_PROP_FRAME_WIDTH, CAP_PROP_FRAME_HEIGHT, CAP_PROP_FPS = 3, 4, 5
+
+    def __init__(self, cameras):
+        self.cameras, self.released = cameras, []
+        fake = self
+
+        class VideoCapture:
+            def __init__(self, index):
+                self.index = index
+
+            def isOpened(self):
+                return self.index in fake.cameras
+
+            def read(self):
+                return fake.cameras[self.index][3], None
+
+            def get(self, prop):
+                w, h, fps, _ = fake.cameras[self.index]
+                return {3: w, 4: h, 5: fps}[prop]
+
+            def release(self):
+                fake.released.append(self.index)
+
+        self.VideoCapture = VideoCapture
+
+
+def test_list_cameras_prints_each_camera_that_delivers_frames(monkeypatch, capsys):
+    import live.capture as capture
+    fake = FakeCv2({0: (640, 480, 30.0, True), 2: (1920, 1080, 29.97, True), 3: (320, 240, 15.0, False)})
+    monkeypatch.setattr(capture, "_cv2", lambda: fake)
+    assert live_cli.cli(["--list-cameras"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["0: 640x480 @ 30 fps", "2: 1920x1080 @ 29.97 fps"]
+    assert fake.released == list(range(10))  # every probed index is released, opened or not
+    monkeypatch.setattr(capture, "_cv2", lambda: FakeCv2({}))
+    assert live_cli.cli(["--list-cameras"]) == 0
+    assert capsys.readouterr().out.strip() == "no cameras found (is one plugged in, and not used by another program?)"
 
 
 def test_folder_with_an_unreadable_image_and_a_damaged_camera_file(assets, tmp_path):

@@ -104,7 +104,7 @@ def test_pipeline_runs_to_max_frames(engine):
     assert len(sink.frames) == 20 and stats.frames_out == 20
     assert sink.frames[0].shape == (96, 96, 3) and sink.frames[0].dtype == np.uint8
     snap = stats.snapshot()
-    assert snap["latency_ms"]["p50"] > 0 and "animate" in snap["stages"] and "regions" in snap["stages"]
+    assert snap.latency_ms.p50 > 0 and "animate" in snap.stages and "regions" in snap.stages
 
 
 def test_pipeline_hot_keys_through_the_command_queue(engine):
@@ -137,9 +137,23 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_was_written(engine):
 
 
 def test_pipeline_ends_with_a_file_camera(engine):
-    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(15), fps=100))
-    pipe.run()
-    assert 1 <= len(sink.frames) <= 15
+    """A camera that ends stops the pipeline: every frame read is either shown or counted as
+    dropped (newest wins), none is lost in between, and the newest frame is always shown."""
+    opts = dict(mode="standard", smoothing=False)  # each output depends on its own camera frame only
+    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(15), fps=100), **opts)
+    done = threading.Event()
+    result = {}
+    runner = threading.Thread(target=lambda: (result.setdefault("stats", pipe.run()), done.set()), daemon=True)
+    runner.start()
+    assert done.wait(60), "the pipeline did not stop when its camera ended"
+    stats = result["stats"]
+    assert stats.frames_in == 15
+    assert 1 <= stats.frames_out == len(sink.frames) <= 15
+    assert stats.frames_out + stats.dropped == 15, (stats.frames_out, stats.dropped)
+    assert all(f.shape == (96, 96, 3) and f.dtype == np.uint8 for f in sink.frames)
+    last = make_pipeline(engine, IteratorSource(lambda: iter(list(moving_frames(15)())[-1:]), fps=100), **opts)
+    last[0].run()
+    assert np.array_equal(sink.frames[-1], last[1].frames[-1])  # the camera's last frame came out last
 
 
 def test_camera_unplugged_keeps_output_alive_and_recovers(engine):
@@ -192,7 +206,7 @@ def test_face_lost_holds_then_eases_to_neutral(engine):
 def test_delay_holds_latency(engine):
     pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(300), fps=30), max_frames=15, delay_ms=250)
     stats = pipe.run()
-    assert stats.snapshot()["latency_ms"]["p50"] >= 245
+    assert stats.snapshot().latency_ms.p50 >= 245
 
 
 def test_delay_line_keeps_order_and_times():
@@ -297,4 +311,4 @@ def test_pipeline_pastes_back_into_each_avatars_portrait(engine):
     assert (first[150, 110] == 30).all()  # the dark portrait itself, outside the face's box
     assert (last[5, 160] == 220).all()  # the light one after "n"
     assert (first[:, :40] < 30).all()  # around the contained portrait: its blurred, dimmed fill
-    assert "post" in stats.snapshot()["stages"]
+    assert "post" in stats.snapshot().stages
