@@ -156,7 +156,6 @@ class RemoteEngine(Engine):
             raise
         m = welcome.model
         self.model = m
-        self.limits = welcome.limits
         self.config_name = m.config_name
         self.frame_size = m.frame_size
         self.num_regions = m.num_regions
@@ -235,6 +234,7 @@ class RemoteEngine(Engine):
             raise WorkerError(f"cannot reach the worker {self.url} ({_why(e)}); is mra-serve running there, and "
                               "the address and port right?") from None
         self._welcome = welcome
+        self.limits = welcome.limits
         self._attach(ws)
         return welcome
 
@@ -305,6 +305,7 @@ class RemoteEngine(Engine):
                                           "restart mra-live")
                 return
             self._welcome = welcome
+            self.limits = welcome.limits
             self.reconnects += 1
             self._attach(ws)
             self.log(f"worker {self.url}: reconnected")
@@ -316,10 +317,14 @@ class RemoteEngine(Engine):
         ws, generation = self._ws, self._generation
         if ws is None:
             raise self._fatal or EngineUnavailable(f"worker {self.url} unreachable: reconnecting")
+        data = wp.encode(msg)
+        if len(data) > self.limits.max_message_bytes:  # the worker would close the connection
+            raise WorkerError(f"a {type(msg).__name__} message of {len(data) / 2**20:.1f} MiB is over the worker's limit "
+                              f"({self.limits.max_message_bytes / 2**20:.1f} MiB, mra-serve --max-message-mb)")
         fut = self._loop.create_future()
         self._pending[msg.id] = fut
         try:
-            await ws.send(wp.encode(msg))
+            await ws.send(data)
             return await asyncio.wait_for(fut, self.timeout_s), generation
         except ConnectionClosed:
             raise EngineUnavailable(f"worker {self.url}: connection lost") from None

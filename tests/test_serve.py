@@ -558,3 +558,16 @@ def test_the_engine_factory_builds_the_remote_engine(worker, checkpoint):
         engine.close()
     with pytest.raises(UserError, match="--device is chosen on the worker"):
         build_engine(EngineSpec(device="cuda", worker=w))
+
+
+def test_a_message_over_the_workers_limit_is_one_clear_error(engine, checkpoint):
+    w = start_worker(engine, checkpoint, max_message_bytes=8 << 10)
+    try:
+        r = RemoteEngine(f"127.0.0.1:{w.port}", codec=wp.ImageCodec("png"), log=lambda s: None)
+        noise = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)  # about 12 kB as PNG
+        with pytest.raises(WorkerError, match="over the worker's limit.*--max-message-mb"):
+            r.prepare_source(noise)
+        assert r.connected  # nothing was sent: the session goes on
+        r.close()
+    finally:
+        w.join()
