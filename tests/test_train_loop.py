@@ -249,3 +249,19 @@ def test_discriminator_losses_push_the_right_way():
         discriminator_loss(disc, fake, real).backward()
         opt.step()
     assert float(discriminator_loss(disc, fake, real)) < 0.5 * before
+
+
+def test_both_stages_implement_the_stage_contract():
+    """Every method of nets.train.stage.Stage with its parameters, and the class-level names."""
+    import inspect
+
+    from nets.train.avd import AVDStage
+    from nets.train.loop import ReconstructionStage
+    from nets.train.stage import Stage
+
+    methods = {n: inspect.signature(f) for n, f in vars(Stage).items() if inspect.isfunction(f) and n[0] != "_"}
+    assert set(methods) == {"trainable", "inputs", "after_step", "extra_state", "load_extra_state", "visualise"}
+    for cls in (ReconstructionStage, AVDStage):
+        for name, sig in methods.items():
+            assert list(inspect.signature(getattr(cls, name)).parameters) == list(sig.parameters), (cls, name)
+        assert isinstance(cls.name, str) and cls.csv_name.endswith(".csv") and cls.loss_names

@@ -70,6 +70,8 @@ class AVDObjective(nn.Module):
 
 
 class AVDStage:
+    """The AVD stage (a :class:`~nets.train.stage.Stage`)."""
+
     name = "avd"
     csv_name = "losses_avd.csv"
     loss_names = ("shift", "affine")

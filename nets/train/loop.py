@@ -47,6 +47,7 @@ from ..model import MRAA
 from . import distributed, state as st
 from .data import PairDataset, PairSampler
 from .logs import LossLog, warn
+from .stage import Stage
 from .losses import L1SSIMPyramidLoss, PerceptualPyramidLoss, equivariance_losses
 from .discriminator import Adversary, MultiScaleDiscriminator, generator_losses
 from .transforms import RandomWarp, control_grid
@@ -189,6 +190,8 @@ class ReconstructionObjective(nn.Module):
 
 
 class ReconstructionStage:
+    """The reconstruction stage (a :class:`~nets.train.stage.Stage`)."""
+
     name = "reconstruction"
     csv_name = "losses.csv"
     loss_names = ("reconstruction", "equivariance_shift", "equivariance_affine", "gan", "feature_matching",
@@ -444,7 +447,7 @@ def stage_hyper(stage: str, config: Config, opts: TrainOptions) -> Hyper:
                  workers=workers)
 
 
-def _make_stage(plan: Plan, model: MRAA, opts: TrainOptions, session) -> Any:
+def _make_stage(plan: Plan, model: MRAA, opts: TrainOptions, session) -> Stage:
     if plan.stage == "reconstruction":
         return ReconstructionStage(model, plan.config, opts, session)
     from .avd import AVDStage
