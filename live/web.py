@@ -231,61 +231,38 @@ def _json_error(message: str, status: int):
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
-    """The Starlette application (``app.state.web`` is the :class:`WebApp`)."""
-    from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException
-    from starlette.responses import FileResponse, JSONResponse, Response
-    from starlette.routing import Mount, Route, WebSocketRoute
-    from starlette.staticfiles import StaticFiles
-    from starlette.websockets import WebSocket, WebSocketDisconnect
+class Routes:
+    """mra-web's HTTP routes over one :class:`WebApp`: the page, ``/api/info`` and the job API."""
 
-    config = config or WebConfig()
-    web = WebApp(engine, config, device)
+    def __init__(self, web: WebApp):
+        self.web = web
+        self.config = web.config
+        self.checks = asyncio.Semaphore(1)  # uploads are decoded and checked one at a time: memory stays bounded
 
-    async def index(request):
+    async def index(self, request):
+        from starlette.responses import FileResponse
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    async def info(request):
-        return JSONResponse(web.info())
+    async def info(self, request):
+        from starlette.responses import JSONResponse
+        return JSONResponse(self.web.info())
 
-    async def favicon(request):
+    async def favicon(self, request):
+        from starlette.responses import Response
         return Response(status_code=204)
 
-    checks = asyncio.Semaphore(1)  # uploads are decoded and checked one at a time: memory stays bounded
+    async def submit(self, request):
+        """POST /api/jobs: the uploads (or an example portrait) and options -> a queued job."""
+        from starlette.responses import JSONResponse
 
-    async def submit(request):
         try:
-            job_id, folder = web.new_job_folder()
+            job_id, folder = self.web.new_job_folder()
         except OSError as e:
             return _json_error(server_disk_text(e), 507)
         uploads = (folder / "source", folder / "driving")
         try:
-            fields, files = await receive_form(request, folder, config.max_upload_bytes,
-                                               {"source": "source image", "driving": "driving video"})
-            mode = fields.get("mode", AnimateOptions.mode)
-            crop = fields.get("crop", AnimateOptions.crop)
-            options = AnimateOptions(mode=mode, crop=crop, batch_size=web.batch_size,
-                                     paste_back=_flag(fields.get("paste_back"), AnimateOptions.paste_back)).validate()
-            source = files.get("source")
-            if source is None:
-                name = fields.get("example", "")
-                if not name:
-                    raise UserError("no portrait: upload an image or pick one of the examples")
-                if name not in examples():
-                    raise UserError(f"no example portrait named {name!r}; pick one of {', '.join(examples())}")
-                source = EXAMPLES / f"{name}.png"
-            driving = files.get("driving")
-            if driving is None:
-                raise UserError("no driving video: upload one or record one with the webcam")
-            job = Job(id=job_id, folder=folder, source=source, driving=driving, options=options,
-                      download_name=safe_name(f"{source.stem}-{driving.stem}.mp4"), uploads=uploads)
-            job.output.parent.mkdir()
-            async with checks:
-                await run_in_threadpool(check_inputs, source, driving, job.output)
-            check_mode(web.engine, mode)
-            position = web.queue.submit(job)
+            job = await self._job_from_form(request, job_id, folder, uploads)
+            position = self.web.queue.submit(job)
         except UploadTooLarge as e:
             shutil.rmtree(folder, ignore_errors=True)
             return _json_error(error_text(e), 413)
@@ -306,167 +283,264 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
             raise
         return JSONResponse({"id": job_id, "state": job.state, "position": position})
 
-    def _job(request) -> Job:
-        job = web.queue.get(request.path_params["job_id"])
-        if job is None:
-            raise HTTPException(404, f"no such job (results are kept {config.keep_minutes:g} minutes)")
+    async def _job_from_form(self, request, job_id: str, folder: Path, uploads: "tuple[Path, Path]") -> Job:
+        """The form's files stored in ``folder`` and checked (inputs, options, mode) -> the job to queue."""
+        from starlette.concurrency import run_in_threadpool
+
+        web = self.web
+        fields, files = await receive_form(request, folder, self.config.max_upload_bytes,
+                                           {"source": "source image", "driving": "driving video"})
+        mode = fields.get("mode", AnimateOptions.mode)
+        crop = fields.get("crop", AnimateOptions.crop)
+        options = AnimateOptions(mode=mode, crop=crop, batch_size=web.batch_size,
+                                 paste_back=_flag(fields.get("paste_back"), AnimateOptions.paste_back)).validate()
+        source = files.get("source")
+        if source is None:
+            name = fields.get("example", "")
+            if not name:
+                raise UserError("no portrait: upload an image or pick one of the examples")
+            if name not in examples():
+                raise UserError(f"no example portrait named {name!r}; pick one of {', '.join(examples())}")
+            source = EXAMPLES / f"{name}.png"
+        driving = files.get("driving")
+        if driving is None:
+            raise UserError("no driving video: upload one or record one with the webcam")
+        job = Job(id=job_id, folder=folder, source=source, driving=driving, options=options,
+                  download_name=safe_name(f"{source.stem}-{driving.stem}.mp4"), uploads=uploads)
+        job.output.parent.mkdir()
+        async with self.checks:
+            await run_in_threadpool(check_inputs, source, driving, job.output)
+        check_mode(web.engine, mode)
         return job
 
-    async def job_status(request):
-        return JSONResponse(web.job_status(_job(request)))
+    def _job(self, request) -> Job:
+        from starlette.exceptions import HTTPException
 
-    async def job_cancel(request):
-        job = _job(request)
-        web.queue.cancel(job.id)
-        return JSONResponse(web.job_status(job))
+        job = self.web.queue.get(request.path_params["job_id"])
+        if job is None:
+            raise HTTPException(404, f"no such job (results are kept {self.config.keep_minutes:g} minutes)")
+        return job
 
-    async def job_result(request):
-        job = _job(request)
+    async def job_status(self, request):
+        from starlette.responses import JSONResponse
+        return JSONResponse(self.web.job_status(self._job(request)))
+
+    async def job_cancel(self, request):
+        from starlette.responses import JSONResponse
+        job = self._job(request)
+        self.web.queue.cancel(job.id)
+        return JSONResponse(self.web.job_status(job))
+
+    async def job_result(self, request):
+        from starlette.exceptions import HTTPException
+        from starlette.responses import FileResponse
+
+        job = self._job(request)
         if job.state != "done" or not job.output.exists():
             raise HTTPException(409, f"the job is {job.state}; there is no result to download")
         download = request.query_params.get("download") == "1"
         return FileResponse(job.output, media_type="video/mp4", filename=job.download_name,
                             content_disposition_type="attachment" if download else "inline")
 
-    async def live(websocket: WebSocket):
-        await websocket.accept()
-        loop = asyncio.get_running_loop()
-        session: "LiveSession | None" = None
-        folder: "Path | None" = None
-        ended = asyncio.Event()
+    async def live(self, websocket) -> None:
+        """The webcam tab's web socket (see :class:`LiveSocket`)."""
+        await LiveSocket(self.web, websocket).run()
 
-        def send_bytes(data: bytes) -> None:  # from the pipeline's sink thread
-            asyncio.run_coroutine_threadsafe(websocket.send_bytes(data), loop).result(timeout=10)
-
-        def on_end(error: "BaseException | None") -> None:
-            loop.call_soon_threadsafe(ended.set)
-
-        async def send_stats():
-            while not ended.is_set():
-                try:
-                    await asyncio.wait_for(ended.wait(), timeout=0.5)
-                except asyncio.TimeoutError:
-                    pass
-                if session is not None:
-                    await websocket.send_text(to_json(session.status()))
-
-        stats_task = None
-        placeholder = object()
-        try:
-            msg = await _receive_within(websocket, START_TIMEOUT_S)
-            if msg["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect()
-            start = _json_object(msg.get("text"))
-            if start is None or start.get("type") != "start":
-                raise UserError("the webcam tab must start with a 'start' message (a JSON object)")
-            with web.live_lock:  # a place is taken before any portrait is read
-                if len(web.live) >= config.max_live:
-                    raise UserError(f"the webcam tab is busy ({config.max_live} session(s) at a time, --max-live); "
-                                    "stop the other one first")
-                web.live.add(placeholder)  # type: ignore[arg-type]
-            if "upload" in start:
-                declared = start.get("size")
-                too_large = UploadTooLarge(f"the source image is larger than the upload limit of "
-                                           f"{limit_text(config.max_upload_bytes)}; use a smaller file")
-                if isinstance(declared, (int, float)) and declared > config.max_upload_bytes:
-                    raise too_large
-                msg = await _receive_within(websocket, START_TIMEOUT_S)
-                if msg["type"] == "websocket.disconnect":
-                    raise WebSocketDisconnect()
-                data = msg.get("bytes")
-                if data is None:
-                    raise UserError("the portrait's bytes must follow the 'start' message")
-                if len(data) > config.max_upload_bytes:
-                    raise too_large
-                _, folder = web.new_job_folder()
-                portrait = folder / safe_name(str(start.get("upload")))
-                portrait.write_bytes(data)
-                del data, msg
-            else:
-                name = str(start.get("example", ""))
-                if name not in examples():
-                    raise UserError("no portrait: upload an image or pick one of the examples")
-                portrait = EXAMPLES / f"{name}.png"
-            try:
-                session = await run_in_threadpool(
-                    LiveSession, web.engine, portrait, str(start.get("crop", "auto")), str(start.get("mode", "relative")),
-                    config.live_size, send_bytes, on_end, _flag(start.get("paste_back"), AnimateOptions.paste_back))
-            finally:
-                with web.live_lock:
-                    web.live.discard(placeholder)  # type: ignore[arg-type]
-                    if session is not None:
-                        web.live.add(session)
-            session.start()
-            await websocket.send_text(json.dumps({"type": "ready", "model": web.engine.describe(),
-                                                  "size": config.live_size}))
-            stats_task = asyncio.create_task(send_stats())
-            receiver = asyncio.create_task(websocket.receive())
-            waiter = asyncio.create_task(ended.wait())
-            by_itself = False
-            while True:
-                done, _ = await asyncio.wait({receiver, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                if receiver not in done:  # the pipeline ended by itself (an error)
-                    receiver.cancel()
-                    by_itself = True
-                    break
-                msg = receiver.result()
-                if msg["type"] == "websocket.disconnect":
-                    waiter.cancel()
-                    break
-                if msg.get("bytes") is not None:
-                    session.push(msg["bytes"])
-                elif msg.get("text"):
-                    cmd = _json_object(msg["text"]) or {}  # anything but a JSON object is ignored
-                    if cmd.get("type") == "stop":
-                        waiter.cancel()
-                        break
-                    if cmd.get("type") == "command":
-                        session.command(str(cmd.get("key", "")))
-                receiver = asyncio.create_task(websocket.receive())
-            if by_itself and session.error is not None:
-                raise session.error
-        except WebSocketDisconnect:
-            pass
-        except Exception as e:  # noqa: BLE001 - one line to the page, never a traceback
-            from nets.checkpoint import CheckpointError
-            if isinstance(e, DiskFault) or disk_fault(e) is not None:
-                print(f"mra-web: webcam session: {e}", file=sys.stderr)
-                text = server_disk_text(e)
-            elif isinstance(e, (UserError, CheckpointError)):
-                text = error_text(e, [folder] if folder else [])
-            else:
-                print(f"mra-web: webcam session failed:\n{traceback.format_exc()}", file=sys.stderr)
-                text = f"error: internal error in the webcam session ({type(e).__name__}); the server log has the details"
-            with contextlib.suppress(Exception):
-                await websocket.send_text(json.dumps({"type": "error", "message": text}))
-        finally:
-            with web.live_lock:
-                web.live.discard(placeholder)  # type: ignore[arg-type]
-            if session is not None:
-                await run_in_threadpool(session.close)
-                with web.live_lock:
-                    web.live.discard(session)
-            ended.set()
-            if stats_task is not None:
-                with contextlib.suppress(BaseException):
-                    await stats_task
-            if session is not None:
-                with contextlib.suppress(Exception):
-                    final = session.status()
-                    final["type"] = "stopped"
-                    await websocket.send_text(to_json(final))
-            if folder is not None:
-                shutil.rmtree(folder, ignore_errors=True)
-            with contextlib.suppress(Exception):
-                await websocket.close()
-
-    async def http_error(request, exc):
+    async def http_error(self, request, exc):
         return _json_error(f"error: {exc.detail}", exc.status_code)
 
-    async def server_error(request, exc):
+    async def server_error(self, request, exc):
         print(f"mra-web: request {request.url.path} failed:\n"
               + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)), file=sys.stderr)
         return _json_error(f"error: internal server error ({type(exc).__name__}); the server log has the details", 500)
+
+
+class LiveSocket:
+    """One webcam-tab connection: a ``start`` message (and the portrait's bytes), then camera frames
+    and commands in, animated frames and statistics out, until either side stops. Every failure is
+    one ``error`` message to the page; the place, the session and the portrait are released."""
+
+    def __init__(self, web: WebApp, websocket):
+        self.web = web
+        self.config = web.config
+        self.websocket = websocket
+        self.session: "LiveSession | None" = None
+        self.folder: "Path | None" = None
+        self.ended = asyncio.Event()
+        self.placeholder = object()  # holds a place in web.live while the portrait is prepared
+        self.stats_task: "asyncio.Task | None" = None
+
+    async def run(self) -> None:
+        from starlette.websockets import WebSocketDisconnect
+
+        await self.websocket.accept()
+        self.loop = asyncio.get_running_loop()
+        try:
+            start = await self._start_message()
+            await self._open(start, await self._portrait(start))
+            await self._relay()
+        except WebSocketDisconnect:
+            pass
+        except Exception as e:  # noqa: BLE001 - one line to the page, never a traceback
+            await self._report(e)
+        finally:
+            await self._close()
+
+    async def _receive(self) -> dict:
+        from starlette.websockets import WebSocketDisconnect
+
+        msg = await _receive_within(self.websocket, START_TIMEOUT_S)
+        if msg["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect()
+        return msg
+
+    async def _start_message(self) -> dict:
+        """The ``start`` message; a place among the ``--max-live`` sessions is taken before anything is read."""
+        start = _json_object((await self._receive()).get("text"))
+        if start is None or start.get("type") != "start":
+            raise UserError("the webcam tab must start with a 'start' message (a JSON object)")
+        with self.web.live_lock:  # a place is taken before any portrait is read
+            if len(self.web.live) >= self.config.max_live:
+                raise UserError(f"the webcam tab is busy ({self.config.max_live} session(s) at a time, --max-live); "
+                                "stop the other one first")
+            self.web.live.add(self.placeholder)  # type: ignore[arg-type]
+        return start
+
+    async def _portrait(self, start: dict) -> Path:
+        """The uploaded portrait (its bytes follow ``start``; kept in a job folder) or an example's file."""
+        if "upload" not in start:
+            name = str(start.get("example", ""))
+            if name not in examples():
+                raise UserError("no portrait: upload an image or pick one of the examples")
+            return EXAMPLES / f"{name}.png"
+        limit = self.config.max_upload_bytes
+        declared = start.get("size")
+        too_large = UploadTooLarge(f"the source image is larger than the upload limit of {limit_text(limit)}; "
+                                   "use a smaller file")
+        if isinstance(declared, (int, float)) and declared > limit:
+            raise too_large
+        data = (await self._receive()).get("bytes")
+        if data is None:
+            raise UserError("the portrait's bytes must follow the 'start' message")
+        if len(data) > limit:
+            raise too_large
+        _, self.folder = self.web.new_job_folder()
+        portrait = self.folder / safe_name(str(start.get("upload")))
+        portrait.write_bytes(data)
+        return portrait
+
+    async def _open(self, start: dict, portrait: Path) -> None:
+        """The :class:`LiveSession` for the portrait, started; ``ready`` to the page; statistics every 0.5 s."""
+        from starlette.concurrency import run_in_threadpool
+
+        web = self.web
+        try:
+            self.session = await run_in_threadpool(
+                LiveSession, web.engine, portrait, str(start.get("crop", "auto")), str(start.get("mode", "relative")),
+                self.config.live_size, self._send_bytes, self._on_end,
+                _flag(start.get("paste_back"), AnimateOptions.paste_back))
+        finally:
+            with web.live_lock:
+                web.live.discard(self.placeholder)  # type: ignore[arg-type]
+                if self.session is not None:
+                    web.live.add(self.session)
+        self.session.start()
+        await self.websocket.send_text(json.dumps({"type": "ready", "model": web.engine.describe(),
+                                                   "size": self.config.live_size}))
+        self.stats_task = asyncio.create_task(self._send_stats())
+
+    def _send_bytes(self, data: bytes) -> None:  # from the pipeline's sink thread
+        asyncio.run_coroutine_threadsafe(self.websocket.send_bytes(data), self.loop).result(timeout=10)
+
+    def _on_end(self, error: "BaseException | None") -> None:
+        self.loop.call_soon_threadsafe(self.ended.set)
+
+    async def _send_stats(self) -> None:
+        while not self.ended.is_set():
+            try:
+                await asyncio.wait_for(self.ended.wait(), timeout=0.5)
+            except asyncio.TimeoutError:
+                pass
+            if self.session is not None:
+                await self.websocket.send_text(to_json(self.session.status()))
+
+    async def _relay(self) -> None:
+        """Camera frames and commands to the session until the page stops or the session ends by itself."""
+        session = self.session
+        receiver = asyncio.create_task(self.websocket.receive())
+        waiter = asyncio.create_task(self.ended.wait())
+        by_itself = False
+        while True:
+            done, _ = await asyncio.wait({receiver, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            if receiver not in done:  # the pipeline ended by itself (an error)
+                receiver.cancel()
+                by_itself = True
+                break
+            msg = receiver.result()
+            if msg["type"] == "websocket.disconnect":
+                waiter.cancel()
+                break
+            if msg.get("bytes") is not None:
+                session.push(msg["bytes"])
+            elif msg.get("text"):
+                cmd = _json_object(msg["text"]) or {}  # anything but a JSON object is ignored
+                if cmd.get("type") == "stop":
+                    waiter.cancel()
+                    break
+                if cmd.get("type") == "command":
+                    session.command(str(cmd.get("key", "")))
+            receiver = asyncio.create_task(self.websocket.receive())
+        if by_itself and session.error is not None:
+            raise session.error
+
+    async def _report(self, e: Exception) -> None:
+        from nets.checkpoint import CheckpointError
+        if isinstance(e, DiskFault) or disk_fault(e) is not None:
+            print(f"mra-web: webcam session: {e}", file=sys.stderr)
+            text = server_disk_text(e)
+        elif isinstance(e, (UserError, CheckpointError)):
+            text = error_text(e, [self.folder] if self.folder else [])
+        else:
+            print(f"mra-web: webcam session failed:\n{traceback.format_exc()}", file=sys.stderr)
+            text = f"error: internal error in the webcam session ({type(e).__name__}); the server log has the details"
+        with contextlib.suppress(Exception):
+            await self.websocket.send_text(json.dumps({"type": "error", "message": text}))
+
+    async def _close(self) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        web, session = self.web, self.session
+        with web.live_lock:
+            web.live.discard(self.placeholder)  # type: ignore[arg-type]
+        if session is not None:
+            await run_in_threadpool(session.close)
+            with web.live_lock:
+                web.live.discard(session)
+        self.ended.set()
+        if self.stats_task is not None:
+            with contextlib.suppress(BaseException):
+                await self.stats_task
+        if session is not None:
+            with contextlib.suppress(Exception):
+                final = session.status()
+                final["type"] = "stopped"
+                await self.websocket.send_text(to_json(final))
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            await self.websocket.close()
+
+
+def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
+    """The Starlette application (``app.state.web`` is the :class:`WebApp`)."""
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException
+    from starlette.routing import Mount, Route, WebSocketRoute
+    from starlette.staticfiles import StaticFiles
+
+    web = WebApp(engine, config or WebConfig(), device)
+    r = Routes(web)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -477,18 +551,18 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
             await run_in_threadpool(web.close)
 
     routes = [
-        Route("/", index),
-        Route("/favicon.ico", favicon),
-        Route("/api/info", info),
-        Route("/api/jobs", submit, methods=["POST"]),
-        Route("/api/jobs/{job_id}", job_status, methods=["GET"]),
-        Route("/api/jobs/{job_id}", job_cancel, methods=["DELETE"]),
-        Route("/api/jobs/{job_id}/result", job_result),
-        WebSocketRoute("/api/live", live),
+        Route("/", r.index),
+        Route("/favicon.ico", r.favicon),
+        Route("/api/info", r.info),
+        Route("/api/jobs", r.submit, methods=["POST"]),
+        Route("/api/jobs/{job_id}", r.job_status, methods=["GET"]),
+        Route("/api/jobs/{job_id}", r.job_cancel, methods=["DELETE"]),
+        Route("/api/jobs/{job_id}/result", r.job_result),
+        WebSocketRoute("/api/live", r.live),
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: http_error, Exception: server_error})
+                    exception_handlers={HTTPException: r.http_error, Exception: r.server_error})
     app.state.web = web
     return app
 
