@@ -145,7 +145,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
                         f"of the delay are held in memory), got {args.delay:g}")
     sources = _sources(args.source)
     if args.stats:  # known now, not after the session
-        from .media import check_writable
+        from nets.media import check_writable
         stats_path = Path(os.path.abspath(args.stats.expanduser()))
         check_writable(stats_path.parent, stats_path)
     outputs = args.output or ["virtualcam"]
