@@ -149,7 +149,8 @@ class WebApp:
     def info(self) -> dict:
         e = self.engine
         return {"model": e.describe(), "frame_size": e.frame_size, "has_avd": bool(e.has_avd),
-                "modes": [m for m in MODES if m != "avd" or e.has_avd], "crops": list(CROPS),
+                "all_modes": list(MODES), "modes": [m for m in MODES if m != "avd" or e.has_avd],
+                "crops": list(CROPS),
                 "defaults": {"mode": AnimateOptions.mode, "crop": AnimateOptions.crop,
                              "paste_back": AnimateOptions.paste_back},
                 "max_upload_mb": self.config.max_upload_mb, "examples": examples(),

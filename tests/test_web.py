@@ -96,6 +96,8 @@ def test_generate_and_download(server, files):
         assert info["frame_size"] == 64 and info["defaults"] == {"mode": "relative", "crop": "auto",
                                                                  "paste_back": True}
         assert len(info["examples"]) >= 2
+        assert info["all_modes"] == ["relative", "avd", "standard"]
+        assert info["modes"] == [m for m in info["all_modes"] if m != "avd" or info["has_avd"]]
         r = post_job(c, files / "face.png", files / "clip.mp4")
         assert r.status_code == 200, r.text
         j = wait_job(c, r.json()["id"])

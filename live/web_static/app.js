@@ -22,7 +22,7 @@ async function api(path, options) {
 // ---------------------------------------------------------------------------------------------- portrait
 function fillModes(select, info) {
   select.innerHTML = "";
-  for (const m of ["relative", "avd", "standard"]) {
+  for (const m of info.all_modes) {  // the ones this model cannot run are shown disabled
     const o = document.createElement("option");
     o.value = m; o.textContent = m + (m === "avd" && !info.has_avd ? " (this model has no AVD network)" : "");
     o.disabled = !info.modes.includes(m);
