@@ -465,234 +465,289 @@ def train(opts: TrainOptions) -> TrainResult:
 
 
 def _train(opts: TrainOptions, session: distributed.Session, t0: float) -> TrainResult:
-    plan = resolve(opts)
-    cfg = plan.config
-    device = session.device
-    tstate = plan.train_state
-    seed = int(tstate["seed"]) if tstate else int(opts.seed)
-    if opts.sync_bn and not session.distributed:
-        _print(session, "note: --sync-bn has no effect in a single process")
-    if opts.sync_bn and session.distributed and device.type != "cuda":
-        raise UserError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU); drop it")
+    run = _Run(opts, session, t0)
+    with _StopFlag() as stop:
+        run.loop(stop)
+    return run.finish()
 
-    hyper = stage_hyper(plan.stage, cfg, opts)
-    if hyper.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {hyper.batch_size}")
-    if plan.stage == "avd" and hyper.batch_size < 2:
-        raise UserError("the AVD stage needs --batch-size >= 2 (its BatchNorm layers need more than one sample)")
-    autocast, scaler = _amp_context(opts.amp, device)
 
-    # -- data (checked before anything slow or noisy) ----------------------------------------------
-    if plan.data is None:
-        raise UserError("--data DIR is required (a folder with train/ and test/ splits)")
-    dataset = PairDataset(plan.data, cfg.frame_size, "train", id_sampling=cfg.dataset.id_sampling,
-                          augmentation=cfg.dataset.augmentation, num_repeats=hyper.num_repeats,
-                          preload=opts.preload, progress=opts.progress and session.is_main,
-                          identity_pairs=cfg.dataset.identity_pairs)
-    sampler = PairSampler(len(dataset), seed=seed, rank=session.rank, world_size=session.world_size)
-    steps_per_epoch = sampler.per_rank // hyper.batch_size
-    if steps_per_epoch < 1:
-        raise UserError(f"the dataset gives {sampler.per_rank} samples per process per epoch ({dataset.num_items} "
-                        f"item(s) x {hyper.num_repeats} repeats / {session.world_size} process(es)), fewer than "
-                        f"--batch-size {hyper.batch_size}; lower --batch-size or add videos")
+class _Run:
+    """One training session of one stage: set up (checks, data, model, optimiser, run directory),
+    then the step loop, checkpoints and the log. The loop's position (``step``, ``epoch``,
+    ``epoch_samples``) is what a training checkpoint stores to resume exactly."""
 
-    # -- model -----------------------------------------------------------------------------------
-    torch.manual_seed(seed)
-    model = MRAA(cfg)
-    if plan.model_state is not None:
-        load_state(model, plan.model_state, source=plan.source)
-        model.has_avd = plan.has_avd and model.has_avd
-    stage = _make_stage(plan, model, opts, session)
-    if opts.amp != "none":
-        keep_region_statistics_fp32(model)
-    loader_gen = torch.Generator().manual_seed(seed)
+    def __init__(self, opts: TrainOptions, session: distributed.Session, t0: float):
+        self.opts, self.session, self.t0 = opts, session, t0
+        self.plan = plan = resolve(opts)
+        self.cfg = plan.config
+        self.device = session.device
+        tstate = plan.train_state
+        self.seed = int(tstate["seed"]) if tstate else int(opts.seed)
+        self.hyper = self._checked_hyper()
+        self.autocast, self.scaler = _amp_context(opts.amp, self.device)
+        self._data()
+        self._model()
+        self._optimiser(tstate)
+        self._run_dir()
+        self.last_save = 0.0
+        self.total_steps = self.hyper.num_epochs * self.steps_per_epoch
+        self.target = min(self.total_steps, opts.max_steps) if opts.max_steps else self.total_steps
+        self.budget = opts.max_minutes * 60 if opts.max_minutes else None
+        self.stopped = "finished"
+        self.steps_run = 0
+        self.step_time = 0.0
+        self.log_every = opts.log_every or (10 if self.device.type == "cuda" else 1)
+        self.acc: "Tensor | None" = None
+        self.acc_n = 0
+        self.last_names: list[str] = []
 
-    # -- devices, DDP, optimiser -------------------------------------------------------------------
-    objective = stage.objective.to(device)
-    if opts.channels_last:
-        objective = objective.to(memory_format=torch.channels_last)
-    if opts.sync_bn and session.distributed:
-        objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
-        stage.objective = objective
-    params = stage.trainable()
-    optimizer = torch.optim.Adam(params, lr=hyper.lr, betas=(0.5, 0.999))
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(hyper.milestones), gamma=0.1)
-    step = epoch = epoch_samples = 0
-    if tstate is not None:
-        optimizer.load_state_dict(tstate["optimizer"])
-        st.load_scheduler_state(scheduler, tstate["scheduler"])
-        if scaler is not None and tstate.get("scaler"):
-            scaler.load_state_dict(tstate["scaler"])
-        step, epoch, epoch_samples = int(tstate["step"]), int(tstate["epoch"]), int(tstate["epoch_samples"])
-        st.restore_rng(tstate["rng"], loader_gen)
-        stage.load_extra_state(tstate)
-        if tstate.get("loss") != stage.loss_kind and session.is_main:
-            warn([f"this run was trained so far with the loss {tstate.get('loss')!r}; it continues with "
-                  f"{stage.loss_kind!r}."])
-    if session.distributed:
-        ddp_kwargs: dict[str, Any] = {}
-        if device.type == "cuda":
-            ddp_kwargs["device_ids"] = [device.index]
-        wrapped: nn.Module = nn.parallel.DistributedDataParallel(objective, **ddp_kwargs)
-    else:
-        wrapped = objective
-    wrapped.train()
+    # -- set-up ----------------------------------------------------------------------------------
+    def _checked_hyper(self) -> Hyper:
+        opts, session, plan = self.opts, self.session, self.plan
+        if opts.sync_bn and not session.distributed:
+            _print(session, "note: --sync-bn has no effect in a single process")
+        if opts.sync_bn and session.distributed and self.device.type != "cuda":
+            raise UserError("--sync-bn needs CUDA devices (PyTorch's SyncBatchNorm does not run on the CPU); drop it")
+        hyper = stage_hyper(plan.stage, self.cfg, opts)
+        if hyper.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {hyper.batch_size}")
+        if plan.stage == "avd" and hyper.batch_size < 2:
+            raise UserError("the AVD stage needs --batch-size >= 2 (its BatchNorm layers need more than one sample)")
+        return hyper
 
-    # -- run directory -----------------------------------------------------------------------------
-    run_dir = plan.run_dir
-    ck_path = st.checkpoint_path(run_dir)
-    log = None
-    if session.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if plan.resumed_from is not None and tstate is None and plan.resumed_from == run_dir:
-            # a new stage on top of the run's checkpoint: keep the previous stage's file
-            keep = run_dir / f"{_stage_of(plan)}.pth"
-            if not keep.exists():
-                shutil.copy2(ck_path, keep)
-        info = {"stage": plan.stage, "config": cfg.name, "frame_size": cfg.frame_size, "loss": stage.loss_kind,
-                "weights_from": plan.source, "data": str(plan.data), "seed": seed, "world_size": session.world_size,
-                "batch_size_per_process": hyper.batch_size, "lr": hyper.lr, "amp": opts.amp,
-                "channels_last": opts.channels_last, "device": str(device), "steps_per_epoch": steps_per_epoch,
-                "num_epochs": hyper.num_epochs, "epoch_milestones": list(hyper.milestones),
-                "torch": torch.__version__, **stage.info}
-        (run_dir / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        log = LossLog(run_dir / stage.csv_name, stage.loss_names, resume_step=step, tensorboard_dir=run_dir / "tb")
-    session.barrier()
+    def _data(self) -> None:
+        """The dataset and sampler (checked before anything slow or noisy)."""
+        plan, cfg, hyper, session, opts = self.plan, self.cfg, self.hyper, self.session, self.opts
+        if plan.data is None:
+            raise UserError("--data DIR is required (a folder with train/ and test/ splits)")
+        self.dataset = dataset = PairDataset(
+            plan.data, cfg.frame_size, "train", id_sampling=cfg.dataset.id_sampling,
+            augmentation=cfg.dataset.augmentation, num_repeats=hyper.num_repeats, preload=opts.preload,
+            progress=opts.progress and session.is_main, identity_pairs=cfg.dataset.identity_pairs)
+        self.sampler = sampler = PairSampler(len(dataset), seed=self.seed, rank=session.rank,
+                                             world_size=session.world_size)
+        self.steps_per_epoch = sampler.per_rank // hyper.batch_size
+        if self.steps_per_epoch < 1:
+            raise UserError(f"the dataset gives {sampler.per_rank} samples per process per epoch ({dataset.num_items} "
+                            f"item(s) x {hyper.num_repeats} repeats / {session.world_size} process(es)), fewer than "
+                            f"--batch-size {hyper.batch_size}; lower --batch-size or add videos")
 
-    def train_state() -> dict[str, Any]:
-        return {"stage": plan.stage, "step": step, "epoch": epoch, "epoch_samples": epoch_samples,
-                "optimizer": optimizer.state_dict(), "scheduler": st.scheduler_state(scheduler),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "rng": st.capture_rng(loader_gen), "seed": seed, "loss": stage.loss_kind,
-                "batch_size": hyper.batch_size, "world_size": session.world_size, "data": str(plan.data),
-                "config_name": cfg.name, **stage.extra_state()}
+    def _model(self) -> None:
+        plan, opts = self.plan, self.opts
+        torch.manual_seed(self.seed)
+        self.model = model = MRAA(self.cfg)
+        if plan.model_state is not None:
+            load_state(model, plan.model_state, source=plan.source)
+            model.has_avd = plan.has_avd and model.has_avd
+        self.stage: Stage = _make_stage(plan, model, opts, self.session)
+        if opts.amp != "none":
+            keep_region_statistics_fp32(model)
+        self.loader_gen = torch.Generator().manual_seed(self.seed)
 
-    last_save = [0.0]
+    def _optimiser(self, tstate: "dict | None") -> None:
+        """Devices, DDP, the optimiser and its schedule, and the position to resume from."""
+        opts, session, stage, device = self.opts, self.session, self.stage, self.device
+        objective = stage.objective.to(device)
+        if opts.channels_last:
+            objective = objective.to(memory_format=torch.channels_last)
+        if opts.sync_bn and session.distributed:
+            objective = nn.SyncBatchNorm.convert_sync_batchnorm(objective)
+            stage.objective = objective
+        self.optimizer = torch.optim.Adam(stage.trainable(), lr=self.hyper.lr, betas=(0.5, 0.999))
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(self.hyper.milestones),
+                                                              gamma=0.1)
+        self.step = self.epoch = self.epoch_samples = 0
+        if tstate is not None:
+            self.optimizer.load_state_dict(tstate["optimizer"])
+            st.load_scheduler_state(self.scheduler, tstate["scheduler"])
+            if self.scaler is not None and tstate.get("scaler"):
+                self.scaler.load_state_dict(tstate["scaler"])
+            self.step, self.epoch = int(tstate["step"]), int(tstate["epoch"])
+            self.epoch_samples = int(tstate["epoch_samples"])
+            st.restore_rng(tstate["rng"], self.loader_gen)
+            stage.load_extra_state(tstate)
+            if tstate.get("loss") != stage.loss_kind and session.is_main:
+                warn([f"this run was trained so far with the loss {tstate.get('loss')!r}; it continues with "
+                      f"{stage.loss_kind!r}."])
+        if session.distributed:
+            ddp_kwargs: dict[str, Any] = {}
+            if device.type == "cuda":
+                ddp_kwargs["device_ids"] = [device.index]
+            self.wrapped: nn.Module = nn.parallel.DistributedDataParallel(objective, **ddp_kwargs)
+        else:
+            self.wrapped = objective
+        self.wrapped.train()
 
-    def save() -> None:
+    def _run_dir(self) -> None:
+        """The run directory: train_info.json, config.json, the loss log (main process)."""
+        plan, cfg, session, stage, hyper = self.plan, self.cfg, self.session, self.stage, self.hyper
+        self.run_dir = run_dir = plan.run_dir
+        self.ck_path = st.checkpoint_path(run_dir)
+        self.log: "LossLog | None" = None
         if session.is_main:
-            t = time.monotonic()
-            st.save_training_checkpoint(ck_path, model, train_state())
-            last_save[0] = time.monotonic() - t
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if plan.resumed_from is not None and plan.train_state is None and plan.resumed_from == run_dir:
+                # a new stage on top of the run's checkpoint: keep the previous stage's file
+                keep = run_dir / f"{_stage_of(plan)}.pth"
+                if not keep.exists():
+                    shutil.copy2(self.ck_path, keep)
+            info = {"stage": plan.stage, "config": cfg.name, "frame_size": cfg.frame_size, "loss": stage.loss_kind,
+                    "weights_from": plan.source, "data": str(plan.data), "seed": self.seed,
+                    "world_size": session.world_size, "batch_size_per_process": hyper.batch_size, "lr": hyper.lr,
+                    "amp": self.opts.amp, "channels_last": self.opts.channels_last, "device": str(self.device),
+                    "steps_per_epoch": self.steps_per_epoch, "num_epochs": hyper.num_epochs,
+                    "epoch_milestones": list(hyper.milestones), "torch": torch.__version__, **stage.info}
+            (run_dir / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
+            (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            self.log = LossLog(run_dir / stage.csv_name, stage.loss_names, resume_step=self.step,
+                               tensorboard_dir=run_dir / "tb")
         session.barrier()
 
-    total_steps = hyper.num_epochs * steps_per_epoch
-    target = min(total_steps, opts.max_steps) if opts.max_steps else total_steps
-    budget = opts.max_minutes * 60 if opts.max_minutes else None
-    from tqdm import tqdm
-    bar = tqdm(total=target, initial=min(step, target), unit="step", dynamic_ncols=True, file=sys.stderr,
-               disable=not (opts.progress and session.is_main), desc=plan.stage)
-    _print(session, f"{plan.stage}: config {cfg.name} ({cfg.frame_size}px), {len(dataset.videos)} videos, "
-                    f"{steps_per_epoch} steps/epoch x {hyper.num_epochs} epochs, batch {hyper.batch_size} x "
-                    f"{session.world_size} process(es), loss {stage.loss_kind}, device {device}, step {step}")
-    stopped = "finished"
-    steps_run = 0
-    t_loop = time.monotonic()
-    step_time = 0.0
-    log_every = opts.log_every or (10 if device.type == "cuda" else 1)
-    acc: "Tensor | None" = None
-    acc_n = 0
-    last_names: list[list[str]] = [[]]
+    # -- checkpoints and the log -------------------------------------------------------------------
+    def train_state(self) -> dict[str, Any]:
+        """What a training checkpoint stores besides the model (see ``nets.train.state``)."""
+        return {"stage": self.plan.stage, "step": self.step, "epoch": self.epoch, "epoch_samples": self.epoch_samples,
+                "optimizer": self.optimizer.state_dict(), "scheduler": st.scheduler_state(self.scheduler),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+                "rng": st.capture_rng(self.loader_gen), "seed": self.seed, "loss": self.stage.loss_kind,
+                "batch_size": self.hyper.batch_size, "world_size": self.session.world_size,
+                "data": str(self.plan.data), "config_name": self.cfg.name, **self.stage.extra_state()}
 
-    def flush(names: list[str]) -> tuple[bool, bool]:
+    def save(self) -> None:
+        if self.session.is_main:
+            t = time.monotonic()
+            st.save_training_checkpoint(self.ck_path, self.model, self.train_state())
+            self.last_save = time.monotonic() - t
+        self.session.barrier()
+
+    def flush(self, names: list[str], stop: _StopFlag) -> tuple[bool, bool]:
         """Mean losses since the last flush -> log row; returns the (interrupted, out of time) flags of all ranks."""
-        nonlocal acc, acc_n
-        elapsed = time.monotonic() - t0
-        out_of_time = budget is not None and elapsed + (log_every + 1) * step_time + last_save[0] + 5 > budget
+        session, acc = self.session, self.acc
+        elapsed = time.monotonic() - self.t0
+        out_of_time = (self.budget is not None and
+                       elapsed + (self.log_every + 1) * self.step_time + self.last_save + 5 > self.budget)
         flags = torch.tensor([float(stop.requested), float(out_of_time)], device=acc.device)
-        vec = session.sum(torch.cat([acc / acc_n, flags])).cpu()
+        vec = session.sum(torch.cat([acc / self.acc_n, flags])).cpu()
         values = {"loss": float(vec[0]) / session.world_size}
         values.update({n: float(v) / session.world_size for n, v in zip(names, vec[1:1 + len(names)])})
         if not math.isfinite(values["loss"]):
-            raise UserError(f"the loss became {values['loss']} at step {step}; the last checkpoint is "
-                            f"{ck_path}. Try a lower --lr, or --amp none")
+            raise UserError(f"the loss became {values['loss']} at step {self.step}; the last checkpoint is "
+                            f"{self.ck_path}. Try a lower --lr, or --amp none")
         if session.is_main:
-            log.write(step, epoch, optimizer.param_groups[0]["lr"], values, elapsed)
-            bar.update(acc_n)
-            bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=epoch)
-        acc, acc_n = None, 0
+            self.log.write(self.step, self.epoch, self.optimizer.param_groups[0]["lr"], values, elapsed)
+            self.bar.update(self.acc_n)
+            self.bar.set_postfix(loss=f"{values['loss']:.4f}", epoch=self.epoch)
+        self.acc, self.acc_n = None, 0
         return bool(vec[-2] > 0), bool(vec[-1] > 0)
-    with _StopFlag() as stop:
-        done = step >= target
-        if done:
-            stopped = "max_steps" if opts.max_steps and step >= opts.max_steps else "finished"
-        while not done:
-            sampler.set_epoch(epoch)
-            sampler.set_start(epoch_samples // session.world_size)
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=hyper.batch_size, sampler=sampler, num_workers=hyper.workers, drop_last=True,
-                pin_memory=device.type == "cuda", generator=loader_gen, worker_init_fn=_worker_init,
-                prefetch_factor=4 if hyper.workers > 0 else None)
-            finished_epoch = True
-            for batch in loader:
-                ts = time.monotonic()
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                if opts.channels_last:
-                    batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
-                inputs = stage.inputs(batch, step_seed(seed, session.rank, step))
-                with autocast():
-                    total, parts, visuals = wrapped(*inputs)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(total).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    total.backward()
-                    optimizer.step()
-                parts.update(stage.after_step(batch, visuals, autocast))
-                step += 1
-                steps_run += 1
-                epoch_samples += hyper.batch_size * session.world_size
 
-                # losses accumulate on the device; every log_every steps one collective carries their
-                # mean (for the log) and the stop flags, and the host waits for the device only then
-                step_time = time.monotonic() - ts if steps_run == 1 else 0.9 * step_time + 0.1 * (time.monotonic() - ts)
-                names = [n for n in stage.loss_names if n in parts]
-                last_names[0] = names
-                local = torch.stack([total.detach().float()] + [parts[n].detach().float() for n in names])
-                acc = local if acc is None else acc + local
-                acc_n += 1
-                reached = bool(opts.max_steps and step >= opts.max_steps)
-                want_vis = bool(opts.vis_every and step % opts.vis_every == 0)
-                want_ck = bool(opts.checkpoint_every and step % opts.checkpoint_every == 0)
-                interrupted = timed_out = False
-                if acc_n >= log_every or reached or want_vis or want_ck:
-                    interrupted, timed_out = flush(names)
-                    if session.is_main and want_vis:
-                        img = stage.visualise(batch, visuals)
-                        if img is not None:
-                            save_png(img, run_dir / "vis" / f"{plan.stage}_{step:07d}.png")
-                            log.image(f"{plan.stage}/visualisation", img, step)
-                if want_ck:
-                    save()
-                if interrupted or timed_out or reached:
-                    stopped = "interrupted" if interrupted else "max_minutes" if timed_out else "max_steps"
-                    finished_epoch = False
-                    done = True
-                    break
-            del loader
-            if finished_epoch:
-                epoch += 1
-                epoch_samples = 0
-                scheduler.step()
-                if epoch >= hyper.num_epochs:
-                    stopped = "finished"
-                    done = True
-        if acc_n:
-            flush(last_names[0])
-        save()
-    bar.close()
-    seconds = time.monotonic() - t_loop
-    if log is not None:
-        log.close()
-    rate = steps_run / seconds if seconds > 0 and steps_run else 0.0
-    _print(session, f"{plan.stage}: stopped ({stopped}) at step {step}, epoch {epoch}; {steps_run} steps in "
-                    f"{seconds:.1f} s ({rate:.3f} steps/s); checkpoint {ck_path}")
-    return TrainResult(run_dir=run_dir, checkpoint=ck_path, stage=plan.stage, step=step, epoch=epoch,
-                       steps_run=steps_run, seconds=seconds, stopped=stopped, loss_kind=stage.loss_kind,
-                       steps_per_second=rate)
+    # -- the loop ----------------------------------------------------------------------------------
+    def loop(self, stop: _StopFlag) -> None:
+        """Epochs of steps until the target step, the time budget, a stop request or the last epoch."""
+        from tqdm import tqdm
+
+        opts, session, plan, hyper = self.opts, self.session, self.plan, self.hyper
+        self.bar = tqdm(total=self.target, initial=min(self.step, self.target), unit="step", dynamic_ncols=True,
+                        file=sys.stderr, disable=not (opts.progress and session.is_main), desc=plan.stage)
+        _print(session, f"{plan.stage}: config {self.cfg.name} ({self.cfg.frame_size}px), {len(self.dataset.videos)} "
+                        f"videos, {self.steps_per_epoch} steps/epoch x {hyper.num_epochs} epochs, batch "
+                        f"{hyper.batch_size} x {session.world_size} process(es), loss {self.stage.loss_kind}, "
+                        f"device {self.device}, step {self.step}")
+        self.t_loop = time.monotonic()
+        done = self.step >= self.target
+        if done:
+            self.stopped = "max_steps" if opts.max_steps and self.step >= opts.max_steps else "finished"
+        while not done:
+            done = self._epoch(stop)
+        if self.acc_n:
+            self.flush(self.last_names, stop)
+        self.save()
+
+    def _epoch(self, stop: _StopFlag) -> bool:
+        """One epoch (or the rest of it); True when training stops."""
+        session, hyper, device = self.session, self.hyper, self.device
+        self.sampler.set_epoch(self.epoch)
+        self.sampler.set_start(self.epoch_samples // session.world_size)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=hyper.batch_size, sampler=self.sampler, num_workers=hyper.workers,
+            drop_last=True, pin_memory=device.type == "cuda", generator=self.loader_gen, worker_init_fn=_worker_init,
+            prefetch_factor=4 if hyper.workers > 0 else None)
+        for batch in loader:
+            stopped = self._step(batch, stop)
+            if stopped:
+                self.stopped = stopped
+                del loader
+                return True
+        del loader
+        self.epoch += 1
+        self.epoch_samples = 0
+        self.scheduler.step()
+        if self.epoch >= hyper.num_epochs:
+            self.stopped = "finished"
+            return True
+        return False
+
+    def _step(self, batch: "dict[str, Tensor]", stop: _StopFlag) -> "str | None":
+        """One optimiser step (+ the log, pictures and checkpoint it is due); why training stops, or None."""
+        opts, session, stage, optimizer, scaler = self.opts, self.session, self.stage, self.optimizer, self.scaler
+        ts = time.monotonic()
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        if opts.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+        inputs = stage.inputs(batch, step_seed(self.seed, session.rank, self.step))
+        with self.autocast():
+            total, parts, visuals = self.wrapped(*inputs)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            total.backward()
+            optimizer.step()
+        parts.update(stage.after_step(batch, visuals, self.autocast))
+        self.step += 1
+        self.steps_run += 1
+        self.epoch_samples += self.hyper.batch_size * session.world_size
+
+        # losses accumulate on the device; every log_every steps one collective carries their
+        # mean (for the log) and the stop flags, and the host waits for the device only then
+        took = time.monotonic() - ts
+        self.step_time = took if self.steps_run == 1 else 0.9 * self.step_time + 0.1 * took
+        names = [n for n in stage.loss_names if n in parts]
+        self.last_names = names
+        local = torch.stack([total.detach().float()] + [parts[n].detach().float() for n in names])
+        self.acc = local if self.acc is None else self.acc + local
+        self.acc_n += 1
+        step = self.step
+        reached = bool(opts.max_steps and step >= opts.max_steps)
+        want_vis = bool(opts.vis_every and step % opts.vis_every == 0)
+        want_ck = bool(opts.checkpoint_every and step % opts.checkpoint_every == 0)
+        interrupted = timed_out = False
+        if self.acc_n >= self.log_every or reached or want_vis or want_ck:
+            interrupted, timed_out = self.flush(names, stop)
+            if session.is_main and want_vis:
+                img = stage.visualise(batch, visuals)
+                if img is not None:
+                    save_png(img, self.run_dir / "vis" / f"{self.plan.stage}_{step:07d}.png")
+                    self.log.image(f"{self.plan.stage}/visualisation", img, step)
+        if want_ck:
+            self.save()
+        if interrupted or timed_out or reached:
+            return "interrupted" if interrupted else "max_minutes" if timed_out else "max_steps"
+        return None
+
+    def finish(self) -> TrainResult:
+        self.bar.close()
+        seconds = time.monotonic() - self.t_loop
+        if self.log is not None:
+            self.log.close()
+        rate = self.steps_run / seconds if seconds > 0 and self.steps_run else 0.0
+        _print(self.session, f"{self.plan.stage}: stopped ({self.stopped}) at step {self.step}, epoch {self.epoch}; "
+                             f"{self.steps_run} steps in {seconds:.1f} s ({rate:.3f} steps/s); "
+                             f"checkpoint {self.ck_path}")
+        return TrainResult(run_dir=self.run_dir, checkpoint=self.ck_path, stage=self.plan.stage, step=self.step,
+                           epoch=self.epoch, steps_run=self.steps_run, seconds=seconds, stopped=self.stopped,
+                           loss_kind=self.stage.loss_kind, steps_per_second=rate)
 
 
 def _stage_of(plan: Plan) -> str:
