@@ -108,7 +108,21 @@ def export_model(model: nets.MRAA, out_dir: "str | os.PathLike", opset: int = ox
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _export_into(model, out_dir, opset, fp16, calibration, checkpoint, threads, say, verify, t0)
+    except VerificationError:
+        raise  # the directory keeps verification_failed.json
+    except BaseException:
+        if created:  # nothing half-written is left (a full disk, Ctrl-C...)
+            shutil.rmtree(out_dir, ignore_errors=True)
+        else:
+            (out_dir / MANIFEST).unlink(missing_ok=True)
+        raise
+
+
+def _export_into(model, out_dir: Path, opset, fp16, calibration, checkpoint, threads, say, verify, t0) -> Manifest:
     for stale in (MANIFEST, FAILED_REPORT):
         (out_dir / stale).unlink(missing_ok=True)
     model = model.eval()

@@ -106,3 +106,12 @@ def test_a_busy_target_keeps_the_finished_work(files, tmp_path, capfd, monkeypat
     one_error_line(code, err, "Device or resource busy", f"it is kept at {tmp_path / 'frames-1'}")
     assert len(list((tmp_path / "frames-1").glob("*.png"))) == 20 and list(out.iterdir()) == []
     assert leftovers(tmp_path) == []
+
+
+def test_mra_export_on_a_full_disk_leaves_nothing(files, tmp_path, capfd):
+    from export import cli as export_cli
+    with small_tmpfs(tmp_path / "disk", "64k") as disk:
+        capfd.readouterr()
+        code = export_cli.main([str(files / "tiny.pth"), "--out", str(disk / "exp"), "--quiet"])
+        one_error_line(code, capfd.readouterr().err, f"cannot write to {disk / 'exp'}: No space left on device")
+        assert list(disk.iterdir()) == []
