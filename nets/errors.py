@@ -72,8 +72,8 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
-    except OSError as e:
-        message = disk_fault(e)
+    except OSError as e:  # a write the disk refused (permission errors may be reads: not said as writes)
+        message = disk_fault(e) if e.errno not in (errno.EACCES, errno.EPERM) else None
         if message is None or debug:
             raise
         print(f"error: {_one_line(message)}", file=sys.stderr)
