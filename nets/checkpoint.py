@@ -328,10 +328,14 @@ def _atomic_save(obj: Any, path: "str | os.PathLike") -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:  # through a Python file: a full disk is an OSError (ENOSPC), not a
+            torch.save(obj, f)          # RuntimeError from torch's own writer
         os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OSError(e.errno, e.strerror, str(path)) from None  # named: the tools say which file
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -116,3 +116,16 @@ def test_mra_export_on_a_full_disk_leaves_nothing(files, tmp_path, capfd):
         code = export_cli.main([str(files / "tiny.pth"), "--out", str(disk / "exp"), "--quiet"])
         one_error_line(code, capfd.readouterr().err, f"cannot write to {disk / 'exp'}: No space left on device")
         assert list(disk.iterdir()) == []
+
+
+def test_saving_a_checkpoint_on_a_full_disk(tmp_path, capfd):
+    """torch.save's own writer says a full disk as an obscure RuntimeError: it goes through a Python file,
+    so mra-train (and every tool) says it in one line, naming the file, and leaves no temporary."""
+    with small_tmpfs(tmp_path / "disk", "64k") as disk:
+        def main(argv):
+            nets.save_model(nets.build_model("lite256"), disk / "model.pth")
+        assert run_cli(main, []) == 2
+        err = capfd.readouterr().err
+        assert err == (f"error: cannot write {disk / 'model.pth'}: no space left on the device; free some space or "
+                       "choose another location\n")
+        assert list(disk.iterdir()) == []
