@@ -280,7 +280,7 @@ class Plan:
     stage: str
     model_state: "dict | None" = None
     has_avd: bool = False
-    train_state: "dict | None" = None  # set when continuing the same stage
+    train_state: "st.TrainingState | None" = None  # set when continuing the same stage
     source: str = ""  # where the weights come from (for messages and train_info)
     resumed_from: "Path | None" = None
     data: "Path | None" = None
@@ -339,7 +339,8 @@ def resolve(opts: TrainOptions) -> Plan:
             raise UserError("--lr applies to a new run; a resumed run keeps its learning-rate schedule")
         stored_data = tstate.get("data") if tstate else None
         return Plan(config=cfg, run_dir=out, stage=opts.stage, model_state=data["model"],
-                    has_avd=bool(data.get("has_avd", False)), train_state=tstate if continuing else None,
+                    has_avd=bool(data.get("has_avd", False)),
+                    train_state=st.TrainingState.from_dict(tstate) if continuing else None,
                     source=str(path), resumed_from=resume_dir,
                     data=Path(opts.data) if opts.data else (Path(stored_data) if stored_data else None))
 
@@ -482,7 +483,7 @@ class _Run:
         self.cfg = plan.config
         self.device = session.device
         tstate = plan.train_state
-        self.seed = int(tstate["seed"]) if tstate else int(opts.seed)
+        self.seed = int(tstate.seed) if tstate else int(opts.seed)
         self.hyper = self._checked_hyper()
         self.autocast, self.scaler = _amp_context(opts.amp, self.device)
         self._data()
@@ -544,7 +545,7 @@ class _Run:
             keep_region_statistics_fp32(model)
         self.loader_gen = torch.Generator().manual_seed(self.seed)
 
-    def _optimiser(self, tstate: "dict | None") -> None:
+    def _optimiser(self, tstate: "st.TrainingState | None") -> None:
         """Devices, DDP, the optimiser and its schedule, and the position to resume from."""
         opts, session, stage, device = self.opts, self.session, self.stage, self.device
         objective = stage.objective.to(device)
@@ -558,16 +559,15 @@ class _Run:
                                                               gamma=0.1)
         self.step = self.epoch = self.epoch_samples = 0
         if tstate is not None:
-            self.optimizer.load_state_dict(tstate["optimizer"])
-            st.load_scheduler_state(self.scheduler, tstate["scheduler"])
-            if self.scaler is not None and tstate.get("scaler"):
-                self.scaler.load_state_dict(tstate["scaler"])
-            self.step, self.epoch = int(tstate["step"]), int(tstate["epoch"])
-            self.epoch_samples = int(tstate["epoch_samples"])
-            st.restore_rng(tstate["rng"], self.loader_gen)
-            stage.load_extra_state(tstate)
-            if tstate.get("loss") != stage.loss_kind and session.is_main:
-                warn([f"this run was trained so far with the loss {tstate.get('loss')!r}; it continues with "
+            self.optimizer.load_state_dict(tstate.optimizer)
+            st.load_scheduler_state(self.scheduler, tstate.scheduler)
+            if self.scaler is not None and tstate.scaler:
+                self.scaler.load_state_dict(tstate.scaler)
+            self.step, self.epoch, self.epoch_samples = int(tstate.step), int(tstate.epoch), int(tstate.epoch_samples)
+            st.restore_rng(tstate.rng, self.loader_gen)
+            stage.load_extra_state(tstate.extra)
+            if tstate.loss != stage.loss_kind and session.is_main:
+                warn([f"this run was trained so far with the loss {tstate.loss!r}; it continues with "
                       f"{stage.loss_kind!r}."])
         if session.distributed:
             ddp_kwargs: dict[str, Any] = {}
@@ -604,19 +604,20 @@ class _Run:
         session.barrier()
 
     # -- checkpoints and the log -------------------------------------------------------------------
-    def train_state(self) -> dict[str, Any]:
-        """What a training checkpoint stores besides the model (see ``nets.train.state``)."""
-        return {"stage": self.plan.stage, "step": self.step, "epoch": self.epoch, "epoch_samples": self.epoch_samples,
-                "optimizer": self.optimizer.state_dict(), "scheduler": st.scheduler_state(self.scheduler),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "rng": st.capture_rng(self.loader_gen), "seed": self.seed, "loss": self.stage.loss_kind,
-                "batch_size": self.hyper.batch_size, "world_size": self.session.world_size,
-                "data": str(self.plan.data), "config_name": self.cfg.name, **self.stage.extra_state()}
+    def train_state(self) -> st.TrainingState:
+        """What a training checkpoint stores besides the model."""
+        return st.TrainingState(
+            stage=self.plan.stage, step=self.step, epoch=self.epoch, epoch_samples=self.epoch_samples,
+            optimizer=self.optimizer.state_dict(), scheduler=st.scheduler_state(self.scheduler),
+            scaler=self.scaler.state_dict() if self.scaler is not None else {}, rng=st.capture_rng(self.loader_gen),
+            seed=self.seed, loss=self.stage.loss_kind, batch_size=self.hyper.batch_size,
+            world_size=self.session.world_size, data=str(self.plan.data), config_name=self.cfg.name,
+            extra=self.stage.extra_state())
 
     def save(self) -> None:
         if self.session.is_main:
             t = time.monotonic()
-            st.save_training_checkpoint(self.ck_path, self.model, self.train_state())
+            st.save_training_checkpoint(self.ck_path, self.model, self.train_state().to_dict())
             self.last_save = time.monotonic() - t
         self.session.barrier()
 

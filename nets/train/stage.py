@@ -55,7 +55,7 @@ class Stage(Protocol):
         """What an exact resume needs besides the model, optimiser, scheduler and RNG states."""
 
     def load_extra_state(self, state: "dict[str, Any]") -> None:
-        """Restore :meth:`extra_state` from a training checkpoint (keys may be missing)."""
+        """Restore :meth:`extra_state` from a training checkpoint (``TrainingState.extra``; keys may be missing)."""
 
     def visualise(self, batch: "dict[str, Tensor]", visuals: "dict[str, Tensor]") -> "np.ndarray | None":
         """An image of the step for the run's ``vis/`` folder and TensorBoard, or None."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,43 @@ from ..checkpoint import CheckpointError, FORMAT, read_checkpoint, save_model
 from ..model import MRAA
 
 CHECKPOINT_NAME = "checkpoint.pth"
+
+
+@dataclass
+class TrainingState:
+    """The ``train`` entry of a training checkpoint (see the module doc), typed.
+
+    ``extra`` holds what the stage adds (``Stage.extra_state``, e.g. the discriminator's
+    ``adversary``); in the checkpoint its keys sit beside the others, as :meth:`to_dict` writes them.
+    """
+
+    stage: str
+    step: int
+    epoch: int
+    epoch_samples: int
+    optimizer: "dict[str, Any]"
+    scheduler: "dict[str, Any]"
+    scaler: "dict[str, Any]"
+    rng: "dict[str, Any]"
+    seed: int
+    loss: "str | None" = None
+    batch_size: "int | None" = None
+    world_size: "int | None" = None
+    data: "str | None" = None
+    config_name: "str | None" = None
+    extra: "dict[str, Any]" = field(default_factory=dict)
+
+    def to_dict(self) -> "dict[str, Any]":
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: "dict[str, Any]") -> "TrainingState":
+        names = {f.name for f in fields(cls)} - {"extra"}
+        known = {k: v for k, v in d.items() if k in names}
+        known.setdefault("scaler", {})
+        return cls(**known, extra={k: v for k, v in d.items() if k not in names})
 
 
 # ---------------------------------------------------------------------------------------------
