@@ -37,6 +37,17 @@ DEVICES = ("cpu", "cuda")
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
+def add_engine_arguments(parser) -> None:
+    """The model and engine options the long-running tools share (mra-live, mra-serve):
+    --checkpoint, --config, --backend, --device, --precision (an ``argparse.ArgumentParser``)."""
+    parser.add_argument("--checkpoint", help="model checkpoint (default: the model shipped with mra-live)")
+    parser.add_argument("--config", help="preset or YAML for official checkpoints (vox256, ...)")
+    parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
+                        help="auto: ONNX Runtime on the CPU, PyTorch (CUDA graphs) on cuda")
+    parser.add_argument("--device", choices=DEVICES, default="cpu")
+    parser.add_argument("--precision", choices=TORCH_PRECISIONS, default="fp32", help="cuda only")
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """What engine to build.

@@ -17,9 +17,10 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
+from export.engine import MODES
 from nets.errors import ArgumentParser, UserError, entry_point
 
-from .engines import EngineSpec, build_engine, check_mode
+from .engines import EngineSpec, add_engine_arguments, build_engine, check_mode
 from .pasteback import FrameSize, parse_frame_size
 from .pipeline import (COMMANDS, MAX_DELAY_MS, AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions,
                        LivePipeline)
@@ -39,13 +40,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--loop", action="store_true", help="loop a video file camera")
     p.add_argument("--output", action="append", default=None,
                    help="virtualcam (default), window, or a file (.mp4/.gif/directory); repeat for several")
-    p.add_argument("--checkpoint", help="model checkpoint (default: the model shipped with mra-live)")
-    p.add_argument("--config", help="preset or YAML for official checkpoints (vox256, ...)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
-                   help="auto: ONNX Runtime on the CPU, PyTorch (CUDA graphs) on cuda")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="cuda only")
-    p.add_argument("--mode", choices=("relative", "avd", "standard"), default="relative")
+    add_engine_arguments(p)
+    p.add_argument("--mode", choices=MODES, default=MODES[0])
     p.add_argument("--crop", choices=("auto", "none"), default="auto",
                    help="auto: track the face in the camera (and crop the source's face); none: centre square")
     p.add_argument("--output-size", metavar="WxH",

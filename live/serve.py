@@ -42,6 +42,7 @@ from nets.errors import ArgumentParser, UserError
 from nets.media import to_input, to_uint8
 
 from . import worker_protocol as wp
+from .engines import add_engine_arguments
 
 DEFAULT_PORT = 8765
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -538,12 +539,7 @@ def model_info(engine: Engine, checkpoint: "str | os.PathLike | None") -> wp.Mod
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="mra-serve", description="Serve the animation engine to mra-live clients on other "
                        "machines (mra-live --worker HOST:PORT).")
-    p.add_argument("--checkpoint", help="model checkpoint (default: the model shipped with mra-live)")
-    p.add_argument("--config", help="preset or YAML for official checkpoints (vox256, ...)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
-                   help="auto: ONNX Runtime on the CPU, PyTorch (CUDA graphs) on cuda")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--precision", choices=("fp32", "fp16", "bf16"), default="fp32", help="cuda only")
+    add_engine_arguments(p)
     p.add_argument("--threads", type=int, help="CPU threads per engine stage (regions, animation; default: half "
                    "the cores each, as mra-live)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
