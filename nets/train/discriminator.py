@@ -101,16 +101,13 @@ class Adversary:
 
     ``step`` runs after the generator's optimiser step: one discriminator update on the batch's real
     frames and (detached) predictions. ``state_dict`` / ``load_state_dict`` carry both the weights and
-    the optimiser state, so a resumed run continues exactly.
+    the optimiser state, so a resumed run continues exactly. The discriminator is a submodule of the
+    stage's objective, so it moves to the device with it.
     """
 
     def __init__(self, disc: MultiScaleDiscriminator, lr: float):
         self.disc = disc
         self.optimizer = torch.optim.Adam(disc.parameters(), lr=lr, betas=(0.5, 0.999))
-
-    def to(self, device) -> "Adversary":
-        self.disc.to(device)
-        return self
 
     def step(self, prediction: Tensor, real: Tensor, autocast) -> Tensor:
         self.optimizer.zero_grad(set_to_none=True)
