@@ -19,12 +19,26 @@ from .capture import CaptureSource, Frame, LatestFrame
 from .engines import check_mode
 from .stats import LiveStats
 
+# What one webcam frame may be: a webcam's picture (either way round) in one message of at most
+# MAX_LIVE_FRAME_BYTES. The page sends JPEGs of at most 640 pixels a side (some 50 kB); anything
+# larger did not come from it and is refused from its header before a byte of it is decompressed
+# (a 300-byte JPEG can claim 20000x20000 pixels: 1.2 GB once decoded).
+MAX_LIVE_FRAME = (1920, 1080)
+MAX_LIVE_FRAME_BYTES = 4 * 1024 * 1024
+
+
+class FrameRefused(UserError):
+    """A webcam frame over :data:`MAX_LIVE_FRAME` or :data:`MAX_LIVE_FRAME_BYTES`: the session ends with this message."""
+
 
 class BrowserSource(CaptureSource):
     """The browser's webcam as a :class:`~live.capture.CaptureSource`.
 
-    ``push(jpeg, client_id)`` (from the web socket) keeps only the newest undecoded frame; the
-    capture thread decodes it and hands it to the pipeline with the time it arrived, like a
+    ``push(jpeg, client_id)`` (from the web socket) checks the frame's size from its header
+    (:class:`FrameRefused` when it is over :data:`MAX_LIVE_FRAME`; a frame that is not a JPEG,
+    WebP or PNG is counted in ``bad_frames`` and dropped) and keeps only the newest undecoded
+    frame, so one socket has at most one frame waiting and one being decoded; the capture thread
+    decodes it and hands it to the pipeline with the time it arrived, like a
     camera. ``client_id`` (the page's frame number) is remembered by arrival time, so the frame
     sent back can carry it (:meth:`client_id`)."""
 
@@ -38,6 +52,19 @@ class BrowserSource(CaptureSource):
         self.bad_frames = 0
 
     def push(self, data: bytes, client_id: int) -> None:
+        from nets import media
+
+        if len(data) > MAX_LIVE_FRAME_BYTES:
+            raise FrameRefused(f"a webcam frame of {len(data) / 2**20:.1f} MB was refused: frames may be at most "
+                               f"{MAX_LIVE_FRAME_BYTES / 2**20:g} MB; the page sends JPEGs of some 50 kB")
+        try:
+            media.check_image_bytes(data, MAX_LIVE_FRAME)  # from the header alone
+        except media.ImageSizeError as e:
+            raise FrameRefused(f"a webcam frame was refused: {e} (a webcam's size; the page sends frames of at "
+                               "most 640 pixels a side)") from None
+        except media.ImageBytesError:
+            self.bad_frames += 1
+            return
         self._raw.put(Frame(image=data, timestamp=time.monotonic(), index=client_id))
 
     def end(self) -> None:
@@ -61,7 +88,8 @@ class BrowserSource(CaptureSource):
             return self._ids.pop(timestamp, 0)
 
     def _run(self) -> None:
-        import cv2
+        from nets import media
+
         self.status = "running"
         try:
             while not self._stop.is_set():
@@ -70,11 +98,11 @@ class BrowserSource(CaptureSource):
                     if self._raw.closed:
                         break
                     continue
-                bgr = cv2.imdecode(np.frombuffer(raw.image, np.uint8), cv2.IMREAD_COLOR)
-                if bgr is None or bgr.ndim != 3:
+                try:
+                    rgb = media.decode_image_bytes(raw.image, MAX_LIVE_FRAME)  # (checked again: one rule)
+                except media.ImageBytesError:
                     self.bad_frames += 1
                     continue
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                 self.size = (rgb.shape[1], rgb.shape[0])
                 with self._ids_lock:
                     self._ids[raw.timestamp] = raw.index

@@ -384,17 +384,12 @@ def encode_image(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes
 def decode_image(data: bytes, side: int) -> np.ndarray:
     """JPEG / WebP / PNG bytes of a ``side`` x ``side`` picture -> uint8 ``(side, side, 3)``; FrameError
     otherwise (the size is read from the header, before anything is decompressed)."""
-    from PIL import Image, UnidentifiedImageError
+    from nets import media
 
     try:
-        with Image.open(io.BytesIO(data), formats=list(_PIL_FORMAT.values())) as img:
-            if img.size != (side, side):
-                raise FrameError(f"expected a {side}x{side} image, got {img.size[0]}x{img.size[1]}")
-            return np.asarray(img.convert("RGB"))
-    except FrameError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise FrameError(f"not a JPEG, WebP or PNG image ({type(e).__name__})") from None
+        return media.decode_image_bytes(data, (side, side), exact=True)
+    except media.ImageBytesError as e:
+        raise FrameError(str(e)) from None
 
 
 @dataclass

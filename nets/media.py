@@ -30,6 +30,7 @@ to do.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import shutil
@@ -195,6 +196,56 @@ def resize_rgb(rgb: np.ndarray, size: "int | tuple[int, int]") -> np.ndarray:
         return rgb
     im = Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC, reducing_gap=2.0)
     return np.asarray(im)
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoded pictures in memory (the worker wire, the web page's webcam frames)
+# ---------------------------------------------------------------------------------------------
+
+BYTES_FORMATS = ("JPEG", "WEBP", "PNG")  # PIL's names of the formats accepted from memory
+
+
+class ImageBytesError(ValueError):
+    """Bytes that are not an accepted picture: not a JPEG, WebP or PNG, damaged, or of a refused size."""
+
+
+class ImageSizeError(ImageBytesError):
+    """A picture whose header gives a refused size (found before anything was decompressed)."""
+
+
+def _read_bytes(data: bytes, max_size: "tuple[int, int]", exact: bool, decode: bool):
+    (mw, mh) = max_size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=list(BYTES_FORMATS)) as im:
+                w, h = im.size  # from the header: nothing is decompressed before this check
+                if exact and (w, h) != (mw, mh):
+                    raise ImageSizeError(f"expected a {mw}x{mh} image, got {w}x{h}")
+                if max(w, h) > max(mw, mh) or min(w, h) > min(mw, mh):
+                    raise ImageSizeError(f"the image is {w}x{h} pixels, larger than {mw}x{mh}")
+                return np.asarray(im.convert("RGB")) if decode else (w, h)
+    except ImageBytesError:
+        raise
+    except Image.DecompressionBombError:  # PIL refused the header's size before telling it
+        raise ImageSizeError(f"expected a {mw}x{mh} image, got a far larger one" if exact else
+                              f"the image is far larger than {mw}x{mh} pixels") from None
+    except _DECODE_ERRORS as e:  # (UnidentifiedImageError is an OSError)
+        raise ImageBytesError(f"not a JPEG, WebP or PNG image ({type(e).__name__})") from None
+
+
+def check_image_bytes(data: bytes, max_size: "tuple[int, int]", exact: bool = False) -> "tuple[int, int]":
+    """The (width, height) of JPEG / WebP / PNG ``data``, read from its header alone (nothing is
+    decompressed); :class:`ImageBytesError` for anything else, and its :class:`ImageSizeError` for
+    a picture larger than ``max_size`` (width, height; either way round) or, with ``exact``, not
+    exactly ``max_size``."""
+    return _read_bytes(data, max_size, exact, decode=False)
+
+
+def decode_image_bytes(data: bytes, max_size: "tuple[int, int]", exact: bool = False) -> np.ndarray:
+    """JPEG / WebP / PNG ``data`` -> ``(H, W, 3)`` uint8 RGB, refused from its header first as by
+    :func:`check_image_bytes`, so a small file that claims a huge picture costs nothing."""
+    return _read_bytes(data, max_size, exact, decode=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -647,6 +647,87 @@ def test_an_idle_webcam_socket_is_closed(server, monkeypatch):
     assert m["type"] == "error" and m["message"].startswith("error: nothing received for 0.5 s")
 
 
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    """A few hundred bytes of JPEG whose header claims ``width`` x ``height`` pixels (its SOF0 patched)."""
+    from PIL import Image
+    import io
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (90, 120, 150)).save(buf, format="JPEG")
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+def test_webcam_frames_are_checked_from_their_header_and_their_size(server, files):
+    """Issue 21 item 1: a frame larger than a webcam's picture, or a message over the frame limit, ends the
+    session with one line to the page before anything is decoded (a 300-byte JPEG claiming 20000x20000
+    took the server from 2.6 to 7.5 GB); frames that are not pictures are dropped and counted."""
+    from websockets.sync.client import connect
+
+    url = server.url.replace("http", "ws") + "api/live"
+
+    def free() -> None:  # the last session's place is given back
+        deadline = time.monotonic() + 10
+        while server.web.live and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server.web.live
+
+    def answer_to(frame: bytes) -> dict:
+        free()
+        with connect(url, max_size=None) as ws:
+            ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
+            assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+            ws.send(struct.pack("<I", 1) + frame)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                m = ws.recv(timeout=10)
+                if isinstance(m, str) and json.loads(m)["type"] in ("error", "stopped"):
+                    return json.loads(m)
+            return {"type": "none"}
+
+    for w, h in ((4000, 3000), (1080, 1921), (20000, 20000)):
+        jpeg = _jpeg_claiming(w, h)
+        assert len(jpeg) < 1000
+        m = answer_to(jpeg)
+        assert m["type"] == "error" and m["message"].startswith(f"error: a webcam frame was refused: the image is "), m
+        assert "1920x1080" in m["message"], m
+    padded = _jpeg(pattern(160, 120)) + bytes(4 * 1024 * 1024)  # a small picture in a 4 MB message
+    m = answer_to(padded)
+    assert m["type"] == "error" and m["message"] == ("error: a webcam frame of 4.0 MB was refused: frames may be at "
+                                                     "most 4 MB; the page sends JPEGs of some 50 kB"), m
+    # a webcam's own size either way round is fine, and so is garbage (dropped and counted)
+    free()
+    with connect(url, max_size=None) as ws:
+        ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        for i, frame in enumerate((_jpeg(pattern(1920, 1080)), _jpeg(pattern(1080, 1920)), b"garbage"), 1):
+            ws.send(struct.pack("<I", i) + frame)
+            time.sleep(0.2)
+        ws.send(json.dumps({"type": "stop"}))
+        last = {"type": ""}
+        while last["type"] not in ("stopped", "error"):
+            m = ws.recv(timeout=30)
+            last = json.loads(m) if isinstance(m, str) else last
+        assert last["type"] == "stopped" and last["frames_in"] == 2, last  # the garbage was not queued
+    free()
+
+
+def test_pictures_in_memory_are_refused_from_their_header():
+    from nets import media
+
+    assert media.check_image_bytes(_jpeg_claiming(1080, 1920), (1920, 1080)) == (1080, 1920)  # either way round
+    for size, text in (((1921, 1080), "the image is 1921x1080 pixels, larger than 1920x1080"),
+                       ((1200, 1200), "the image is 1200x1200 pixels, larger than 1920x1080"),
+                       ((60000, 60000), "the image is far larger than 1920x1080 pixels")):  # PIL's own bomb check
+        with pytest.raises(media.ImageSizeError, match=text):
+            media.decode_image_bytes(_jpeg_claiming(*size), (1920, 1080))
+    with pytest.raises(media.ImageSizeError, match="expected a 64x64 image, got a far larger one"):
+        media.check_image_bytes(_jpeg_claiming(60000, 60000), (64, 64), exact=True)
+    with pytest.raises(media.ImageBytesError, match="not a JPEG, WebP or PNG image"):
+        media.check_image_bytes(b"GIF89a" + bytes(100), (64, 64))
+
+
 def test_a_busy_webcam_tab_refuses_before_reading_the_portrait(server, files):
     from websockets.sync.client import connect
 
