@@ -1,7 +1,7 @@
 """mra-web: a local web page to animate a portrait (upload, preview, download) and to puppet it
 from the browser's webcam.
 
-    mra-web                                        # then open http://127.0.0.1:7860/
+    mra-web                                        # then open the address it prints, http://127.0.0.1:7860/?token=...
     mra-web --checkpoint model.pth --config vox256 --port 8000
 
 The page (``live/web_static``: plain HTML, CSS and JavaScript, no build step) has one portrait
@@ -20,12 +20,13 @@ chooser (upload, or a bundled example) and two tabs:
 Server side: Starlette on uvicorn (see ``docs/web.md`` for why not Gradio). One engine (one
 model in memory) serves everything; Generate jobs run one at a time in a
 :class:`~live.web_jobs.JobQueue` thread. Uploads are streamed to a private temporary folder with a size limit and removed when a
-job fails, when its result expires, and when the server stops. Binds 127.0.0.1 by default: the
-page has no authentication.
+job fails, when its result expires, and when the server stops. Binds 127.0.0.1 by default; every
+request must pass :mod:`live.web_guard` (the Host, the Origin, the per-launch token in the page's
+address).
 
 Modules: this one (configuration, routes, serving, command line), :mod:`live.web_upload`
-(streamed, size-limited form uploads), :mod:`live.web_jobs` (the job queue) and
-:mod:`live.web_live` (the webcam tab's source, sink and session).
+(streamed, size-limited form uploads), :mod:`live.web_jobs` (the job queue), :mod:`live.web_live`
+(the webcam tab's source, sink and session) and :mod:`live.web_guard` (which requests are answered).
 """
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ from nets.errors import ArgumentParser, DiskFault, UserError, disk_fault, run_cl
 
 from .animate import CROPS, AnimateOptions, AnimateResult, animate_file, check_inputs
 from .engines import DEVICES, EngineSpec, build_engine, check_mode
+from .web_guard import TOKEN_PARAM, Door, Guard, new_token
 from .web_jobs import Job, JobQueue, QueueFull
 from .stats import to_json
 from .web_live import LiveSession
@@ -126,6 +128,7 @@ class WebApp:
         self.config = config
         self.device = device
         self.root = make_workdir(config.workdir)
+        self.token = new_token()  # the page's address carries it (live.web_guard)
         self.queue = JobQueue(self._run_job, max_pending=config.max_queue, keep_s=config.keep_minutes * 60)
         self.live: set[LiveSession] = set()
         self.live_lock = threading.Lock()
@@ -537,6 +540,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.middleware import Middleware
     from starlette.routing import Mount, Route, WebSocketRoute
     from starlette.staticfiles import StaticFiles
 
@@ -563,6 +567,7 @@ def create_app(engine, config: "WebConfig | None" = None, device: str = "cpu"):
         Mount("/static", app=StaticFiles(directory=STATIC), name="static"),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
+                    middleware=[Middleware(Guard, door=Door.serving(web.config.host, web.token))],
                     exception_handlers={HTTPException: r.http_error, Exception: r.server_error})
     app.state.web = web
     return app
@@ -602,8 +607,16 @@ def make_server(app, sock: socket.socket, config: WebConfig):
     return uvicorn.Server(ucfg)
 
 
+def page_url(host: str, port: int, token: str) -> str:
+    """The address to open: ``http://HOST:PORT/?token=...`` (an IPv6 address in brackets)."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/?{TOKEN_PARAM}={token}"
+
+
 class BackgroundServer:
-    """The app served from a thread (tests, benchmarks): ``url``, ``web`` (the :class:`WebApp`), ``stop()``."""
+    """The app served from a thread (tests, benchmarks): ``url`` (the server's root), ``token`` and
+    ``page_url`` (the root with the token: what a browser opens), ``web`` (the :class:`WebApp`), ``stop()``.
+    Requests other than the page's own carry the token as the ``token`` query parameter."""
 
     def __init__(self, engine, config: "WebConfig | None" = None, device: str = "cpu"):
         self.config = config or WebConfig(port=0)
@@ -611,7 +624,9 @@ class BackgroundServer:
         self.web: WebApp = self.app.state.web
         self.sock = bind(self.config.host, self.config.port)
         self.port = self.sock.getsockname()[1]
-        self.url = f"http://{self.config.host}:{self.port}/"
+        self.token = self.web.token
+        self.page_url = page_url(self.config.host, self.port, self.token)
+        self.url = self.page_url.split("?")[0]
         self.server = make_server(self.app, self.sock, self.config)
         self.server.install_signal_handlers = lambda: None  # not the main thread
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
@@ -638,7 +653,7 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="mra-web", description="A local web page to animate a portrait with a driving video or "
                        "with your webcam (MRAA).")
     p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; the page has no authentication)")
+                   help="address to listen on (default 127.0.0.1: this machine only; see docs/web.md, Security)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
     p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (default: the model shipped with the package)")
     p.add_argument("--config", metavar="PRESET|YAML", help="config of the checkpoint (needed for official checkpoints)")
@@ -699,7 +714,6 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         web = app.state.web
         server = make_server(app, sock, config)
         host, port = sock.getsockname()[:2]
-        shown = f"[{host}]" if ":" in host else host
         if threading.current_thread() is threading.main_thread():
             def terminate(signum, frame):
                 raise KeyboardInterrupt
@@ -707,11 +721,13 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
             signal.signal(signal.SIGTERM, terminate)
         try:
             if not is_loopback(config.host):
-                print(f"warning: mra-web listens on {config.host}, so other machines can reach it, and it has no "
-                      "authentication: anyone who can connect can upload files and use this computer's CPU/GPU. Use "
-                      "the default --host 127.0.0.1 unless you trust the network.", file=sys.stderr)
+                print(f"warning: mra-web listens on {config.host}, so other machines can reach it; its only "
+                      "protection is the token in its address, which travels unencrypted (no TLS): anyone who sees "
+                      "it can upload files and use this computer's CPU/GPU. Use the default --host 127.0.0.1 unless "
+                      "you trust the network.", file=sys.stderr)
             print(f"mra-web: {engine.describe()}", file=sys.stderr)
-            print(f"mra-web: serving on http://{shown}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+            print(f"mra-web: serving on {page_url(host, port, web.token)} (Ctrl-C to stop)", file=sys.stderr,
+                  flush=True)
             server.run(sockets=[sock])
         except KeyboardInterrupt:
             pass

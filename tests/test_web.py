@@ -52,7 +52,15 @@ def server(engine):
 
 
 def client(server) -> "httpx.Client":
-    return httpx.Client(base_url=server.url, timeout=60)
+    """An API client of the test server: its requests carry the launch token in the cookie that the
+    page's address sets in a browser."""
+    from live.web_guard import cookie_name
+    return httpx.Client(base_url=server.url, timeout=60, cookies={cookie_name(server.port): server.token})
+
+
+def live_url(server) -> str:
+    """The webcam tab's socket, with the launch token."""
+    return server.url.replace("http", "ws") + f"api/live?token={server.token}"
 
 
 def post_job(c, source: Path, driving: Path, **fields):
@@ -362,8 +370,8 @@ def test_upload_size_limit(server, files):
                                      "smaller file (or start mra-web with a higher --max-upload-mb)")
     # a body whose declared length is over the bound is refused before it is read
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: 52428800\r\n\r\n--b\r\n")
+        sock.sendall(f"POST /api/jobs?token={server.token} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode()
+                     + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 52428800\r\n\r\n--b\r\n")
         answer = b""
         while b"}" not in answer:
             chunk = sock.recv(4096)
@@ -399,7 +407,7 @@ def _jpeg(rgb) -> bytes:
 def test_live_socket_round_trip(server, files):
     from websockets.sync.client import connect
 
-    url = server.url.replace("http", "ws") + "api/live"
+    url = live_url(server)
     with connect(url, max_size=None) as ws:
         ws.send(json.dumps({"type": "start", "upload": "face.png", "crop": "none", "mode": "relative"}))
         ws.send((files / "face.png").read_bytes())
@@ -448,7 +456,7 @@ def test_live_socket_round_trip(server, files):
 def test_live_socket_errors(server, files, bad_files, capfd):
     from websockets.sync.client import connect
 
-    url = server.url.replace("http", "ws") + "api/live"
+    url = live_url(server)
 
     def first_error(start: dict, data: "bytes | None" = None) -> str:
         with connect(url, max_size=None) as ws:
@@ -507,10 +515,12 @@ def test_cli_serves_warns_off_loopback_and_cleans_up(files, tmp_path):
     try:
         lines = _read_until(proc, "serving on")
         warning = [line for line in lines if line.startswith("warning:")]
-        assert len(warning) == 1 and "no authentication" in warning[0] and "0.0.0.0" in warning[0]
-        port = int(lines[-1].split(":")[-1].split("/")[0])
+        assert len(warning) == 1 and "the token in its address" in warning[0] and "0.0.0.0" in warning[0]
+        import re
+        port, token = re.search(r"serving on http://0\.0\.0\.0:(\d+)/\?token=([\w-]{32}) \(Ctrl-C", lines[-1]).groups()
         with httpx.Client(base_url=f"http://127.0.0.1:{port}/", timeout=30) as c:
-            assert "mra-web" in c.get("/").text
+            assert c.get("/").status_code == 403  # the address without its token
+            assert "mra-web" in c.get("/", params={"token": token}).text  # (and the cookie it sets)
             assert c.get("api/info").json()["frame_size"] == 64
             j = wait_job(c, post_job(c, files / "face.png", files / "clip.mp4").json()["id"])
             assert j["state"] == "done"
@@ -565,7 +575,7 @@ def test_live_session_and_job_share_the_one_engine(server, files):
     """A webcam session and a Generate job at the same time, on the same engine: both work."""
     from websockets.sync.client import connect
 
-    url = server.url.replace("http", "ws") + "api/live"
+    url = live_url(server)
     with connect(url, max_size=None) as ws, client(server) as c:
         ws.send(json.dumps({"type": "start", "example": "drawn-3", "crop": "none"}))
         assert json.loads(ws.recv(timeout=30))["type"] == "ready"
@@ -588,6 +598,86 @@ def test_live_session_and_job_share_the_one_engine(server, files):
 # Hostile input and server-side faults
 # ---------------------------------------------------------------------------------------------
 
+def test_other_sites_and_addresses_are_refused(server, files):
+    """Issue 21 item 2: a page of another site, or a DNS-rebound name, cannot use mra-web: foreign Origins are
+    refused on the socket and on state-changing requests, foreign Host names everywhere, and every request
+    needs the launch token that the printed address carries."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    evil = "http://evil.example.com"
+    ws_root = server.url.replace("http", "ws") + "api/live"
+    form = {"data": {"mode": "relative", "crop": "none"},
+            "files": {"source": ("face.png", (files / "face.png").read_bytes()),
+                      "driving": ("clip.mp4", (files / "clip.mp4").read_bytes())}}
+    queued = len(server.web.queue.jobs)
+
+    # what the probe did (no token, as a foreign page has none): each one is refused
+    with pytest.raises(InvalidStatus) as refused:
+        with connect(ws_root, origin=evil) as ws:
+            ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
+            pytest.fail(f"the socket from {evil} was answered: {ws.recv(timeout=30)[:80]}")
+    assert refused.value.response.status_code == 403
+    r = httpx.post(server.url + "api/jobs", headers={"Origin": evil}, **form)
+    assert r.status_code == 403, r.text
+    r = httpx.get(server.url + "api/info", headers={"Host": "attacker.example"})
+    assert r.status_code == 421, r.text
+
+    # even with the token, a foreign Origin or Host is refused, each with its reason
+    token = {"token": server.token}
+    with pytest.raises(InvalidStatus) as refused:
+        with connect(live_url(server), origin=evil):
+            pass
+    assert refused.value.response.status_code == 403 and b"evil.example.com' are refused" in refused.value.response.body
+    r = httpx.post(server.url + "api/jobs", params=token, headers={"Origin": evil}, **form)
+    assert r.status_code == 403 and r.json()["error"].startswith("error: requests from the page 'http://evil.example"
+                                                                 ".com' are refused"), r.text
+    for host in ("attacker.example", "attacker.example:%d" % server.port, "127.0.0.1.attacker.example", "[::2]"):
+        r = httpx.get(server.url + "api/info", params=token, headers={"Host": host})
+        assert r.status_code == 421 and "does not answer for the address" in r.json()["error"], (host, r.text)
+    with client(server) as c:  # (the cookie) a request from the page's own origin is fine
+        assert c.delete("api/jobs/nope", headers={"Origin": server.url.rstrip("/")}).status_code == 404
+        assert c.delete("api/jobs/nope", headers={"Origin": "null"}).status_code == 403
+    assert len(server.web.queue.jobs) == queued  # nothing was queued
+
+    # the token: the page's address sets it as a cookie; without it, nothing but the favicon is answered
+    r = httpx.get(server.url)
+    assert r.status_code == 403 and "/?token=" in r.json()["error"]
+    assert httpx.get(server.url + "api/info", params={"token": "x" * 32}).status_code == 403
+    assert httpx.get(server.url + "static/app.js").status_code == 403
+    assert httpx.get(server.url + "favicon.ico").status_code == 204
+    page = httpx.get(server.page_url)
+    assert page.status_code == 200 and "mra-web" in page.text
+    cookie = page.headers["set-cookie"]
+    assert f"={server.token};" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    with httpx.Client(base_url=server.url, cookies=page.cookies) as c:
+        assert c.get("api/info").status_code == 200 and c.get("static/app.js").status_code == 200
+    for name in ("localhost", "127.0.0.1", "[::1]"):  # the names this server answers for (with their port)
+        assert httpx.get(server.url + "api/info", params=token, headers={"Host": f"{name}:{server.port}"}).status_code == 200
+    with pytest.raises(InvalidStatus) as refused:  # the page's own socket without the token
+        with connect(ws_root, origin=server.url.rstrip("/")):
+            pass
+    assert refused.value.response.status_code == 403 and b"needs mra-web's token" in refused.value.response.body
+    with connect(live_url(server), origin=server.url.rstrip("/")) as ws:  # and with it
+        ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+
+
+def test_the_names_a_server_answers_for():
+    from live.web_guard import Door, host_name
+
+    assert [host_name(h) for h in ("LocalHost:7860", "[::1]:80", "[::1]", "127.0.0.1", "localhost.", "::1", "")] == \
+        ["localhost", "::1", "::1", "127.0.0.1", "localhost", "::1", ""]
+    loopback = Door.serving("127.0.0.1", "t" * 32)
+    assert all(loopback.host_allowed(h) for h in ("localhost:7860", "127.0.0.1", "[::1]:7860"))
+    assert not any(loopback.host_allowed(h) for h in ("192.168.1.5:7860", "attacker.example", "", None, "[::1"))
+    anywhere = Door.serving("0.0.0.0", "t" * 32)  # every address of this machine: IP addresses and its own names
+    assert anywhere.host_allowed("192.168.1.5:7860") and anywhere.host_allowed("[fe80::1]:7860")
+    assert not anywhere.host_allowed("attacker.example:7860")
+    named = Door.serving("studio.lan", "t" * 32)
+    assert named.host_allowed("studio.lan:7860") and named.host_allowed("localhost") and not named.host_allowed("10.0.0.2")
+
+
 def _strict_json(text: str) -> dict:
     def refuse(name):
         raise AssertionError(f"not valid JSON: bare {name} in {text[:200]}")
@@ -597,7 +687,7 @@ def _strict_json(text: str) -> dict:
 def test_live_socket_garbage_gets_one_line_answers(server, files, capfd):
     from websockets.sync.client import connect
 
-    url = server.url.replace("http", "ws") + "api/live"
+    url = live_url(server)
 
     def first_answer(*messages) -> dict:
         with connect(url, max_size=None) as ws:
@@ -642,7 +732,7 @@ def test_an_idle_webcam_socket_is_closed(server, monkeypatch):
 
     from live import web
     monkeypatch.setattr(web, "START_TIMEOUT_S", 0.5)
-    with connect(server.url.replace("http", "ws") + "api/live") as ws:
+    with connect(live_url(server)) as ws:
         m = json.loads(ws.recv(timeout=30))  # nothing sent
     assert m["type"] == "error" and m["message"].startswith("error: nothing received for 0.5 s")
 
@@ -665,7 +755,7 @@ def test_webcam_frames_are_checked_from_their_header_and_their_size(server, file
     took the server from 2.6 to 7.5 GB); frames that are not pictures are dropped and counted."""
     from websockets.sync.client import connect
 
-    url = server.url.replace("http", "ws") + "api/live"
+    url = live_url(server)
 
     def free() -> None:  # the last session's place is given back
         deadline = time.monotonic() + 10
@@ -731,7 +821,7 @@ def test_pictures_in_memory_are_refused_from_their_header():
 def test_a_busy_webcam_tab_refuses_before_reading_the_portrait(server, files):
     from websockets.sync.client import connect
 
-    url = server.url.replace("http", "ws") + "api/live"
+    url = live_url(server)
     with connect(url) as ws:
         ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
         assert json.loads(ws.recv(timeout=30))["type"] == "ready"

@@ -71,7 +71,7 @@ def page(browser, server):
     pg = ctx.new_page()
     errors = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
-    pg.goto(server.url)
+    pg.goto(server.page_url)  # the printed address, with the launch token
     pg.wait_for_selector('body[data-ready="1"]', timeout=20000)
     yield pg
     ctx.close()
@@ -111,7 +111,8 @@ def test_upload_generate_preview_download(page, server, files, tmp_path):
     queue, run, gate = server.web.queue, server.web.queue.run, threading.Event()
     queue.run = lambda job, progress: (gate.wait(30), run(job, progress))[1]
     try:
-        with httpx.Client(base_url=server.url) as c:
+        from live.web_guard import cookie_name
+        with httpx.Client(base_url=server.url, cookies={cookie_name(server.port): server.token}) as c:
             r = c.post("api/jobs", data={"crop": "none"}, files={"source": ("p.png", (files / "portrait.png").read_bytes()),
                                                                  "driving": ("t.mp4", (files / "talk.mp4").read_bytes())})
             assert r.status_code == 200

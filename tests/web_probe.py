@@ -66,7 +66,7 @@ def main() -> int:
         browser = p.chromium.launch(executable_path=args.chromium, headless=True,
                                     args=ARGS + [f"--use-file-for-fake-video-capture={cam}"])
         page = browser.new_page(viewport={"width": 1100, "height": 1000})
-        page.goto(server.url)
+        page.goto(server.page_url)
         page.wait_for_selector('body[data-ready="1"]')
         if args.screenshot:
             clip = make_video(tmp / "talking.mp4", n=75, size=(320, 240), frame_fn=lambda i: talking(i, 75, 1, 240, 320),
