@@ -7,7 +7,7 @@ A clip is a video file (``nets.media``); its frames come out as the model sees t
 * ``crop="auto"``: the tools' face tracker (first face found, smoothed crop box), as mra-animate's
   default.
 
-Portraits go through ``live.animate.source_crop`` (one face crop, or a plain resize for ``none``).
+Portraits go through ``live.portrait.source_crop`` (one face crop, or a plain resize for ``none``).
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from typing import Iterator, Optional
 import numpy as np
 
 from nets import media
-from live.animate import CROPS, driving_frames, source_crop
+from live.portrait import CROPS, source_crop
+from live.animate import driving_frames
 from nets.errors import UserError
 
 __all__ = ["CROPS", "list_clips", "list_portraits", "read_clip", "read_portrait"]

@@ -15,7 +15,7 @@ tessellation, whose points are interpolated and move little. The indices are wri
 update. "left" and "right" are the subject's, as in mediapipe.
 
 This lives in ``benchmarks/`` (it needs mediapipe, which the live tools' face tracking in
-``live/face.py`` may or may not share); an overlay in mra-live could import it from here.
+``nets/media/face.py`` may or may not share); an overlay in mra-live could import it from here.
 """
 from __future__ import annotations
 

@@ -19,8 +19,8 @@ SIZES = ("640x480", "1280x720", "1920x1080")
 
 def measure(portrait: np.ndarray, size: str, frames: int, crop_side: int = 256) -> "tuple[float, float, float]":
     """(prepare ms, median ms, p95 ms) for one output size."""
-    from live.animate import source_box
-    from live.face import crop_resize
+    from live.portrait import source_box
+    from nets.media.face import crop_resize
     from live.pasteback import PasteBack, parse_frame_size
 
     box = source_box(portrait)

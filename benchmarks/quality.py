@@ -579,7 +579,7 @@ def run(args) -> Report:
     detector = None
     if args.crop == "auto":
         from live.animate import AnimateOptions
-        from live.face import FaceDetector
+        from nets.media.face import FaceDetector
         detector = FaceDetector(min_score=AnimateOptions().crop_settings.min_score)  # as mra-animate
     try:
         mesh = FaceMesh()

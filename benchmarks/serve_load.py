@@ -126,20 +126,20 @@ def run_client(args) -> int:
     import threading
 
     from nets import media
-    from live.animate import source_crop
-    from live.capture import open_capture
-    from live.pipeline import Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
-    from live.worker_client import RemoteEngine
-    from live.worker_protocol import ImageCodec
+    from live.portrait import source_crop
+    from live.loop.capture import open_capture
+    from live.loop.pipeline import Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
+    from live.remote.client import RemoteEngine
+    from live.remote.protocol import ImageCodec
 
     if args.client == "local":  # the baseline: the same pipeline with the engine in this process
-        from live.live import engine_from_args
+        from live.engines import engine_from_args
         engine = engine_from_args(args)
     else:
         engine = RemoteEngine(args.client, codec=ImageCodec(args.format, args.quality), log=lambda s: None)
     detector = None
     if args.crop == "auto":
-        from live.face import FaceDetector, FaceTracker, TrackerSettings
+        from nets.media.face import FaceDetector, FaceTracker, TrackerSettings
         detector = FaceDetector()
         cropper = FaceCropper(FaceTracker(detector, settings=TrackerSettings(detect_every=2)))
     else:
@@ -244,7 +244,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     args = parse_args(argv)
     if args.client:
         return run_client(args)
-    from live.live import engine_from_args
+    from live.engines import engine_from_args
     from live.serve import ServeOptions, Worker, model_info
 
     counts = [int(c) for c in args.clients.split(",")]

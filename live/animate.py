@@ -28,15 +28,15 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from export.engine import BACKENDS, MODES, RegionParams
+from export.engine import MODES, RegionParams
 from nets import media
 from nets.errors import ArgumentParser, UserError, run_cli
+from nets.media.face import CropBox, CropSettings, FaceDetector, FaceTracker, TrackerSettings, crop_resize, face_crop
 
-from .engines import DEVICES, EngineSpec, build_engine, check_mode
-from .face import CropBox, CropSettings, FaceDetector, FaceTracker, TrackerSettings, crop_resize, face_crop
-from .pasteback import FrameSize, PasteBack, capped_size, parse_frame_size
+from .engines import EngineSpec, add_engine_arguments, build_engine, check_mode
+from .pasteback import FrameSize, capped_size, parse_frame_size
+from .portrait import CROPS, prepare_portrait, source_box
 
-CROPS = ("auto", "none")
 WORKING_SIDE = 1280  # driving frames are decoded at most this large for face tracking
 OUTPUT_LONG_SIDE = 1280  # full-frame output: the portrait's resolution, its long side capped at this
 FACE_SCAN_SECONDS = 10.0  # how far into the driving video to look for the first face
@@ -118,38 +118,6 @@ class AnimateResult:
 # ---------------------------------------------------------------------------------------------
 # Pieces
 # ---------------------------------------------------------------------------------------------
-
-def source_box(rgb: np.ndarray, detector: "FaceDetector | None" = None, settings: CropSettings = CropSettings(),
-               name: str = "the source image") -> CropBox:
-    """The square face crop of the source, in its pixels (``UserError`` when it has no face)."""
-    faces = [f for f in (detector or FaceDetector()).detect(rgb) if f.score >= settings.min_score]
-    if not faces:
-        raise UserError(f"no face found in {name}; use a photo where the face is clearly visible, or --crop none "
-                        "to animate the whole image (resized to the model's size)")
-    h, w = rgb.shape[:2]
-    return face_crop(faces[0], w, h, settings)
-
-
-def source_crop(rgb: np.ndarray, size: int, crop: str, detector: "FaceDetector | None" = None,
-                settings: CropSettings = CropSettings(), name: str = "the source image") -> np.ndarray:
-    """The source as the model sees it: ``(size, size, 3)`` uint8 (face crop, or the whole image resized)."""
-    if crop == "none":
-        return media.resize_rgb(rgb, size)
-    return crop_resize(rgb, source_box(rgb, detector, settings, name), size)
-
-
-def prepare_portrait(rgb: np.ndarray, size: int, crop: str, detector: "FaceDetector | None" = None,
-                     out_size: "FrameSize | None | bool" = False, settings: CropSettings = CropSettings(),
-                     name: str = "the source image") -> "tuple[np.ndarray, PasteBack | None]":
-    """The source as the model sees it ``(size, size, 3)`` uint8 and, for full-frame output (crop
-    auto, ``out_size`` a :class:`FrameSize` or None for the portrait's own size; False: crop
-    output), the portrait prepared for paste-back."""
-    if crop == "none":
-        return media.resize_rgb(rgb, size), None
-    box = source_box(rgb, detector, settings, name)
-    paste = None if out_size is False else PasteBack.prepare(rgb, box, out_size)
-    return crop_resize(rgb, box, size), paste
-
 
 def first_face_crop(info: media.VideoInfo, detector: FaceDetector, settings: CropSettings,
                     seconds: float = FACE_SCAN_SECONDS) -> "tuple[CropBox, int]":
@@ -341,8 +309,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--driving", required=True, metavar="VIDEO", help="driving video: mp4, mov, avi, webm or gif")
     p.add_argument("--output", required=True, metavar="OUT",
                    help="OUT.mp4 (H.264 with the driving video's audio), OUT.gif, or a directory (numbered PNG frames)")
-    p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (default: the model shipped with the package)")
-    p.add_argument("--config", metavar="PRESET|YAML", help="config of the checkpoint (needed for official checkpoints)")
+    add_engine_arguments(p, precision=False, export_checkpoints=False)
     p.add_argument("--mode", choices=MODES, default="relative", help="motion transfer (default: relative)")
     p.add_argument("--crop", choices=CROPS, default="auto",
                    help="auto: face crop on the source and a smoothed face track on the video; none: resize only")
@@ -354,14 +321,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--size", type=int, metavar="N",
                    help="with --no-paste-back or --crop none: side of the square output (default: the model's "
                         "resolution)")
-    p.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
-                   help="inference backend (default auto: onnx for the shipped model on cpu, whose ONNX export "
-                        "ships with it; torch otherwise, as other checkpoints would first need an export)")
-    p.add_argument("--device", choices=DEVICES, default="cpu", help="device (default: cpu)")
     p.add_argument("--fps", type=float, metavar="N", help="output frame rate (default: the driving video's)")
     p.add_argument("--batch-size", type=int, metavar="N", default=None,
                    help="frames animated together (default: 4 on cpu, 16 on cuda, 8 with --worker)")
-    from .worker_client import add_worker_arguments
+    from .remote.client import add_worker_arguments
     add_worker_arguments(p)
     return p
 
@@ -405,7 +368,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         source_box(src_rgb, detector, options.crop_settings)
         first_face_crop(info, detector, options.crop_settings)
     del src_rgb
-    from .worker_client import worker_spec
+    from .remote.client import worker_spec
 
     # with --worker, a lost connection is waited for (a minute), so no frame of the output is skipped
     engine = build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device,

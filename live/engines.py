@@ -12,7 +12,7 @@ The factory decides, for every caller alike:
   and threads (torch: ``torch.set_num_threads``; onnx: intra-op threads per graph);
 * fallback: when ``auto`` chose ONNX Runtime and it cannot start, PyTorch runs instead;
 * a remote worker: with ``worker`` set, the networks run on an ``mra-serve`` worker
-  (:class:`live.worker_client.RemoteEngine`); ``checkpoint`` / ``config`` then name the model the
+  (:class:`live.remote.client.RemoteEngine`); ``checkpoint`` / ``config`` then name the model the
   worker must run (checked), backend, device, precision and threads are the worker's.
 
 Problems the user can fix (missing checkpoint, no CUDA, no onnxruntime) raise :class:`UserError`;
@@ -31,21 +31,26 @@ from export.engine import BACKENDS, Engine, EngineError
 from nets.errors import UserError
 
 if TYPE_CHECKING:
-    from .worker_client import WorkerSpec
+    from .remote.client import WorkerSpec
 
 DEVICES = ("cpu", "cuda")
 TORCH_PRECISIONS = ("fp32", "fp16", "bf16")
 
 
-def add_engine_arguments(parser) -> None:
-    """The model and engine options the long-running tools share (mra-live, mra-serve):
-    --checkpoint, --config, --backend, --device, --precision (an ``argparse.ArgumentParser``)."""
+def add_engine_arguments(parser, precision: bool = True, export_checkpoints: bool = True) -> None:
+    """The model and engine options every tool shares (mra-live, mra-serve, mra-animate, mra-web):
+    --checkpoint, --config, --backend, --device and, with ``precision``, --precision (an
+    ``argparse.ArgumentParser``). ``export_checkpoints``: what ``auto`` means for the tool (see
+    :func:`auto_backend`); the help says it."""
     parser.add_argument("--checkpoint", help="model checkpoint (default: the model shipped with mra-live)")
     parser.add_argument("--config", help="preset or YAML for official checkpoints (vox256, ...)")
     parser.add_argument("--backend", choices=("auto", *BACKENDS), default="auto",
-                        help="auto: ONNX Runtime on the CPU, PyTorch (CUDA graphs) on cuda")
+                        help="auto: ONNX Runtime on the CPU, PyTorch (CUDA graphs) on cuda" if export_checkpoints else
+                        "auto: ONNX Runtime on the CPU for the shipped model (its ONNX export ships with it), "
+                        "PyTorch for other checkpoints (they would first need an export) and on cuda")
     parser.add_argument("--device", choices=DEVICES, default="cpu")
-    parser.add_argument("--precision", choices=TORCH_PRECISIONS, default="fp32", help="cuda only")
+    if precision:
+        parser.add_argument("--precision", choices=TORCH_PRECISIONS, default="fp32", help="cuda only")
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class EngineSpec:
     Runtime for a checkpoint other than the shipped one (paying its export once: long-running
     tools); ``fallback``: the onnx provider policy (``error`` | ``warn``; None: the runtime's
     default); ``cuda_graphs``: torch on cuda (None: on when the model allows it); ``worker``: run on
-    an mra-serve worker instead (:class:`live.worker_client.WorkerSpec`).
+    an mra-serve worker instead (:class:`live.remote.client.WorkerSpec`).
     """
 
     checkpoint: "str | os.PathLike | None" = None
@@ -173,8 +178,8 @@ def _torch_engine(checkpoint: Path, spec: EngineSpec) -> Engine:
 
 
 def _remote_engine(spec: EngineSpec) -> Engine:
-    from . import worker_protocol as wp
-    from .worker_client import RemoteEngine
+    from .remote import protocol as wp
+    from .remote.client import RemoteEngine
 
     local = EngineSpec()
     for name in ("backend", "device", "precision", "threads"):
@@ -209,3 +214,22 @@ def _onnx_engine(checkpoint: Path, spec: EngineSpec) -> Engine:
         checkpoint = cached_export(checkpoint, config=spec.config, fp16=spec.precision == "fp16")
     return OrtEngine(checkpoint, device=spec.device, precision=spec.precision, threads=spec.threads,
                      fallback=spec.fallback)
+
+
+def engine_from_args(args):
+    """The engine of mra-live's options (also mra-serve's): a worker, or threads per stage and export on demand."""
+    from .remote.client import worker_spec
+
+    if getattr(args, "worker", None):  # the networks on an mra-serve worker
+        return build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device, args.precision,
+                                       args.threads, worker=worker_spec(args)))
+
+    if args.precision != "fp32" and args.device != "cuda":
+        raise UserError("--precision fp16/bf16 needs --device cuda")
+    if args.threads:  # also the threads of the PyTorch pre- and post-processing
+        import torch
+        torch.set_num_threads(args.threads)
+    # the region and animation stages run at the same time: by default each gets half the cores
+    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
+    return build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device, args.precision, threads,
+                                   export_checkpoints=True))

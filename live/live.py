@@ -20,11 +20,11 @@ from typing import Sequence
 from export.engine import MODES
 from nets.errors import ArgumentParser, UserError, entry_point
 
-from .engines import EngineSpec, add_engine_arguments, build_engine, check_mode
+from .engines import add_engine_arguments, check_mode, engine_from_args
 from .pasteback import FrameSize, parse_frame_size
-from .pipeline import (COMMANDS, MAX_DELAY_MS, AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions,
-                       LivePipeline)
-from .smoothing import OneEuroConfig
+from .loop.pipeline import (COMMANDS, MAX_DELAY_MS, AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions,
+                            LivePipeline)
+from .loop.smoothing import OneEuroConfig
 
 FULL_FRAME = FrameSize(1280, 720)  # the portrait pasted back: a standard video frame
 CROP_SIDE = 512  # the face crop alone: a square
@@ -65,7 +65,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--camera-size", help="ask the webcam for WxH, e.g. 640x480")
     p.add_argument("--list-cameras", action="store_true", help="list the cameras with index and resolution, exit")
     p.add_argument("--quiet", action="store_true", help="no status line")
-    from .worker_client import add_worker_arguments
+    from .remote.client import add_worker_arguments
     add_worker_arguments(p)
     return p
 
@@ -84,25 +84,6 @@ def _sources(spec: str) -> list[Path]:
     return [p]
 
 
-def engine_from_args(args):
-    """The engine of mra-live's options (also mra-serve's): a worker, or threads per stage and export on demand."""
-    from .worker_client import worker_spec
-
-    if getattr(args, "worker", None):  # the networks on an mra-serve worker
-        return build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device, args.precision,
-                                       args.threads, worker=worker_spec(args)))
-
-    if args.precision != "fp32" and args.device != "cuda":
-        raise UserError("--precision fp16/bf16 needs --device cuda")
-    if args.threads:  # also the threads of the PyTorch pre- and post-processing
-        import torch
-        torch.set_num_threads(args.threads)
-    # the region and animation stages run at the same time: by default each gets half the cores
-    threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
-    return build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device, args.precision, threads,
-                                   export_checkpoints=True))
-
-
 def _stdin_keys(commands: "queue.Queue[str]") -> None:
     def run():
         for line in sys.stdin:
@@ -114,7 +95,7 @@ def _stdin_keys(commands: "queue.Queue[str]") -> None:
 
 def cli(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
-    from .capture import list_cameras, open_capture
+    from .loop.capture import list_cameras, open_capture
 
     if args.list_cameras:
         cams = list_cameras()
@@ -156,8 +137,8 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     import cv2
     cv2.setNumThreads(1)  # the stages already run side by side; OpenCV's own pool would only contend with them
     from nets import media
-    from .animate import prepare_portrait
-    from .face import FaceDetector, FaceTracker, TrackerSettings
+    from .portrait import prepare_portrait
+    from nets.media.face import FaceDetector, FaceTracker, TrackerSettings
 
     detector = FaceDetector() if args.crop == "auto" else None
 
@@ -172,7 +153,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     sinks = []
     fps_out = args.fps or capture.fps
     try:
-        from .sinks import FileSink, VirtualCamSink, WindowSink
+        from .loop.sinks import FileSink, VirtualCamSink, WindowSink
         for out in outputs:
             if out == "virtualcam":
                 sinks.append(VirtualCamSink(out_size.width, out_size.height, fps_out))
@@ -253,7 +234,7 @@ def main(argv: "Sequence[str] | None" = None) -> int:
     """mra-live entry point."""
     from nets.errors import run_cli
 
-    from .capture import quiet_opencv
+    from .loop.capture import quiet_opencv
     quiet_opencv()
     return run_cli(cli, argv)
 

@@ -1,6 +1,6 @@
 """Paste-back: the animated face crop goes back into the full portrait, so only the face is re-rendered.
 
-The model animates a square crop around the portrait's face (:func:`live.face.face_crop`). To
+The model animates a square crop around the portrait's face (:func:`nets.media.face.face_crop`). To
 show the whole portrait (hair, shoulders, background, at its own sharpness), each animated crop
 is mapped back through the inverse of the crop transform and blended in through a feathered
 mask. Everything that depends only on the portrait is done once per avatar by
@@ -17,7 +17,7 @@ a 16:9 frame is the common case: cropping it to fill would cut the head off (the
 is usually taller than a 16:9 band of the photo), padding with black looks broken in a call.
 
 Coordinates: pixel ``i`` covers ``[i, i + 1)``, its centre is ``i + 0.5`` (the convention of
-:func:`live.face.crop_resize`, PIL's ``resize(box=...)``); a crop box is in portrait pixels.
+:func:`nets.media.face.crop_resize`, PIL's ``resize(box=...)``); a crop box is in portrait pixels.
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from nets.errors import UserError
+from nets.media.face import CropBox, CropSettings
 
-from .face import CropBox, CropSettings
 
 # feathered mask, in units of the crop side. The animation is used fully over the head (a disc of
 # radius FACE_INNER around the face's centre, which lies FACE_DROP below the crop's, as

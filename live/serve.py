@@ -7,7 +7,7 @@
 The client keeps the camera, face tracking, smoothing, paste-back and the sinks; the worker keeps
 one session per websocket connection: the client's portraits, prepared once
 (``Engine.prepare_source``), and answers the per-frame requests (regions of a driving crop,
-animation of region parameters) with compressed frames (:mod:`live.worker_protocol`).
+animation of region parameters) with compressed frames (:mod:`live.remote.protocol`).
 
 Many webcams on one engine: a :class:`Batcher` holds one slot per session and kind of request
 (the newest request wins, an older one that has not run yet is answered ``Superseded``) and runs
@@ -41,7 +41,7 @@ from export.stack import AvatarStacks
 from nets.errors import ArgumentParser, UserError
 from nets.media import to_input, to_uint8
 
-from . import worker_protocol as wp
+from .remote import protocol as wp
 from .engines import add_engine_arguments
 
 DEFAULT_PORT = 8765
@@ -604,7 +604,7 @@ def options_from_args(args) -> ServeOptions:
 def cli(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     options = options_from_args(args)
-    from .live import engine_from_args
+    from .engines import engine_from_args
 
     engine = engine_from_args(args)
     info = model_info(engine, args.checkpoint)

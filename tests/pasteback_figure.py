@@ -14,9 +14,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from nets import media
-from live.animate import prepare_portrait
+from live.portrait import prepare_portrait
 from live.engines import load_engine
-from live.face import FaceDetector, crop_resize, face_crop
+from nets.media.face import FaceDetector, crop_resize, face_crop
 from live.live import EXAMPLE_PORTRAIT, FULL_FRAME
 
 from .webgen import draw_face

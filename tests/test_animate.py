@@ -18,10 +18,11 @@ from export.engine import Avatar, Engine, RegionParams
 from export.torch_engine import TorchEngine
 from live.engines import load_engine
 from live import animate
+from live.portrait import source_box, source_crop
 from nets import media
 from live.animate import AnimateOptions, animate_file
 from live.default_model import default_checkpoint
-from live.face import FaceDetector
+from nets.media.face import FaceDetector
 from live.pasteback import FrameSize
 from mediagen import count_frames, make_video, pattern, read_frames, save_image, tone, truncate, unwritable_dir
 
@@ -497,7 +498,7 @@ def test_full_frame_keeps_the_portrait_outside_the_face(files, drawn, engine, tm
     frames = [np.asarray(Image.open(p)) for p in sorted((tmp_path / "frames").iterdir())]
     portrait = np.asarray(Image.open(drawn / "portrait.png"))
     diff = np.abs(frames[3].astype(int) - portrait.astype(int)).mean(-1)
-    box = animate.source_box(portrait)
+    box = source_box(portrait)
     x0, y0, x1, y1 = (int(round(v)) for v in box.box)
     outside = np.ones(diff.shape, bool)
     outside[y0:y1, x0:x1] = False
@@ -542,13 +543,13 @@ def test_identity_preserved_by_default_model(tmp_path):
         pytest.skip(f"the identity check needs the shipped model ({e})")
     engine = load_engine(ckpt)
     # the drawn example portraits shipped with mra-web always; real portraits when ../shared is here
-    faces = sorted((ROOT / "live" / "web_static" / "examples").glob("*.png"))
+    faces = sorted((ROOT / "live" / "web" / "static" / "examples").glob("*.png"))
     if (ROOT.parent / "shared" / "data" / "faces" / "portraits").exists():
         faces += sorted(shared_path("data", "faces", "portraits").glob("*.jpg"))[:3]
     assert faces
     for f in faces:
         rgb = media.read_image(f)
-        crop = animate.source_crop(rgb, 512, "auto")
+        crop = source_crop(rgb, 512, "auto")
         errs = identity_error(engine, crop, tmp_path / f.stem)
         assert max(errs) < IDENTITY_BOUND, (f.name, errs)
         assert max(errs) - min(errs) < 0.01, "a still driving video must give a still output"

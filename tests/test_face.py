@@ -1,4 +1,4 @@
-"""live.face: crop geometry, tube, tracker (scripted detector), mediapipe on real portraits and a real clip."""
+"""nets.media.face: crop geometry, tube, tracker (scripted detector), mediapipe on real portraits and a real clip."""
 import math
 
 import numpy as np
@@ -7,8 +7,8 @@ from PIL import Image
 
 from conftest import shared_path
 from nets import media
-from live.face import (CropBox, CropSettings, FaceBox, FaceDetector, FaceTracker, TrackerSettings, crop_resize,
-                       face_crop, face_tube, fit_crop)
+from nets.media.face import (CropBox, CropSettings, FaceBox, FaceDetector, FaceTracker, TrackerSettings, crop_resize,
+                             face_crop, face_tube, fit_crop)
 from mediagen import make_video, pattern
 
 

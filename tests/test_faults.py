@@ -95,14 +95,14 @@ def test_a_busy_target_keeps_the_finished_work(files, tmp_path, capfd, monkeypat
     under a visible name that the message gives, and the target is as it was."""
     out = tmp_path / "frames"
     out.mkdir()
-    real = media.os.replace
+    real = media.outputs.os.replace
 
     def busy(src, dst):
         if Path(dst) == out and ".old" not in Path(src).name:
             raise OSError(errno.EBUSY, "Device or resource busy")
         return real(src, dst)
 
-    monkeypatch.setattr(media.os, "replace", busy)
+    monkeypatch.setattr(media.outputs.os, "replace", busy)
     code, err = run_animate(capfd, files, out)
     one_error_line(code, err, "Device or resource busy", f"it is kept at {tmp_path / 'frames-1'}")
     assert len(list((tmp_path / "frames-1").glob("*.png"))) == 20 and list(out.iterdir()) == []

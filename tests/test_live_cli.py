@@ -197,7 +197,7 @@ class FakeCv2:
 
 
 def test_list_cameras_prints_each_camera_that_delivers_frames(monkeypatch, capsys):
-    import live.capture as capture
+    import live.loop.capture as capture
     fake = FakeCv2({0: (640, 480, 30.0, True), 2: (1920, 1080, 29.97, True), 3: (320, 240, 15.0, False)})
     monkeypatch.setattr(capture, "_cv2", lambda: fake)
     assert live_cli.cli(["--list-cameras"]) == 0

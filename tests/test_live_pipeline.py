@@ -10,9 +10,9 @@ import pytest
 import nets
 from export.engine import RegionParams
 from export.torch_engine import TorchEngine
-from live.capture import Frame, IteratorSource, LatestFrame
-from live.pipeline import Avatars, CenterCropper, DelayLine, LiveOptions, LivePipeline, Rendered
-from live.smoothing import LostFacePolicy, OneEuroConfig, OneEuroFilter, RegionSmoother, blend
+from live.loop.capture import Frame, IteratorSource, LatestFrame
+from live.loop.pipeline import Avatars, CenterCropper, DelayLine, LiveOptions, LivePipeline, Rendered
+from live.loop.smoothing import LostFacePolicy, OneEuroConfig, OneEuroFilter, RegionSmoother, blend
 
 
 def test_one_euro_smooths_noise_and_follows_steps():
@@ -283,9 +283,9 @@ def test_avd_mode_without_avd_network_falls_back_with_a_note(engine, monkeypatch
 
 def test_pipeline_pastes_back_into_each_avatars_portrait(engine):
     """Full-frame output: each avatar's animated crop goes back into its own portrait, in the output frame."""
-    from live.face import CropBox
+    from nets.media.face import CropBox
     from live.pasteback import FrameSize, PasteBack
-    from live.pipeline import AvatarImage
+    from live.loop.pipeline import AvatarImage
 
     src = np.random.default_rng(1).random((1, 3, 64, 64), dtype=np.float32)
     portraits = {"a.png": np.full((200, 150, 3), 30, np.uint8), "b.png": np.full((150, 200, 3), 220, np.uint8)}

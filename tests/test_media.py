@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from nets import media
-from nets.media import Frame, UserError
+from nets.errors import UserError
+from nets.media import Frame
 from mediagen import (corrupt, count_frames, make_video, pattern, read_frames, save_image, truncate, unwritable_dir,
                       write_png16)
 

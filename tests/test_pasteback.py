@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from live.face import CropBox, crop_resize
+from nets.media.face import CropBox, crop_resize
 from live.pasteback import (FrameSize, PasteBack, capped_size, contain, feather_mask, fit_square,
                             parse_frame_size)
 from nets.errors import UserError

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from conftest import shared_path
-from live import prepare
-from live.face import CropBox, FaceBox, crop_resize
-from live.prepare import identity, split_identities
+from nets.train import prepare
+from nets.media.face import CropBox, FaceBox, crop_resize
+from nets.train.layout import identity
+from nets.train.prepare import split_identities
 from mediagen import count_frames, make_video, pattern, read_frames, truncate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def test_prepare_real_clip(tmp_path):
     raw.mkdir()
     os.symlink(clip, raw / "person#hdtf1.mp4")
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, "-m", "live.prepare", str(raw), str(out), "--size", "256"], cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "nets.train.prepare", str(raw), str(out), "--size", "256"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "prepared 1 clip(s)" in p.stdout
@@ -141,7 +142,7 @@ def test_prepare_real_clip(tmp_path):
     assert len(frames) == count_frames(clip)
     im = np.asarray(Image.open(frames[0]))
     assert im.shape == (256, 256, 3)
-    from live.face import FaceDetector
+    from nets.media.face import FaceDetector
     faces = FaceDetector().detect(im)  # the crop is a face crop: the face fills a good part of it
     assert faces and 0.35 < faces[0].size / 256 < 0.8
     cx, cy = faces[0].center

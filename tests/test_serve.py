@@ -15,11 +15,11 @@ import pytest
 import nets
 from export.engine import EngineUnavailable
 from export.torch_engine import TorchEngine
-from live import worker_protocol as wp
-from live.capture import IteratorSource
-from live.pipeline import Avatars, CenterCropper, LiveOptions, LivePipeline
+from live.remote import protocol as wp
+from live.loop.capture import IteratorSource
+from live.loop.pipeline import Avatars, CenterCropper, LiveOptions, LivePipeline
 from live.serve import ServeOptions, Worker, model_info
-from live.worker_client import Backoff, RemoteEngine, WorkerError, worker_url
+from live.remote.client import Backoff, RemoteEngine, WorkerError, worker_url
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "correct-horse-battery-staple-42"
@@ -548,7 +548,7 @@ def test_switching_avatars_while_the_worker_is_away_waits_for_it(engine):
 
 def test_the_engine_factory_builds_the_remote_engine(worker, checkpoint):
     from live.engines import EngineSpec, build_engine
-    from live.worker_client import WorkerSpec
+    from live.remote.client import WorkerSpec
     from nets.errors import UserError
     w = WorkerSpec(f"127.0.0.1:{worker.port}", TOKEN, "webp", 70)
     engine = build_engine(EngineSpec(checkpoint, "tiny", worker=w))  # names the model the worker must run

@@ -24,7 +24,7 @@ pytest.importorskip("starlette", reason="mra-web needs starlette (pip install st
 import nets  # noqa: E402
 from live import animate  # noqa: E402
 from live.engines import load_engine  # noqa: E402
-from live.web import BackgroundServer, JobQueue, WebConfig, is_loopback, safe_name  # noqa: E402
+from live.web.app import BackgroundServer, JobQueue, WebConfig, is_loopback, safe_name  # noqa: E402
 from live.pasteback import FrameSize  # noqa: E402
 from mediagen import count_frames, make_video, pattern, save_image, tone, truncate  # noqa: E402
 
@@ -54,7 +54,7 @@ def server(engine):
 def client(server) -> "httpx.Client":
     """An API client of the test server: its requests carry the launch token in the cookie that the
     page's address sets in a browser."""
-    from live.web_guard import cookie_name
+    from live.web.guard import cookie_name
     return httpx.Client(base_url=server.url, timeout=60, cookies={cookie_name(server.port): server.token})
 
 
@@ -196,7 +196,7 @@ def test_several_jobs_at_once_queue_in_order_and_all_finish(server, files):
 def test_queue_unit_positions_cancel_and_expiry(tmp_path):
     """JobQueue on its own: places, cancelling a waiting job, a failing job not stopping the next, expiry."""
     from live.animate import AnimateOptions
-    from live.web import Job
+    from live.web.app import Job
     from nets.errors import UserError
 
     gate = threading.Event()
@@ -492,7 +492,7 @@ def test_live_socket_errors(server, files, bad_files, capfd):
 
 def _start_cli(*args, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.Popen([sys.executable, "-m", "live.web", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "live.web.app", *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -544,7 +544,7 @@ def test_cli_serves_warns_off_loopback_and_cleans_up(files, tmp_path):
 
 
 def test_cli_errors_are_one_line(files, tmp_path, capfd, monkeypatch):
-    from live import web
+    from live.web import app as web
 
     def run(*args):
         capfd.readouterr()
@@ -664,7 +664,7 @@ def test_other_sites_and_addresses_are_refused(server, files):
 
 
 def test_the_names_a_server_answers_for():
-    from live.web_guard import Door, host_name
+    from live.web.guard import Door, host_name
 
     assert [host_name(h) for h in ("LocalHost:7860", "[::1]:80", "[::1]", "127.0.0.1", "localhost.", "::1", "")] == \
         ["localhost", "::1", "::1", "127.0.0.1", "localhost", "::1", ""]
@@ -730,7 +730,7 @@ def test_live_socket_garbage_gets_one_line_answers(server, files, capfd):
 def test_an_idle_webcam_socket_is_closed(server, monkeypatch):
     from websockets.sync.client import connect
 
-    from live import web
+    from live.web import app as web
     monkeypatch.setattr(web, "START_TIMEOUT_S", 0.5)
     with connect(live_url(server)) as ws:
         m = json.loads(ws.recv(timeout=30))  # nothing sent
@@ -832,7 +832,7 @@ def test_a_busy_webcam_tab_refuses_before_reading_the_portrait(server, files):
 
 
 def test_uploads_are_checked_one_at_a_time(server, files, monkeypatch):
-    from live import web
+    from live.web import app as web
 
     running, peak, lock = [0], [0], threading.Lock()
     real = web.check_inputs
@@ -874,7 +874,7 @@ def test_huge_decoded_images_are_refused_from_their_header(server, files, tmp_pa
 def test_the_servers_disk_full_is_said_without_its_paths(server, files, monkeypatch):
     import errno as errno_
 
-    from live import web_upload
+    from live.web import upload as web_upload
     from nets import media
 
     class FullFile:
@@ -907,7 +907,7 @@ def test_the_servers_disk_full_is_said_without_its_paths(server, files, monkeypa
 
 
 def test_workdir_that_cannot_be_written(engine, tmp_path, capfd):
-    from live import web
+    from live.web import app as web
     from mediagen import small_tmpfs, unwritable_dir
 
     with unwritable_dir(tmp_path) as ro:
@@ -923,7 +923,7 @@ def test_workdir_that_cannot_be_written(engine, tmp_path, capfd):
 
 def test_stale_leftovers_of_killed_runs_are_swept(engine, tmp_path):
     """Folders and temporaries of processes that are gone (by name and age) go; nothing else does."""
-    from live import web
+    from live.web import app as web
     from nets import media
 
     dead = 2 ** 22 + 12345  # above Linux's pid_max default: no such process

@@ -15,7 +15,7 @@ import pytest
 
 import nets
 from live.engines import load_engine
-from live.web import BackgroundServer, WebConfig
+from live.web.app import BackgroundServer, WebConfig
 from mediagen import count_frames, make_video, pattern, save_image, tone, truncate
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed "
@@ -111,7 +111,7 @@ def test_upload_generate_preview_download(page, server, files, tmp_path):
     queue, run, gate = server.web.queue, server.web.queue.run, threading.Event()
     queue.run = lambda job, progress: (gate.wait(30), run(job, progress))[1]
     try:
-        from live.web_guard import cookie_name
+        from live.web.guard import cookie_name
         with httpx.Client(base_url=server.url, cookies={cookie_name(server.port): server.token}) as c:
             r = c.post("api/jobs", data={"crop": "none"}, files={"source": ("p.png", (files / "portrait.png").read_bytes()),
                                                                  "driving": ("t.mp4", (files / "talk.mp4").read_bytes())})

@@ -49,7 +49,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     from live.engines import EngineSpec, build_engine
-    from live.web import BackgroundServer, WebConfig
+    from live.web.app import BackgroundServer, WebConfig
     from mediagen import make_video, tone
     from webgen import talking, write_y4m
 

@@ -3,7 +3,7 @@
 The faces are simple shapes (no photo, no third-party material) that mediapipe's face detector
 still finds. Regenerate the bundled examples with
 
-    python -m tests.webgen examples live/web_static/examples
+    python -m tests.webgen examples live/web/static/examples
     python -m tests.webgen portrait live/assets/example-portrait.png   # mra-live's first-run portrait
 """
 from __future__ import annotations

@@ -5,7 +5,8 @@ jitter applied identically to both frames of a sample), :mod:`.transforms` (rand
 thin-plate-spline warps for the equivariance losses), :mod:`.vgg` (VGG19 feature extractor),
 :mod:`.losses` (perceptual pyramid, its L1+SSIM fallback, equivariance), :mod:`.state`
 (checkpoints that resume bit-identically), :mod:`.loop` (the reconstruction stage), :mod:`.avd`
-(the AVD stage), :mod:`.cli` (``mra-train``).
+(the AVD stage), :mod:`.cli` (``mra-train``), :mod:`.layout` (the ``ID#clip`` names) and
+:mod:`.prepare` (``mra-prepare``: raw videos -> the layout :mod:`.data` reads).
 """
 
 

@@ -34,6 +34,7 @@ from .. import media
 from ..config import AugmentationConfig
 from ..errors import UserError
 from .augment import augment_frames
+from .layout import identity
 
 GIF = ".gif"  # a video read frame by frame with Pillow; the other media.VIDEO_EXTS are decoded by PyAV
 SPLITS = ("train", "test")
@@ -60,8 +61,8 @@ class VideoEntry:
 
     @property
     def identity(self) -> str:
-        """The part of the name before ``#`` (the whole name when there is none)."""
-        return self.name.split("#")[0]
+        """The person the clip shows (:func:`nets.train.layout.identity`)."""
+        return identity(self.name)
 
 
 def _frame_files(folder: Path) -> list[Path]:

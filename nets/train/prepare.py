@@ -27,15 +27,11 @@ from typing import Iterable, Sequence
 
 from nets import media
 from nets.errors import ArgumentParser, UserError, run_cli
+from nets.media.face import CropBox, CropSettings, FaceDetector, crop_resize, face_tube
 
-from .face import CropBox, CropSettings, FaceDetector, crop_resize, face_tube
+from .layout import identity
 
 WORKING_SIDE = 1280
-
-
-def identity(name: str) -> str:
-    """The person a clip shows: the part before the first ``#`` (``id10001#abc#0001`` -> ``id10001``)."""
-    return name.split("#", 1)[0] if "#" in name else name
 
 
 def split_identities(ids: Iterable[str], test_fraction: float = 0.1,

@@ -14,10 +14,10 @@ import numpy as np
 from export.engine import MODES
 from nets.errors import UserError
 
-from .animate import CROPS
-from .capture import CaptureSource, Frame, LatestFrame
-from .engines import check_mode
-from .stats import LiveStats
+from ..portrait import CROPS
+from ..loop.capture import CaptureSource, Frame, LatestFrame
+from ..engines import check_mode
+from ..loop.stats import LiveStats
 
 # What one webcam frame may be: a webcam's picture (either way round) in one message of at most
 # MAX_LIVE_FRAME_BYTES. The page sends JPEGs of at most 640 pixels a side (some 50 kB); anything
@@ -32,7 +32,7 @@ class FrameRefused(UserError):
 
 
 class BrowserSource(CaptureSource):
-    """The browser's webcam as a :class:`~live.capture.CaptureSource`.
+    """The browser's webcam as a :class:`~live.loop.capture.CaptureSource`.
 
     ``push(jpeg, client_id)`` (from the web socket) checks the frame's size from its header
     (:class:`FrameRefused` when it is over :data:`MAX_LIVE_FRAME`; a frame that is not a JPEG,
@@ -159,7 +159,7 @@ class _SinkStats(LiveStats):
 
 
 class LiveSession:
-    """One webcam tab: a :class:`BrowserSource` -> :class:`~live.pipeline.LivePipeline` -> :class:`BrowserSink`.
+    """One webcam tab: a :class:`BrowserSource` -> :class:`~live.loop.pipeline.LivePipeline` -> :class:`BrowserSink`.
 
     The constructor prepares the avatar (so a portrait without a face fails here, with
     mra-animate's message); :meth:`start` runs the pipeline in a thread; :meth:`close` ends it.
@@ -173,10 +173,10 @@ class LiveSession:
         import queue
 
         from nets import media
-        from .animate import prepare_portrait
-        from .face import FaceDetector, FaceTracker, TrackerSettings
-        from .pasteback import capped_size
-        from .pipeline import AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
+        from ..portrait import prepare_portrait
+        from nets.media.face import FaceDetector, FaceTracker, TrackerSettings
+        from ..pasteback import capped_size
+        from ..loop.pipeline import AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
 
         if crop not in CROPS:
             raise UserError(f"--crop must be auto or none, got {crop!r}")

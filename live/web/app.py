@@ -4,7 +4,7 @@ from the browser's webcam.
     mra-web                                        # then open the address it prints, http://127.0.0.1:7860/?token=...
     mra-web --checkpoint model.pth --config vox256 --port 8000
 
-The page (``live/web_static``: plain HTML, CSS and JavaScript, no build step) has one portrait
+The page (``live/web/static``: plain HTML, CSS and JavaScript, no build step) has one portrait
 chooser (upload, or a bundled example) and two tabs:
 
 * **Video**: a driving video (upload, or a recording from the webcam with MediaRecorder), mode,
@@ -13,20 +13,20 @@ chooser (upload, or a bundled example) and two tabs:
   :func:`live.animate.animate_file` (the mra-animate pipeline, same defaults); bad inputs give the
   same one-line ``error: ...`` messages as mra-animate.
 * **Webcam**: the browser's webcam drives the portrait live. JPEG frames go over a web socket into
-  a :class:`~live.web_live.BrowserSource` (a :class:`~live.capture.CaptureSource`), through the mra-live
-  :class:`~live.pipeline.LivePipeline` (same face tracking, smoothing and engine calls) into a
-  :class:`~live.web_live.BrowserSink` that sends the animated frames back; the page shows fps and latency.
+  a :class:`~live.web.session.BrowserSource` (a :class:`~live.loop.capture.CaptureSource`), through the mra-live
+  :class:`~live.loop.pipeline.LivePipeline` (same face tracking, smoothing and engine calls) into a
+  :class:`~live.web.session.BrowserSink` that sends the animated frames back; the page shows fps and latency.
 
 Server side: Starlette on uvicorn (see ``docs/web.md`` for why not Gradio). One engine (one
 model in memory) serves everything; Generate jobs run one at a time in a
-:class:`~live.web_jobs.JobQueue` thread. Uploads are streamed to a private temporary folder with a size limit and removed when a
+:class:`~live.web.jobs.JobQueue` thread. Uploads are streamed to a private temporary folder with a size limit and removed when a
 job fails, when its result expires, and when the server stops. Binds 127.0.0.1 by default; every
-request must pass :mod:`live.web_guard` (the Host, the Origin, the per-launch token in the page's
+request must pass :mod:`live.web.guard` (the Host, the Origin, the per-launch token in the page's
 address).
 
-Modules: this one (configuration, routes, serving, command line), :mod:`live.web_upload`
-(streamed, size-limited form uploads), :mod:`live.web_jobs` (the job queue), :mod:`live.web_live`
-(the webcam tab's source, sink and session) and :mod:`live.web_guard` (which requests are answered).
+Modules: this one (configuration, routes, serving, command line), :mod:`live.web.upload`
+(streamed, size-limited form uploads), :mod:`live.web.jobs` (the job queue), :mod:`live.web.session`
+(the webcam tab's source, sink and session) and :mod:`live.web.guard` (which requests are answered).
 """
 from __future__ import annotations
 
@@ -48,21 +48,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from export.engine import BACKENDS, MODES
+from export.engine import MODES
 from nets.errors import ArgumentParser, DiskFault, UserError, disk_fault, run_cli
 
-from .animate import CROPS, AnimateOptions, AnimateResult, animate_file, check_inputs
-from .engines import DEVICES, EngineSpec, build_engine, check_mode
-from .web_guard import TOKEN_PARAM, Door, Guard, new_token
-from .web_jobs import Job, JobQueue, QueueFull
-from .stats import to_json
-from .web_live import LiveSession
-from .web_upload import MB, UploadTooLarge, limit_text, error_text, receive_form, safe_name, server_disk_text
+from ..portrait import CROPS
+from ..animate import AnimateOptions, AnimateResult, animate_file, check_inputs
+from ..engines import EngineSpec, add_engine_arguments, build_engine, check_mode
+from .guard import TOKEN_PARAM, Door, Guard, new_token
+from .jobs import Job, JobQueue, QueueFull
+from ..loop.stats import to_json
+from .session import LiveSession
+from .upload import MB, UploadTooLarge, limit_text, error_text, receive_form, safe_name, server_disk_text
 
 __all__ = ["WebConfig", "WebApp", "create_app", "BackgroundServer", "main", "Job", "JobQueue", "LiveSession",
            "safe_name", "is_loopback", "examples"]
 
-STATIC = Path(__file__).resolve().parent / "web_static"
+STATIC = Path(__file__).resolve().parent / "static"
 EXAMPLES = STATIC / "examples"
 
 
@@ -86,7 +87,7 @@ class WebConfig:
 
 
 def examples() -> list[str]:
-    """Names of the bundled example portraits (``live/web_static/examples/*.png``)."""
+    """Names of the bundled example portraits (``live/web/static/examples/*.png``)."""
     return sorted(p.stem for p in EXAMPLES.glob("*.png"))
 
 
@@ -128,7 +129,7 @@ class WebApp:
         self.config = config
         self.device = device
         self.root = make_workdir(config.workdir)
-        self.token = new_token()  # the page's address carries it (live.web_guard)
+        self.token = new_token()  # the page's address carries it (live.web.guard)
         self.queue = JobQueue(self._run_job, max_pending=config.max_queue, keep_s=config.keep_minutes * 60)
         self.live: set[LiveSession] = set()
         self.live_lock = threading.Lock()
@@ -655,11 +656,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1: this machine only; see docs/web.md, Security)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 picks a free one)")
-    p.add_argument("--checkpoint", metavar="PATH", help="model checkpoint (default: the model shipped with the package)")
-    p.add_argument("--config", metavar="PRESET|YAML", help="config of the checkpoint (needed for official checkpoints)")
-    p.add_argument("--backend", choices=("auto",) + BACKENDS, default="auto",
-                   help="inference backend (default auto: ONNX Runtime on cpu, PyTorch on cuda)")
-    p.add_argument("--device", choices=DEVICES, default="cpu", help="device (default: cpu)")
+    add_engine_arguments(p, precision=False)
     p.add_argument("--batch-size", type=int, metavar="N", help="frames animated together (default: 4 on cpu, 16 on cuda)")
     p.add_argument("--max-upload-mb", type=float, default=WebConfig.max_upload_mb, metavar="MB",
                    help=f"largest accepted upload, per file (default {WebConfig.max_upload_mb:g})")
@@ -687,7 +684,7 @@ def _check_server_packages() -> None:
 def cli(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     _check_server_packages()
-    from .animate import _one_line_warnings
+    from ..animate import _one_line_warnings
     _one_line_warnings()  # e.g. "warning: the driving video recording.webm does not say its frame rate; ..."
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")

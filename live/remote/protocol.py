@@ -417,7 +417,7 @@ def model_digest(checkpoint: "str | os.PathLike | None") -> str:
     """SHA-256 of the weights (``manifest.json`` of an export directory; the shipped model's checksum file)."""
     from nets.checkpoint import sha256_file
 
-    from .default_model import default_checkpoint
+    from ..default_model import default_checkpoint
 
     if checkpoint is None:
         path = default_checkpoint()

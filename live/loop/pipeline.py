@@ -28,10 +28,10 @@ import numpy as np
 
 from export.engine import Avatar, Engine, EngineUnavailable, RegionParams
 from nets.media import to_input, to_uint8
+from nets.media.face import CropBox, FaceTracker, crop_resize
 
 from .capture import CaptureSource, Frame, LatestFrame
-from .face import CropBox, FaceTracker, crop_resize
-from .pasteback import FrameSize, PasteBack, fit_square
+from ..pasteback import FrameSize, PasteBack, fit_square
 from .smoothing import LostFacePolicy, OneEuroConfig, RegionSmoother, blend
 from .stats import LiveStats
 
@@ -46,7 +46,7 @@ COMMANDS = {
 
 
 class Cropper(Protocol):
-    """Finds the driving crop in a camera frame: a square :class:`~live.face.CropBox`, or None (no face)."""
+    """Finds the driving crop in a camera frame: a square :class:`~nets.media.face.CropBox`, or None (no face)."""
 
     def __call__(self, image: np.ndarray) -> "CropBox | None": ...
 
@@ -60,7 +60,7 @@ class CenterCropper:
 
 
 class FaceCropper:
-    """``--crop auto``: the smoothed face track of :class:`~live.face.FaceTracker`; None while the face
+    """``--crop auto``: the smoothed face track of :class:`~nets.media.face.FaceTracker`; None while the face
     is lost (brief detector misses keep the last crop). Re-detection runs every few frames, and
     every frame while lost, so tracking recovers by itself."""
 

@@ -1,7 +1,7 @@
 """Per-frame speed of the exported graphs against PyTorch (a small timing script; the full
 benchmark is benchmarks/fps.py).
 
-    python -m export.bench [--config vox256] [--threads 2] [--frames 20] [--calibration PATH]
+    python -m benchmarks.export_bench [--config vox256] [--threads 2] [--frames 20] [--calibration PATH]
                            [--export-dir DIR] [--video CLIP] [--json OUT]
 
 Paths timed per driving frame, relative mode, batch 1, round-robin (each round runs every path
@@ -96,17 +96,17 @@ def _load() -> str:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from .manifest import MANIFEST, read_manifest
-    from .quantize import CalibrationSet, cpu_name, read_video
-    from .runtime import OrtEngine
-    from .verify import synthetic_clip, synthetic_face
+    from export.manifest import MANIFEST, read_manifest
+    from export.quantize import CalibrationSet, cpu_name, read_video
+    from export.runtime import OrtEngine
+    from export.verify import synthetic_clip, synthetic_face
 
     torch.set_num_threads(args.threads)
     model = random_weights(nets.build_model(args.config), args.seed)
     s = model.frame_size
     export_dir = Path(args.export_dir) if args.export_dir else Path(tempfile.mkdtemp(prefix="mra-bench-"))
     if not (export_dir / MANIFEST).is_file():
-        from .pipeline import export_model
+        from export.pipeline import export_model
 
         calibration = CalibrationSet.from_path(args.calibration, s) if args.calibration else None
         print(f"exporting {args.config} to {export_dir} ...", file=sys.stderr)
@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.export_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="vox256")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--frames", type=int, default=20, help="timed frames (after --warmup)")

@@ -1,6 +1,6 @@
 """Training throughput: a few steps of ``mra-train`` per variant, steady-state steps/s from losses.csv.
 
-    python -m nets.train.bench --config tiny --data DATA --steps 30 --batch-size 4 [--variants fp32 bf16 ...]
+    python -m benchmarks.train_bench --config tiny --data DATA --steps 30 --batch-size 4 [--variants fp32 bf16 ...]
 
 Variants: ``fp32``, ``bf16`` (autocast), ``bf16cl`` (autocast + channels_last), ``fp32cl``. Each runs a
 fresh run directory under ``--out`` with the same seed, so their loss curves can be compared step by
@@ -13,14 +13,14 @@ import json
 import tempfile
 from pathlib import Path
 
-from .logs import read_losses
-from .loop import TrainOptions, train
+from nets.train.logs import read_losses
+from nets.train.loop import TrainOptions, train
 
 VARIANTS = {"fp32": ("none", False), "fp32cl": ("none", True), "bf16": ("bf16", False), "bf16cl": ("bf16", True)}
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(prog="python -m nets.train.bench")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_bench")
     p.add_argument("--config", required=True)
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=Path)

@@ -42,7 +42,7 @@ from export.engine import Avatar, Engine, EngineUnavailable, RegionParams
 from nets.errors import UserError
 from nets.media import to_input, to_uint8
 
-from . import worker_protocol as wp
+from . import protocol as wp
 
 DEFAULT_PORT = 8765
 FATAL_CODES = (wp.BAD_TOKEN, wp.VERSION, wp.MODEL, wp.BAD_MESSAGE)

@@ -13,8 +13,8 @@ from typing import Callable
 
 from nets.errors import DiskFault, UserError
 
-from .animate import AnimateOptions, AnimateResult
-from .web_upload import error_text, server_disk_text
+from ..animate import AnimateOptions, AnimateResult
+from .upload import error_text, server_disk_text
 
 
 class JobCancelled(Exception):

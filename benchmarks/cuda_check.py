@@ -1,6 +1,6 @@
 """The PyTorch CUDA per-frame path checked against float32 on the CPU, and timed (needs a GPU).
 
-    python -m export.cuda_check [--config vox256] [--frames 30] [--json OUT]
+    python -m benchmarks.cuda_check [--config vox256] [--frames 30] [--json OUT]
 
 For fp32 (with and without TF32 convolutions), fp16 and bf16 on the GPU: the largest and mean
 pixel differences of the per-frame path (regions -> relative transfer -> animate on the cached
@@ -22,7 +22,7 @@ import torch
 
 import nets
 
-from .cudagraph import capture
+from export.cudagraph import capture
 
 
 def _per_frame(model, cache, initial):
@@ -50,8 +50,8 @@ def _time(fn, frames, warmup=3):
 
 
 def run(args) -> dict:
-    from .bench import random_weights
-    from .verify import synthetic_clip, synthetic_face
+    from .export_bench import random_weights
+    from export.verify import synthetic_clip, synthetic_face
 
     dev = torch.device(args.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -119,7 +119,7 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m export.cuda_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.cuda_check", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default="vox256")
     p.add_argument("--frames", type=int, default=30)
     p.add_argument("--ref-frames", type=int, default=6, help="frames compared with the CPU fp32 reference")
