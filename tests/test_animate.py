@@ -20,6 +20,7 @@ from live.engines import load_engine
 from live import animate
 from live.portrait import source_box, source_crop
 from nets import media
+from nets.errors import UserError
 from live.animate import AnimateOptions, animate_file
 from live.default_model import default_checkpoint
 from nets.media.face import FaceDetector
@@ -308,7 +309,7 @@ def test_no_face(files, tmp_path, capfd):
                        tmp_path / "o.mp4", "--checkpoint", files / "tiny.pth")
     assert_one_error_line(code, err, "no face found in the source image", "--crop none")
     info = media.probe_video(files / "driving.mp4")
-    with pytest.raises(media.UserError, match="no face found in the first .* driving video.*--crop none"):
+    with pytest.raises(UserError, match="no face found in the first .* driving video.*--crop none"):
         animate.first_face_crop(info, FaceDetector(), AnimateOptions().crop_settings)
 
 
@@ -344,13 +345,13 @@ def test_default_model_checksum(tmp_path):
     assets = tmp_path / "assets"
     assets.mkdir()
     (assets / "lite256.pth").write_bytes(b"weights")
-    with pytest.raises(media.UserError, match="checksum file .* is missing"):
+    with pytest.raises(UserError, match="checksum file .* is missing"):
         default_checkpoint(assets)
     (assets / "lite256.sha256").write_text("xyz\n")
-    with pytest.raises(media.UserError, match="not a SHA-256"):
+    with pytest.raises(UserError, match="not a SHA-256"):
         default_checkpoint(assets)
     (assets / "lite256.sha256").write_text(hashlib.sha256(b"other").hexdigest() + "  lite256.pth\n")
-    with pytest.raises(media.UserError, match="damaged"):
+    with pytest.raises(UserError, match="damaged"):
         default_checkpoint(assets)
     (assets / "lite256.sha256").write_text(hashlib.sha256(b"weights").hexdigest() + "  lite256.pth\n")
     assert default_checkpoint(assets) == assets / "lite256.pth"
@@ -539,7 +540,7 @@ def identity_error(engine, source_rgb, tmp_path, n=8):
 def test_identity_preserved_by_default_model(tmp_path):
     try:
         ckpt = default_checkpoint()
-    except media.UserError as e:
+    except UserError as e:
         pytest.skip(f"the identity check needs the shipped model ({e})")
     engine = load_engine(ckpt)
     # the drawn example portraits shipped with mra-web always; real portraits when ../shared is here
