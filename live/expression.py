@@ -1,0 +1,253 @@
+"""Landmark-guided expression transfer: the portrait's mouth, eyelids and brows follow the driver's.
+
+The learned regions of the shipped model carry the head pose but hardly any expression (mouth
+gain 0.00 on unseen people, see the model card), so the expression comes from face-mesh landmarks
+and is applied to the animated crop as a warp, as peers retarget eyes and lips from landmarks:
+
+1. *Driver's expression*: the driver's landmarks now and at the reference frame (relative mode's
+   neutral), the head pose removed by an affine fit on points that expressions hardly move
+   (:data:`facemesh.STABLE`): ``delta_d`` per expressive point, in the driver's reference frame.
+2. *Onto the portrait*: ``delta_d`` turned and scaled by the similarity from the driver's reference
+   face to the portrait's (face size ratio), times the expression gain. Eyelids move by their
+   *openness ratio* instead (upper lid towards the lower one), so a big-eyed portrait blinks as
+   fully as a small-eyed driver; the inner lips never cross.
+3. *Onto the animated crop*: the portrait's points carried by the output's head pose (an affine
+   fit of the portrait's stable points onto the pose the model rendered: by default the driver's
+   relative head motion, or the output's own landmarks when given) give where each expressive point
+   is and where it should be; a Gaussian radial-basis field through those displacements (zero on
+   nose, forehead and cheeks) warps the crop, evaluated separably at full resolution
+   (``(H, N) @ (N, W)``: about a millisecond at 256 px).
+4. *An open mouth*: the warp stretches the lips apart; what lies between them (the portrait never
+   showed it) is painted as a dark mouth cavity with soft edges, in proportion to the opening.
+
+Everything that depends only on the portrait is computed once (:class:`PortraitFace`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from nets.media import facemesh as fm
+
+_EXPR = np.array(fm.EXPRESSIVE)
+_STABLE = np.array(fm.STABLE)
+_WARP = np.array([fm.EXPRESSIVE.index(i) for i in fm.WARP_MOUTH + fm.WARP_EYES + fm.WARP_BROWS])  # rows of _EXPR
+_WARP_EYE = np.isin(_EXPR[_WARP], np.array(fm.WARP_EYES))
+_ANCHORS = np.array(fm.WARP_ANCHORS)
+_ANCHOR_EYE = np.isin(_ANCHORS, np.array(fm.EYE_CORNERS))
+_EYE_PAIRS = ((fm.RIGHT_EYE_UPPER, fm.RIGHT_EYE_LOWER), (fm.LEFT_EYE_UPPER, fm.LEFT_EYE_LOWER))
+_EYE_ROWS = [(np.array([fm.EXPRESSIVE.index(i) for i in up]), np.array([fm.EXPRESSIVE.index(i) for i in lo]))
+             for up, lo in _EYE_PAIRS]
+_LIP_PAIRS = ((81, 178), (82, 87), (13, 14), (312, 317), (311, 402), (80, 88), (310, 318), (191, 95), (415, 324))
+_LIP_ROWS = (np.array([fm.EXPRESSIVE.index(a) for a, _ in _LIP_PAIRS]),
+             np.array([fm.EXPRESSIVE.index(b) for _, b in _LIP_PAIRS]))
+_INNER_LIPS = np.array([fm.EXPRESSIVE.index(i) for i in fm.LIPS_INNER_UPPER + fm.LIPS_INNER_LOWER])
+GAIN_RANGE = (0.0, 2.0)
+
+
+@dataclass(frozen=True)
+class ExpressionSettings:
+    """``gain``: expression strength (0 = head pose only, 1 = as the driver, up to 2); ``sigma`` /
+    ``eye_sigma``: width of the warp's radial functions in inter-ocular distances (mouth and brows
+    / eyelids); ``ridge``: regularisation of the fit; ``cavity``: paint the inside of an open mouth."""
+
+    gain: float = 1.0
+    sigma: float = 0.12
+    eye_sigma: float = 0.05
+    ridge: float = 1e-3
+    cavity: bool = True
+
+    def validate(self) -> "ExpressionSettings":
+        lo, hi = GAIN_RANGE
+        if not lo <= self.gain <= hi:
+            raise ValueError(f"expression gain must be between {lo:g} and {hi:g}, got {self.gain:g}")
+        return self
+
+
+def fit_affine(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares affine map ``dst ~ src @ A.T + t`` for ``(N, 2)`` points: ``A (2, 2)``, ``t (2,)``."""
+    x = np.concatenate([src, np.ones((len(src), 1))], 1)
+    m, *_ = np.linalg.lstsq(x, dst, rcond=None)
+    return m[:2].T, m[2]
+
+
+def fit_similarity(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares similarity (rotation, uniform scale, shift; no reflection) ``dst ~ src @ A.T + t``."""
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    u, sv, vt = np.linalg.svd(d.T @ s)
+    flip = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+    rot = u @ flip @ vt
+    scale = (sv * np.diag(flip)).sum() / max((s**2).sum(), 1e-12)
+    a = scale * rot
+    return a, md - ms @ a.T
+
+
+def apply(a: np.ndarray, t: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return pts @ a.T + t
+
+
+@dataclass
+class PortraitFace:
+    """The portrait's landmarks ``(468, 2)`` in pixels of the animated crop, found once per avatar."""
+
+    landmarks: np.ndarray
+
+    @property
+    def inter_ocular(self) -> float:
+        return float(fm.inter_ocular(self.landmarks))
+
+
+@dataclass
+class ControlPoints:
+    """Where the expressive points are in the animated crop (``current``) and where they should be
+    (``desired``), ``(N, 2)`` pixels, plus the anchors that stay ``(M, 2)`` and the sigma per point."""
+
+    current: np.ndarray
+    desired: np.ndarray
+    anchors: np.ndarray
+    sigma: np.ndarray  # (N + M,) pixels
+    mouth_gap: float  # desired inner-lip gap in pixels (for the cavity)
+    inner_lips: np.ndarray  # desired inner-lip outline (for the cavity)
+
+
+def expression_delta(driver: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The driver's expression: expressive points ``(len(EXPRESSIVE), 2)`` moved since the reference,
+    head pose removed (affine fit on the stable points), in the reference frame's pixels."""
+    a, t = fit_affine(driver[_STABLE], reference[_STABLE])
+    return apply(a, t, driver[_EXPR]) - reference[_EXPR]
+
+
+def eye_ratio(driver: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each eye's openness now over at the reference ``(2,)`` (subject's right, left)."""
+    return fm.eye_openness_each(driver) / np.maximum(fm.eye_openness_each(reference), 1e-3)
+
+
+def desired_points(portrait: PortraitFace, driver: np.ndarray, reference: np.ndarray, gain: float) -> np.ndarray:
+    """Where the portrait's expressive points go ``(len(EXPRESSIVE), 2)``, in the portrait's frame."""
+    p = portrait.landmarks
+    a, _ = fit_similarity(reference[_STABLE], p[_STABLE])
+    out = p[_EXPR] + gain * (expression_delta(driver, reference) @ a.T)
+    # eyelids: the upper lid goes towards the lower one by the driver's openness ratio
+    ratio = np.clip(1.0 + gain * (eye_ratio(driver, reference) - 1.0), 0.0, 1.6)
+    for (up, lo), r in zip(_EYE_ROWS, ratio):
+        lower = p[_EXPR[lo]]
+        out[up] = lower + (p[_EXPR[up]] - lower) * r
+        out[lo] = lower
+    # inner lips never cross: the lower one stays below the upper one along the face's vertical
+    down = face_down(p)
+    upper, lower = out[_LIP_ROWS[0]], out[_LIP_ROWS[1]]
+    gap = (lower - upper) @ down
+    out[_LIP_ROWS[1]] = lower + np.maximum(-gap, 0.0)[:, None] * down
+    return out
+
+
+def face_down(pts: np.ndarray) -> np.ndarray:
+    """Unit vector from the eyes towards the chin (the face's vertical)."""
+    across = pts[263] - pts[33]
+    down = np.array([-across[1], across[0]])
+    return down / max(np.linalg.norm(down), 1e-6)
+
+
+def control_points(portrait: PortraitFace, driver: np.ndarray, reference: np.ndarray,
+                   pose: tuple[np.ndarray, np.ndarray], settings: ExpressionSettings) -> ControlPoints:
+    """Control points in the animated crop; ``pose`` maps the portrait's pixels to the crop's (affine)."""
+    a, t = pose
+    p = portrait.landmarks
+    desired = apply(a, t, desired_points(portrait, driver, reference, settings.gain))
+    iod = portrait.inter_ocular * np.sqrt(abs(np.linalg.det(a)))
+    sigma = np.concatenate([np.where(_WARP_EYE, settings.eye_sigma, settings.sigma),
+                            np.where(_ANCHOR_EYE, settings.eye_sigma, settings.sigma)]) * iod
+    gap = float(np.max((desired[_LIP_ROWS[1]] - desired[_LIP_ROWS[0]]) @ face_down(apply(a, t, p))))
+    return ControlPoints(current=apply(a, t, p[_EXPR[_WARP]]), desired=desired[_WARP], anchors=apply(a, t, p[_ANCHORS]),
+                         sigma=sigma, mouth_gap=gap, inner_lips=desired[_INNER_LIPS])
+
+
+def displacement_field(cp: ControlPoints, height: int, width: int, ridge: float = 1e-3) -> np.ndarray:
+    """Backward displacement ``(H, W, 2)`` float32: the crop at ``x`` is to show what is at ``x + f(x)``.
+
+    A Gaussian radial-basis interpolation through ``f(desired) = current - desired`` and ``f(anchor) = 0``,
+    with one sigma per point; Gaussians factor into x and y, so the field is ``(Gy * w) @ Gx.T``.
+    """
+    centres = np.concatenate([cp.desired, cp.anchors])
+    values = np.concatenate([cp.current - cp.desired, np.zeros_like(cp.anchors)])
+    s2 = 2.0 * cp.sigma**2
+    d = centres[:, None, :] - centres[None, :, :]
+    k = np.exp(-(d**2).sum(-1) / s2[None, :])
+    w = np.linalg.solve(k + ridge * np.eye(len(k)), values)  # (N, 2)
+    gx = np.exp(-(np.arange(width, dtype=np.float64)[:, None] - centres[None, :, 0]) ** 2 / s2)  # (W, N)
+    gy = np.exp(-(np.arange(height, dtype=np.float64)[:, None] - centres[None, :, 1]) ** 2 / s2)  # (H, N)
+    fx = (gy * w[:, 0]) @ gx.T
+    fy = (gy * w[:, 1]) @ gx.T
+    return np.stack([fx, fy], -1).astype(np.float32)
+
+
+def warp(image: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """``image`` ``(H, W, C)`` uint8 sampled at ``x + field(x)`` (bilinear, edges repeated)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(image, gx + field[..., 0], gy + field[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+CAVITY_RGB = np.array([52.0, 18.0, 22.0])  # the inside of an open mouth, in shadow
+
+
+def paint_cavity(image: np.ndarray, cp: ControlPoints, iod: float) -> np.ndarray:
+    """Darken the inside of the desired inner-lip outline, in proportion to the opening."""
+    import cv2
+
+    strength = float(np.clip((cp.mouth_gap - 0.02 * iod) / (0.06 * iod), 0.0, 1.0))
+    if strength <= 0.0:
+        return image
+    h, w = image.shape[:2]
+    scale = 4  # sub-pixel outline
+    mask = np.zeros((h, w), np.uint8)
+    poly = np.round(cp.inner_lips * scale).astype(np.int32)
+    cv2.fillPoly(mask, [poly], 255, lineType=cv2.LINE_AA, shift=2)
+    soft = max(1.0, 0.02 * iod)
+    alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), soft)[..., None] * strength
+    # keep the texture a little (lit teeth edges, tongue) but mostly shadow
+    shade = 0.25 * image.astype(np.float32) + 0.75 * CAVITY_RGB
+    out = image.astype(np.float32) * (1 - alpha) + shade * alpha
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+class ExpressionTransfer:
+    """Per-avatar expression transfer: ``apply(crop, driver, reference, pose)`` -> the crop with the
+    driver's expression. ``portrait`` from :meth:`from_landmarks` (None when the portrait shows no face
+    the mesh can find: the path is then off)."""
+
+    def __init__(self, portrait: PortraitFace, settings: ExpressionSettings = ExpressionSettings()):
+        self.portrait = portrait
+        self.settings = settings.validate()
+
+    def pose_from_driver(self, driver: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The output's head pose as relative mode renders it: the driver's head motion since the
+        reference (affine on stable points), conjugated into the portrait's frame."""
+        p = self.portrait.landmarks
+        b, bt = fit_similarity(reference[_STABLE], p[_STABLE])  # driver reference -> portrait
+        m, mt = fit_affine(reference[_STABLE], driver[_STABLE])  # driver reference -> driver now
+        b_inv = np.linalg.inv(b)
+        # portrait -> driver reference -> driver now -> portrait
+        a = b @ m @ b_inv
+        t = b @ (m @ (-b_inv @ bt) + mt) + bt
+        return a, t
+
+    def apply(self, crop: np.ndarray, driver: np.ndarray, reference: np.ndarray,
+              output: Optional[np.ndarray] = None) -> np.ndarray:
+        """``crop`` uint8 ``(S, S, 3)`` animated by the model; ``driver`` / ``reference`` the driver's landmarks
+        now and at the reference (pixels of the crop's size); ``output``: the crop's own landmarks if known."""
+        if self.settings.gain == 0.0:
+            return crop
+        p = self.portrait.landmarks
+        pose = fit_affine(p[_STABLE], output[_STABLE]) if output is not None else self.pose_from_driver(driver, reference)
+        cp = control_points(self.portrait, driver, reference, pose, self.settings)
+        field = displacement_field(cp, crop.shape[0], crop.shape[1], self.settings.ridge)
+        out = warp(crop, field)
+        if self.settings.cavity:
+            out = paint_cavity(out, cp, self.portrait.inter_ocular * np.sqrt(abs(np.linalg.det(pose[0]))))
+        return out
