@@ -95,6 +95,24 @@ def test_messages_round_trip_and_garbage_is_refused():
         wp.decode(wp.encode(wp.Animate(1, 1, nan)))
 
 
+def _raw(header: bytes) -> bytes:
+    """A message with this header and no blobs (garbage of any shape)."""
+    import struct
+    return struct.pack(">I", len(header)) + header
+
+
+def test_any_malformed_message_is_a_protocol_error_even_deeply_nested_json():
+    """issue 21 item 5: decode raises ProtocolError and nothing else, whatever the bytes."""
+    for raw in (_raw(b"[" * 200_000), _raw(b"{\"a\":" * 50_000), _raw(b'{"type":[]}'), _raw(b'{"type":{}}'),
+                _raw(b'{"type":"Animate","blobs":' + b"[" * 9 + b"]" * 9 + b"}"), _raw(b" " * (65 << 10)),
+                _raw(b'{"type":"Failure","id":' + b"9" * 5000 + b"}")):
+        with pytest.raises(wp.ProtocolError):
+            wp.decode(raw)
+    # brackets inside strings are not nesting: a long client name full of them still decodes
+    hello = wp.Hello(wp.PROTOCOL_VERSION, "t", "[{" * 2000)
+    assert wp.decode(wp.encode(hello)) == hello
+
+
 def test_images_are_compressed_and_checked_before_decoding():
     rgb = (portrait(0, 128)[0].transpose(1, 2, 0) * 255).astype(np.uint8)
     jpeg = wp.encode_image(rgb, "jpeg", 90)
@@ -274,6 +292,56 @@ def test_bad_token_garbage_and_oversized_frames_are_refused_and_the_worker_keeps
             (1, 3, 64, 64)
     finally:
         a.close()
+
+
+def test_deeply_nested_json_is_a_strike_not_a_crash(worker):
+    """issue 21 item 5: 200,000 '[' gave a RecursionError traceback and close 1011, no Failure, no strike."""
+    replies = asyncio.run(_raw_session(worker.port, TOKEN, _raw(b"[" * 60_000), _raw(b'{"type":[]}'),
+                                       _raw(b"[" * 200_000)))
+    assert isinstance(replies[0], wp.Welcome)
+    assert [(r.code, r.fatal) for r in replies[1:]] == [(wp.BAD_MESSAGE, False), (wp.BAD_MESSAGE, False),
+                                                        (wp.BAD_MESSAGE, True)]  # three strikes
+    assert [m.message for m in replies[1:]] == ["bad message: header nested more than 8 deep",
+                                                "bad message: unknown message type '[]'",
+                                                "bad message: header over 64 KiB"]
+
+
+def test_a_malformed_reply_makes_the_client_reconnect():
+    """issue 21 item 5: the client's receive task reconnects after any malformed reply (it used to end
+    for good on a RecursionError, and treat a ProtocolError as fatal)."""
+    from export.engine import RegionParams
+    from tests.fake_worker import MODEL, FakeWorker
+    params = RegionParams(np.zeros((1, MODEL.num_regions, 2), np.float32),
+                          np.zeros((1, MODEL.num_regions, 2, 2), np.float32),
+                          np.zeros((1, MODEL.num_regions, 2, 2), np.float32))
+    garbage = {1: _raw(b"[" * 200_000), 2: _raw(b'{"type":[]}'), 3: wp.encode(wp.Animated(0, [b"x"])),
+               4: wp.encode(wp.Failure(0, "no_such_code", "x", fatal=False))}
+
+    def answer(session, msg):
+        if session in (1, 2):
+            return garbage[session]
+        if session == 3:  # a well-formed message, but not what answers DetectRegions
+            return wp.encode(wp.Animated(msg.id, [b"x"]))
+        return wp.encode(wp.RegionsFound(msg.id, params))
+
+    fake = FakeWorker(answer)
+    logged = []
+    r = RemoteEngine(fake.address, log=logged.append, backoff=Backoff(first=0.05, most=0.1), timeout_s=5)
+    try:
+        frames = np.zeros((1, 3, 64, 64), np.float32)
+        for n in (1, 2, 3):
+            with pytest.raises(EngineUnavailable):
+                r.regions(frames)
+            deadline = time.monotonic() + 10
+            while not (r.connected and r.reconnects == n) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert r.connected and r.reconnects == n, logged
+        assert r.regions(frames).shift.shape == (1, MODEL.num_regions, 2)
+        assert any("malformed message" in line for line in logged)
+        assert any("answered a request with Animated, not RegionsFound" in line for line in logged)
+    finally:
+        r.close()
+        fake.close()
 
 
 def test_limits_sessions_and_idle_time(engine, checkpoint):

@@ -138,7 +138,7 @@ class RemoteEngine(Engine):
         self._avatar_numbers = itertools.count(1)
         self._portraits: dict[int, bytes] = {}  # avatar number -> PNG (sent again after a reconnect)
         self._prepared: dict[int, int] = {}  # avatar number -> connection it was prepared on
-        self._pending: dict[int, asyncio.Future] = {}
+        self._pending: dict[int, tuple[asyncio.Future, type]] = {}  # request id -> its future, the reply expected
         self._ws: Any = None
         self._generation = 0
         self._connected = threading.Event()
@@ -252,8 +252,8 @@ class RemoteEngine(Engine):
             async for raw in ws:
                 try:
                     msg = wp.decode(raw)
-                except wp.ProtocolError as e:
-                    self._fatal = WorkerError(f"the worker {self.url} sent a message this client does not understand ({e})")
+                except wp.ProtocolError as e:  # a worker that garbles one message may not be trusted with
+                    reason = f"it sent a malformed message ({e})"  # the next: a fresh connection
                     break
                 rid = getattr(msg, "id", 0)
                 if isinstance(msg, wp.Failure) and (rid == 0 or msg.fatal):
@@ -264,16 +264,23 @@ class RemoteEngine(Engine):
                         break
                     self.log(f"worker: {msg.message}")
                     continue
-                fut = self._pending.pop(rid, None)
-                if fut is not None and not fut.done():  # else a reply nobody waits for any more: dropped
-                    fut.set_result(msg)
+                waiting = self._pending.pop(rid, None)
+                if waiting is None or waiting[0].done():  # a reply nobody waits for any more: dropped
+                    continue
+                fut, expected = waiting
+                if not isinstance(msg, (expected, wp.Superseded, wp.Failure)):
+                    reason = f"it answered a request with {type(msg).__name__}, not {expected.__name__}"
+                    break
+                fut.set_result(msg)
         except ConnectionClosed as e:
             reason = f"connection lost ({_why(e)})"
+        except Exception as e:  # whatever went wrong here, the client reconnects rather than going deaf
+            reason = f"{type(e).__name__}: {e}"
         finally:
             self._connected.clear()
             self._ws = None
             failure = self._fatal or EngineUnavailable(f"worker {self.url}: {reason}")
-            for fut in list(self._pending.values()):
+            for fut, _ in list(self._pending.values()):
                 if not fut.done():
                     fut.set_exception(failure)
             self._pending.clear()
@@ -322,7 +329,7 @@ class RemoteEngine(Engine):
             raise WorkerError(f"a {type(msg).__name__} message of {len(data) / 2**20:.1f} MiB is over the worker's limit "
                               f"({self.limits.max_message_bytes / 2**20:.1f} MiB, mra-serve --max-message-mb)")
         fut = self._loop.create_future()
-        self._pending[msg.id] = fut
+        self._pending[msg.id] = (fut, wp.REPLIES[type(msg)])
         try:
             await ws.send(data)
             return await asyncio.wait_for(fut, self.timeout_s), generation

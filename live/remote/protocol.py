@@ -26,6 +26,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 import struct
 import types
 import typing
@@ -41,6 +42,11 @@ PROTOCOL_VERSION = 1
 IMAGE_FORMATS = ("jpeg", "webp", "png")
 MAX_REGIONS = 128
 MAX_BATCH = 16
+# The JSON header is checked before it is parsed: a real one is well under 4 KiB and nests 4 deep
+# (message -> blob list -> blob entry -> shape); 200,000 '[' would otherwise exhaust the parser's
+# recursion (a RecursionError, not a refusal).
+MAX_HEADER_BYTES = 64 << 10
+MAX_NESTING = 8
 
 
 class ProtocolError(ValueError):
@@ -182,6 +188,9 @@ class Failure:
 MESSAGES: dict[str, type] = {c.__name__: c for c in (Hello, Welcome, PrepareSource, SourceReady, DetectRegions,
                                                      RegionsFound, Transfer, Transferred, Animate, Animated,
                                                      Superseded, Failure)}
+# what answers each request (besides Superseded and Failure)
+REPLIES: dict[type, type] = {PrepareSource: SourceReady, DetectRegions: RegionsFound, Transfer: Transferred,
+                             Animate: Animated}
 # failure codes (one place for each)
 BAD_MESSAGE, BAD_FRAME, BAD_TOKEN, VERSION, MODEL, FULL, UNKNOWN_AVATAR, ENGINE, IDLE = (
     "bad_message", "bad_frame", "bad_token", "version", "model", "full", "unknown_avatar", "engine", "idle")
@@ -318,22 +327,56 @@ def _params(key: str, present, blobs: dict, name: str) -> RegionParams:
     return RegionParams(shift=arrays["shift"], covar=arrays.get("covar"), affine=arrays.get("affine"))
 
 
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_JSON_BRACKET = re.compile(r"[][{}]")
+
+
+def _nesting_ok(text: str) -> bool:
+    """True when the arrays and objects of JSON ``text`` nest at most :data:`MAX_NESTING` deep (strings
+    skipped; the scan stops at the first level too deep, so a hostile header costs little)."""
+    depth = 0
+    for m in _JSON_BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > MAX_NESTING:
+            return False
+    return True
+
+
 def decode(data) -> typing.Any:
-    """One websocket message -> a message dataclass; :class:`ProtocolError` for anything else."""
+    """One websocket message -> a message dataclass; :class:`ProtocolError` for anything else (no other
+    exception leaves it, whatever the bytes: both ends count on that)."""
+    try:
+        return _decode(data)
+    except ProtocolError:
+        raise
+    except Exception as e:  # a case the checks below missed is still a refusal, never a crash
+        raise ProtocolError(f"malformed message ({type(e).__name__})") from None
+
+
+def _decode(data) -> typing.Any:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError("expected a binary message")
     data = bytes(data)
     if len(data) < _HEADER.size:
         raise ProtocolError("message too short")
     (n,) = _HEADER.unpack_from(data)
-    if n > min(len(data) - _HEADER.size, 1 << 20):
+    if n > len(data) - _HEADER.size:
         raise ProtocolError("bad header length")
+    if n > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header over {MAX_HEADER_BYTES >> 10} KiB")
     try:
-        header = json.loads(data[_HEADER.size:_HEADER.size + n].decode())
-    except (UnicodeDecodeError, ValueError):
+        text = data[_HEADER.size:_HEADER.size + n].decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("header is not UTF-8") from None
+    if not _nesting_ok(text):
+        raise ProtocolError(f"header nested more than {MAX_NESTING} deep")
+    try:
+        header = json.loads(text)
+    except (ValueError, RecursionError):
         raise ProtocolError("header is not JSON") from None
-    if not isinstance(header, dict) or header.get("type") not in MESSAGES:
-        raise ProtocolError(f"unknown message type {str(header.get('type') if isinstance(header, dict) else '')[:40]!r}")
+    kind = header.get("type") if isinstance(header, dict) else None
+    if not isinstance(kind, str) or kind not in MESSAGES:
+        raise ProtocolError(f"unknown message type {str(kind)[:40]!r}")
     cls = MESSAGES[header["type"]]
     spec = header.get("blobs", [])
     if not isinstance(spec, list) or len(spec) > 3 * MAX_BATCH + 8:
