@@ -360,6 +360,10 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         (8 if args.worker else 16 if args.device == "cuda" else 4)
     options = AnimateOptions(mode=args.mode, crop=args.crop, size=args.size, fps=args.fps, batch_size=batch,
                              paste_back=not args.no_paste_back, output_size=_output_size(args.output_size)).validate()
+    from .remote.client import worker_spec
+
+    # with --worker, a lost connection is waited for (a minute), so no frame of the output is skipped
+    worker = worker_spec(args, wait_s=60.0, client="mra-animate")
     # fail fast, before a model is loaded: files, formats, output folder, faces
     src_rgb, info, _ = check_inputs(args.source, args.driving, args.output)
     detector = None
@@ -368,11 +372,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         source_box(src_rgb, detector, options.crop_settings)
         first_face_crop(info, detector, options.crop_settings)
     del src_rgb
-    from .remote.client import worker_spec
-
-    # with --worker, a lost connection is waited for (a minute), so no frame of the output is skipped
-    engine = build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device,
-                                     worker=worker_spec(args, wait_s=60.0, client="mra-animate")))
+    engine = build_engine(EngineSpec(args.checkpoint, args.config, args.backend, args.device, worker=worker))
     if args.worker and batch > engine.limits.max_batch:
         raise UserError(f"--batch-size: the worker takes at most {engine.limits.max_batch} frames per request")
 

@@ -402,6 +402,21 @@ def test_live_cli_bad_token_is_one_error_line(worker, tmp_path):
     assert r.returncode == 2 and "error: cannot reach the worker ws://127.0.0.1:1/" in r.stderr
 
 
+def test_a_malformed_worker_address_is_one_error_line(tmp_path):
+    """issue 21 item 8: --worker "[::1" ended in a ValueError traceback, status 1."""
+    from PIL import Image
+    from tests.mediagen import make_video
+    src = tmp_path / "p.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(src)
+    driving = make_video(tmp_path / "driving.mp4", n=3, size=(64, 64))
+    for tool, more in (("live.live", []), ("live.animate", ["--driving", driving, "--output", tmp_path / "o.mp4"])):
+        r = subprocess.run([sys.executable, "-m", tool, "--source", src, "--crop", "none", *more, "--worker", "[::1"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (tool, r.stderr)
+        assert r.stderr.startswith("error: --worker must be HOST:PORT") and r.stderr.count("\n") == 1, r.stderr
+        assert "[::1]:PORT" in r.stderr and "Invalid IPv6 URL" in r.stderr
+
+
 # -- reconnection ------------------------------------------------------------------------------------
 
 def free_port() -> int:

@@ -94,16 +94,22 @@ class Backoff:
 
 def worker_url(address: str) -> str:
     """``HOST:PORT`` / ``HOST`` / ``ws://...`` / ``wss://...`` -> a websocket URL."""
+    given = address
     if "://" not in address:
         address = f"ws://{address}"
-    parts = urlsplit(address)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise UserError(f"--worker must be HOST:PORT, ws://HOST:PORT or wss://HOST:PORT, got {address!r}")
+    form = "--worker must be HOST:PORT, ws://HOST:PORT or wss://HOST:PORT (an IPv6 address in brackets: [::1]:PORT)"
+    try:
+        parts = urlsplit(address)
+        hostname = parts.hostname
+    except ValueError as e:  # "[::1": Invalid IPv6 URL
+        raise UserError(f"{form}, got {given!r} ({e})") from None
+    if parts.scheme not in ("ws", "wss") or not hostname:
+        raise UserError(f"{form}, got {given!r}")
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise UserError(f"--worker has a bad port: {address!r}") from None
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        raise UserError(f"--worker has a bad port: {given!r}") from None
+    host = f"[{hostname}]" if ":" in hostname else hostname
     return f"{parts.scheme}://{host}:{port}{parts.path or '/'}"
 
 
@@ -503,6 +509,7 @@ def worker_spec(args, wait_s: float = 0.0, client: str = "mra-live") -> "WorkerS
     ``--worker``); ``wait_s``: how long a call waits for a lost worker (0: EngineUnavailable at once)."""
     if not getattr(args, "worker", None):
         return None
+    worker_url(args.worker)  # a malformed address is refused now, before anything is loaded
     token = wp.read_token(args.token_file) if args.token_file else ""
     return WorkerSpec(args.worker, token, args.worker_format, args.worker_quality, args.worker_ca, args.in_flight,
                       wait_s, client)
