@@ -383,7 +383,8 @@ class Worker:
         except ValueError as e:
             return wp.BAD_MESSAGE, str(e)
         if len(self.sessions) >= self.opt.max_sessions:
-            return wp.FULL, f"the worker is full ({self.opt.max_sessions} sessions); try again later or another worker"
+            return wp.FULL, (f"the worker is full (it serves {self.opt.max_sessions} at once, mra-serve --max-sessions); "
+                             "try again later or another worker")
         return None
 
     async def _session(self, ws) -> None:

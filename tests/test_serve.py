@@ -348,7 +348,7 @@ def test_limits_sessions_and_idle_time(engine, checkpoint):
     w = start_worker(engine, checkpoint, max_sessions=1, idle_timeout_s=0.5)
     try:
         a = RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None, backoff=Backoff(first=5))
-        with pytest.raises(WorkerError, match="cannot reach|full"):
+        with pytest.raises(WorkerError, match="full"):
             RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None)
         time.sleep(1.5)  # idle: the worker closes the session; the client notices
         assert not a.connected
@@ -356,6 +356,32 @@ def test_limits_sessions_and_idle_time(engine, checkpoint):
             a.regions(portrait(1))
         a.close()
     finally:
+        w.join()
+
+
+def test_a_full_worker_is_called_full_and_waited_for_by_offline_jobs(engine, checkpoint):
+    """issue 21 item 9: a full worker was "cannot reach the worker ... is mra-serve running there?", and
+    mra-animate (wait_s > 0) gave up at once there instead of waiting as it does for a lost worker."""
+    w = start_worker(engine, checkpoint, max_sessions=1)
+    a = b = None
+    try:
+        a = RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None)
+        with pytest.raises(WorkerError) as e:  # mra-live: one clear error line
+            RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None)
+        assert str(e.value) == (f"worker ws://127.0.0.1:{w.port}/: the worker is full (it serves 1 at once, mra-serve "
+                                "--max-sessions); try again later or another worker")
+        with pytest.raises(WorkerError, match=r"is full .*\(waited 0.5 s\)$"):
+            RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None, wait_s=0.5, backoff=Backoff(first=0.1))
+        threading.Timer(1.0, a.close).start()  # a session ends meanwhile
+        logged = []
+        t0 = time.monotonic()
+        b = RemoteEngine(f"127.0.0.1:{w.port}", log=logged.append, wait_s=30, backoff=Backoff(first=0.1, most=0.3))
+        assert b.connected and 0.9 < time.monotonic() - t0 < 20
+        assert len(logged) == 1 and "is full" in logged[0] and "waiting up to 30 s" in logged[0]
+    finally:
+        for r in (a, b):
+            if r is not None:
+                r.close()
         w.join()
 
 

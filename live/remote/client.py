@@ -52,6 +52,10 @@ class WorkerError(UserError):
     """The worker refused us for a reason retrying cannot fix (one ``error:`` line on the command line)."""
 
 
+class WorkerFull(ConnectionError):
+    """The worker was reached but has no free session now (``mra-serve --max-sessions``): worth a retry later."""
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """An ``mra-serve`` worker that runs the networks: ``address`` (``HOST:PORT``, ``ws://`` or
@@ -156,7 +160,7 @@ class RemoteEngine(Engine):
         self._thread = threading.Thread(target=self._loop.run_forever, name="worker-client", daemon=True)
         self._thread.start()
         try:
-            welcome = self._wait(self._first_connect(), connect_timeout_s + 5)
+            welcome = self._wait(self._first_connect(), connect_timeout_s + 5 + wait_s)
         except BaseException:
             self.close()
             raise
@@ -224,7 +228,7 @@ class RemoteEngine(Engine):
         if isinstance(msg, wp.Failure):
             await ws.close()
             if msg.code == wp.FULL:
-                raise ConnectionRefusedError(msg.message)
+                raise WorkerFull(f"worker {self.url}: {msg.message}")
             raise WorkerError(f"worker {self.url}: {msg.message}")
         if not isinstance(msg, wp.Welcome) or msg.version != wp.PROTOCOL_VERSION:
             await ws.close()
@@ -232,13 +236,27 @@ class RemoteEngine(Engine):
         return ws, msg
 
     async def _first_connect(self) -> wp.Welcome:
-        try:
-            ws, welcome = await self._open()
-        except WorkerError:
-            raise
-        except (OSError, asyncio.TimeoutError, ConnectionError) as e:
-            raise WorkerError(f"cannot reach the worker {self.url} ({_why(e)}); is mra-serve running there, and "
-                              "the address and port right?") from None
+        """The first connection; a full worker is waited for up to ``wait_s`` (as a lost one is later)."""
+        deadline = time.monotonic() + self.wait_s
+        delays = self.backoff.delays()
+        waiting = False
+        while True:
+            try:
+                ws, welcome = await self._open()
+                break
+            except WorkerError:
+                raise
+            except WorkerFull as e:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise WorkerError(f"{e}" + (f" (waited {self.wait_s:g} s)" if waiting else "")) from None
+                if not waiting:
+                    self.log(f"the worker {self.url} is full: waiting up to {left:.0f} s for a free session")
+                    waiting = True
+                await asyncio.sleep(min(next(delays), left))
+            except (OSError, asyncio.TimeoutError, ConnectionError) as e:
+                raise WorkerError(f"cannot reach the worker {self.url} ({_why(e)}); is mra-serve running there, and "
+                                  "the address and port right?") from None
         self._welcome = welcome
         self.limits = welcome.limits
         self._attach(ws)
