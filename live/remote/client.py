@@ -396,6 +396,10 @@ class RemoteEngine(Engine):
         async def shut():
             if self._ws is not None:
                 await self._ws.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in others:  # the receive task, a reconnection under way: ended, not left pending
+                t.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
         if self._loop.is_running():
             try:
                 asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
