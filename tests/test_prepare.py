@@ -147,3 +147,123 @@ def test_prepare_real_clip(tmp_path):
     assert faces and 0.35 < faces[0].size / 256 < 0.8
     cx, cy = faces[0].center
     assert abs(cx - 128) < 40 and abs(cy - 128) < 50
+    # the face mesh of every frame, beside the clip: on the face, mouth below the eyes
+    side = out / "train" / "person#hdtf1.landmarks.npy"
+    marks = np.load(side).astype(np.float32)
+    assert marks.shape == (len(frames), 468, 2) and np.isfinite(marks).all()
+    assert faces[0].x0 < marks[0, 13, 0] < faces[0].x1 and faces[0].y0 < marks[0, 13, 1] < faces[0].y1
+    assert marks[0, 13, 1] > marks[0, 159, 1] + 20 and marks[0, 33, 0] < marks[0, 263, 0]
+    # --landmarks-only on the prepared folder finds the same points (same frames, same mesh)
+    side.unlink()
+    p = subprocess.run([sys.executable, "-m", "nets.train.prepare", "--landmarks-only", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "landmarks: wrote 1 sidecar(s)" in p.stdout
+    assert np.abs(np.load(side).astype(np.float32) - marks).max() < 0.26
+
+
+class FakeMesh:
+    """A face mesh that 'finds' a face in bright frames (468 points that encode the frame's mean) and none in dark."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, rgb):
+        self.calls += 1
+        m = float(rgb.mean())
+        if m < 90:
+            return None
+        return np.stack([np.arange(468) * 0.5, np.full(468, m)], -1)
+
+
+def _blinking(path, n):
+    """Frames alternately bright (a face for FakeMesh) and dark (none)."""
+    return make_video(path, n=n, size=(160, 120), frame_fn=lambda i: (pattern(160, 120, i / n) * (1.0 if i % 2 == 0
+                                                                                                   else 0.4)).astype(np.uint8))
+
+
+def test_prepare_writes_landmark_sidecars(tmp_path):
+    from nets.train import landmarks as lm
+    from nets.train.data import list_videos
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _blinking(raw / "alice#001.mp4", 6)
+    _blinking(raw / "bob#001.mp4", 5)
+    out = tmp_path / "out"
+    box = FaceBox(60, 40, 100, 80, 0.9)
+    mesh = FakeMesh()
+    s = prepare.prepare(raw, out, size=32, test_ids=["bob"], progress=False, detector=FixedFace(box), mesh=mesh)
+    assert s.count("prepared") == 2 and mesh.calls == 11
+    side = out / "train" / "alice#001.landmarks.npy"
+    marks = np.load(side)
+    assert marks.dtype == np.float16 and marks.shape == (6, 468, 2)
+    assert np.isnan(marks[1::2]).all() and np.isfinite(marks[0::2]).all()  # no face in the dark frames
+    frames = sorted((out / "train" / "alice#001").iterdir())
+    for i in (0, 2, 4):  # the points of the frame as written (the crop at its own size)
+        assert marks[i, 0, 1] == np.float16(np.asarray(Image.open(frames[i])).mean())
+        assert marks[i, 467, 0] == np.float16(233.5)
+    assert (out / "test" / "bob#001.landmarks.npy").exists()
+    assert [e.name for e in list_videos(out / "train")] == ["alice#001"]  # the reader does not take it for a clip
+    assert lm.read_sidecar(side).dtype == np.float32
+    lines = s.describe(out)
+    assert any(line.startswith("landmarks: wrote 2 sidecar(s)") and "11 frames, a face in 6 (54.5 %)" in line
+               for line in lines), lines
+
+    # a kept clip without a sidecar (an interrupted or older run) gets one; one with a sidecar is left alone
+    side.unlink()
+    again = prepare.prepare(raw, out, size=32, test_ids=["bob"], progress=False, detector=FixedFace(box), mesh=mesh)
+    assert again.count("exists") == 2 and np.array_equal(np.load(side), marks, equal_nan=True)
+    assert mesh.calls == 17
+    # re-created without landmarks: the old clip's sidecar goes
+    prepare.prepare(raw, out, size=32, test_ids=["bob"], progress=False, detector=FixedFace(box), overwrite=True,
+                    landmarks=False)
+    assert not side.exists() and not (out / "test" / "bob#001.landmarks.npy").exists()
+
+
+def test_landmarks_only_adds_missing_sidecars(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _blinking(raw / "alice#001.mp4", 6)
+    _blinking(raw / "bob#001.mp4", 4)
+    out = tmp_path / "out"
+    prepare.prepare(raw, out, size=48, fmt="mp4", test_ids=["bob"], progress=False,
+                    detector=FixedFace(FaceBox(60, 40, 100, 80, 0.9)), landmarks=False)
+    assert not list(out.rglob("*.npy"))
+    mesh = FakeMesh()
+    results = prepare.add_landmarks(out, progress=False, mesh=mesh)
+    assert sorted((r.split, r.name, r.status, r.frames, r.faces) for r in results) == [
+        ("test", "bob#001", "added", 4, 2), ("train", "alice#001", "added", 6, 3)]
+    marks = np.load(out / "train" / "alice#001.landmarks.npy")
+    assert marks.shape == (6, 468, 2) and np.isnan(marks[1::2]).all() and np.isfinite(marks[0::2]).all()
+    again = prepare.add_landmarks(out, progress=False, mesh=mesh)
+    assert [r.status for r in again] == ["kept", "kept"] and mesh.calls == 10
+    (out / "test" / "bob#001.landmarks.npy").unlink()
+    assert sorted(r.status for r in prepare.add_landmarks(out, progress=False, mesh=mesh)) == ["added", "kept"]
+    assert len(prepare.add_landmarks(out, overwrite=True, progress=False, mesh=mesh)) == 2 and mesh.calls == 24
+    assert not [p for p in out.rglob("*") if ".partial" in p.name]
+    lines = prepare.describe_landmarks(results, out)
+    assert lines[0].startswith("landmarks: wrote 2 sidecar(s)") and "10 frames, a face in 5 (50.0 %)" in lines[0]
+
+
+def test_landmarks_only_cli(tmp_path, capfd):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    make_video(raw / "shapes.mp4", n=3, size=(96, 96))
+    out = tmp_path / "out"
+    prepare.prepare(raw, out, size=32, progress=False, detector=FixedFace(FaceBox(20, 20, 60, 60, 0.9)),
+                    landmarks=False)
+    assert prepare.main(["--landmarks-only", str(out)]) == 0  # real mediapipe: no face in shapes, NaN rows
+    o, _ = capfd.readouterr()
+    assert "landmarks: wrote 1 sidecar(s)" in o and "a face in 0 (0.0 %)" in o and "fewer than half" in o
+    marks = np.load(out / "train" / "shapes.landmarks.npy")
+    assert marks.shape == (3, 468, 2) and np.isnan(marks).all()
+    assert prepare.main(["--landmarks-only", str(out)]) == 0
+    o, _ = capfd.readouterr()
+    assert "kept 1 existing sidecar(s)" in o
+    for argv, msg in ((["--landmarks-only", str(raw), str(out)], "takes one folder"),
+                      (["--landmarks-only", str(tmp_path / "nothing")], "is not a folder"),
+                      (["--landmarks-only", str(raw)], "no clips in"),
+                      ([str(raw)], "give RAW_DIR and OUT_DIR")):
+        assert prepare.main(argv) == 2
+        _, err = capfd.readouterr()
+        assert err.startswith("error: ") and msg in err and err.count("\n") == 1, err

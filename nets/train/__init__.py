@@ -6,7 +6,8 @@ thin-plate-spline warps for the equivariance losses), :mod:`.vgg` (VGG19 feature
 :mod:`.losses` (perceptual pyramid, its L1+SSIM fallback, equivariance), :mod:`.state`
 (checkpoints that resume bit-identically), :mod:`.loop` (the reconstruction stage), :mod:`.avd`
 (the AVD stage), :mod:`.cli` (``mra-train``), :mod:`.layout` (the ``ID#clip`` names) and
-:mod:`.prepare` (``mra-prepare``: raw videos -> the layout :mod:`.data` reads).
+:mod:`.prepare` (``mra-prepare``: raw videos -> the layout :mod:`.data` reads), :mod:`.landmarks` (the face-mesh
+sidecars beside the clips).
 """
 
 

@@ -112,15 +112,6 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
-def decode_video_file(path: Path) -> np.ndarray:
-    """All frames of a video file as ``(T, H, W, 3)`` uint8 RGB (upright), read by ``nets.media``."""
-    try:
-        frames = [f.rgb for f in media.VideoReader(path, what="video")]
-    except UserError as e:
-        raise DataError(str(e)) from None
-    return np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
-
-
 def _resize(frame: np.ndarray, size: int) -> np.ndarray:
     if frame.shape[0] == size and frame.shape[1] == size:
         return frame
@@ -136,32 +127,44 @@ def _open_image(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: {e}") from None
 
 
-def read_video(entry: VideoEntry, size: int, indices: "Sequence[int] | None" = None) -> np.ndarray:
-    """Frames of ``entry`` (all, or those at ``indices``) as ``(N, size, size, 3)`` uint8 RGB."""
+def iter_frames(entry: VideoEntry) -> Iterator[np.ndarray]:
+    """Every frame of ``entry`` at its own size, ``(H, W, 3)`` uint8 RGB, one at a time (videos are
+    streamed, never held whole)."""
     if entry.kind == "frames":
-        files = _frame_files(entry.path)
-        chosen = files if indices is None else [files[i] for i in indices]
-        frames = [_to_rgb(_open_image(f)) for f in chosen]
+        for f in _frame_files(entry.path):
+            yield _to_rgb(_open_image(f))
     elif entry.kind == "strip":
         strip = _to_rgb(_open_image(entry.path))
         h, w = strip.shape[:2]
         if w % h:
             raise DataError(f"{entry.path}: a frame strip must be N square frames side by side "
                             f"(width a multiple of height), got {w}x{h}")
-        frames = [strip[:, i * h:(i + 1) * h] for i in range(w // h)]
-        if indices is not None:
-            frames = [frames[i] for i in indices]
+        for i in range(w // h):
+            yield strip[:, i * h:(i + 1) * h]
     elif entry.kind == "gif":
         img = _open_image(entry.path)
-        frames = []
         for i in range(getattr(img, "n_frames", 1)):
             img.seek(i)
-            frames.append(_to_rgb(img))
-        if indices is not None:
-            frames = [frames[i] for i in indices]
+            yield _to_rgb(img)
     else:
-        video = decode_video_file(entry.path)
-        frames = list(video) if indices is None else [video[i] for i in indices]
+        try:
+            for f in media.VideoReader(entry.path, what="video"):
+                yield f.rgb
+        except UserError as e:
+            raise DataError(str(e)) from None
+
+
+def read_video(entry: VideoEntry, size: int, indices: "Sequence[int] | None" = None) -> np.ndarray:
+    """Frames of ``entry`` (all, or those at ``indices``) as ``(N, size, size, 3)`` uint8 RGB."""
+    if entry.kind == "frames" and indices is not None:  # read only the frames asked for
+        files = _frame_files(entry.path)
+        frames = [_to_rgb(_open_image(files[i])) for i in indices]
+    elif indices is None:
+        frames = [_resize(f, size) for f in iter_frames(entry)]
+    else:
+        wanted = set(int(i) for i in indices)
+        kept = {i: f for i, f in enumerate(iter_frames(entry)) if i in wanted}
+        frames = [kept[int(i)] for i in indices]
     if not frames:
         raise DataError(f"{entry.path} has no frames")
     return np.stack([_resize(f, size) for f in frames])
@@ -178,7 +181,7 @@ def count_frames(entry: VideoEntry) -> int:
     if entry.kind == "gif":
         with Image.open(entry.path) as img:
             return getattr(img, "n_frames", 1)
-    return len(decode_video_file(entry.path))
+    return sum(1 for _ in iter_frames(entry))
 
 
 # ---------------------------------------------------------------------------------------------
