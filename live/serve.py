@@ -362,7 +362,7 @@ class Worker:
         session = Session(secrets.token_hex(16), ws, wp.ImageCodec(hello.reply_format, hello.reply_quality))
         self.sessions[session.id] = session
         await ws.send(wp.encode(wp.Welcome(wp.PROTOCOL_VERSION, session.id, self.model, self.opt.limits())))
-        self.log(f"session {session.id[:8]} opened ({hello.client[:60]}; {len(self.sessions)} open)")
+        self.log(f"session {session.id[:8]} opened ({wp.printable(hello.client, 60)}; {len(self.sessions)} open)")
         return session
 
     def _check_hello(self, hello: wp.Hello) -> "tuple[str, str] | None":

@@ -344,6 +344,41 @@ def test_a_malformed_reply_makes_the_client_reconnect():
         fake.close()
 
 
+def test_the_client_name_is_logged_escaped(engine, checkpoint):
+    """issue 21 item 10: the Hello client field went raw into the worker log (a forged line, an ANSI
+    escape); and the client prints what a worker says escaped as well."""
+    logged = []
+    w = Worker(engine, model_info(engine, checkpoint), ServeOptions(port=0), log=logged.append).start_thread()
+    forged = "evil\nmra-serve: session deadbeef closed after 0 frames\x1b[31m RED\x1b[0m\u202e"
+    try:
+        asyncio.run(_raw_session(w.port, ""))  # a well-behaved client ("test") for comparison
+        replies = asyncio.run(_raw_session_as(w.port, forged))
+        assert isinstance(replies[0], wp.Welcome)
+    finally:
+        w.join()
+    opened = [line for line in logged if "opened" in line]
+    assert len(opened) == 2 and "(test;" in opened[0]
+    assert all("\n" not in line and "\x1b" not in line and "\u202e" not in line for line in logged)
+    assert "(evil\\nmra-serve: session deadbeef closed after 0" in opened[1]  # cut at 60 characters
+    assert wp.printable("a\x1b[2Jb\r\n" + "x" * 500) == "a\\x1b[2Jb\\r\\n" + "x" * 392 + "..."
+
+    from tests.fake_worker import FakeWorker
+    fake = FakeWorker(lambda n, msg: None, welcome=lambda n: wp.encode(wp.Failure(0, wp.MODEL, "no\n\x1b[2Jmodel", True)))
+    try:
+        with pytest.raises(WorkerError) as e:
+            RemoteEngine(fake.address, log=lambda s: None)
+        assert str(e.value).endswith(": no\\n\\x1b[2Jmodel")
+    finally:
+        fake.close()
+
+
+async def _raw_session_as(port, client):
+    from websockets.asyncio.client import connect
+    async with connect(f"ws://127.0.0.1:{port}") as ws:
+        await ws.send(wp.encode(wp.Hello(wp.PROTOCOL_VERSION, "", client)))
+        return [wp.decode(await ws.recv())]
+
+
 def test_limits_sessions_and_idle_time(engine, checkpoint):
     w = start_worker(engine, checkpoint, max_sessions=1, idle_timeout_s=0.5)
     try:

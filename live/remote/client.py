@@ -228,8 +228,8 @@ class RemoteEngine(Engine):
         if isinstance(msg, wp.Failure):
             await ws.close()
             if msg.code == wp.FULL:
-                raise WorkerFull(f"worker {self.url}: {msg.message}")
-            raise WorkerError(f"worker {self.url}: {msg.message}")
+                raise WorkerFull(f"worker {self.url}: {wp.printable(msg.message)}")
+            raise WorkerError(f"worker {self.url}: {wp.printable(msg.message)}")
         if not isinstance(msg, wp.Welcome) or msg.version != wp.PROTOCOL_VERSION:
             await ws.close()
             raise WorkerError(f"{self.url} is not an mra-serve worker speaking protocol {wp.PROTOCOL_VERSION}")
@@ -282,11 +282,11 @@ class RemoteEngine(Engine):
                 rid = getattr(msg, "id", 0)
                 if isinstance(msg, wp.Failure) and (rid == 0 or msg.fatal):
                     if msg.fatal:
-                        reason = msg.message
+                        reason = wp.printable(msg.message)
                         if msg.code in FATAL_CODES:
-                            self._fatal = WorkerError(f"worker {self.url}: {msg.message}")
+                            self._fatal = WorkerError(f"worker {self.url}: {reason}")
                         break
-                    self.log(f"worker: {msg.message}")
+                    self.log(f"worker: {wp.printable(msg.message)}")
                     continue
                 waiting = self._pending.pop(rid, None)
                 if waiting is None or waiting[0].done():  # a reply nobody waits for any more: dropped

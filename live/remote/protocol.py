@@ -199,6 +199,16 @@ _HEADER = struct.Struct(">I")
 _NESTED = (ModelInfo, Limits)
 
 
+def printable(text: str, limit: int = 400) -> str:
+    """A peer's text made safe for a log or error line: at most ``limit`` characters (then ``...``),
+    and every character that is not printable (newlines, ESC of terminal escapes, bidi controls)
+    written as its escape (``\\n``, ``\\x1b``, ``\\u202e``), so a peer can neither forge a line nor
+    drive the terminal."""
+    cut = text[:limit]
+    out = "".join(c if c.isprintable() else repr(c)[1:-1] for c in cut)
+    return out + ("..." if len(text) > limit else "")
+
+
 # ---------------------------------------------------------------------------------------------
 # Encoding
 # ---------------------------------------------------------------------------------------------
