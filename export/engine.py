@@ -57,6 +57,17 @@ class EngineUnavailable(EngineError):
     live callers skip the frame and keep showing the last one."""
 
 
+@dataclass(frozen=True)
+class EngineHealth:
+    """Whether an engine answers now (:meth:`Engine.health`): ``answering``; when not, ``reason`` in
+    a few words for a status line ("worker not answering (3 s)", "worker unreachable: reconnecting")
+    and ``waiting_s``, how long the engine has owed an answer (0 when it is simply down)."""
+
+    answering: bool = True
+    reason: str = ""
+    waiting_s: float = 0.0
+
+
 class Engine(ABC):
     """Per-avatar caching animation engine. Subclasses set the attributes below."""
 
@@ -87,6 +98,13 @@ class Engine(ABC):
     def providers(self) -> dict[str, str]:
         """Which provider/device actually runs each part (never a silent fallback)."""
         return {}
+
+    def health(self, late_s: float = 1.0) -> EngineHealth:
+        """Whether calls are answered now, for a live loop's output and status line: never blocks and
+        may be asked from any thread, also while another thread waits in a call. An engine that has
+        owed an answer for more than ``late_s`` seconds is not answering. A local engine always answers;
+        a remote one (``live.remote.client.RemoteEngine``) says when its worker is late or unreachable."""
+        return EngineHealth()
 
     def describe(self) -> str:
         parts = ", ".join(f"{k}: {v}" for k, v in self.providers().items())

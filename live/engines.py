@@ -197,7 +197,8 @@ def _remote_engine(spec: EngineSpec) -> Engine:
     except ValueError as e:
         raise UserError(f"--worker-format / --worker-quality: {e}") from None
     return RemoteEngine(w.address, w.token, codec=codec, max_in_flight=w.max_in_flight, expect_config=spec.config,
-                        expect_sha256=expect_sha256, ca_file=w.ca_file, wait_s=w.wait_s, client=w.client)
+                        expect_sha256=expect_sha256, ca_file=w.ca_file, wait_s=w.wait_s, client=w.client,
+                        timeout_s=w.timeout_s)
 
 
 def _onnx_engine(checkpoint: Path, spec: EngineSpec) -> Engine:

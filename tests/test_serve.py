@@ -2,6 +2,7 @@
 import asyncio
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -377,6 +378,48 @@ async def _raw_session_as(port, client):
     async with connect(f"ws://127.0.0.1:{port}") as ws:
         await ws.send(wp.encode(wp.Hello(wp.PROTOCOL_VERSION, "", client)))
         return [wp.decode(await ws.recv())]
+
+
+def test_a_worker_that_stops_answering_is_reported_and_the_request_timeout_is_an_option():
+    """issue 21 item 6 (client): the request timeout was a fixed 10 s, and nothing told a live loop that
+    the worker had stopped answering until that timeout fired."""
+    from export.engine import EngineHealth, RegionParams
+    from live.engines import EngineSpec, build_engine
+    from live.live import build_parser
+    from live.remote.client import worker_spec
+    from nets.errors import UserError
+    from tests.fake_worker import MODEL, FakeWorker
+    k = MODEL.num_regions
+    params = RegionParams(np.zeros((1, k, 2), np.float32), np.zeros((1, k, 2, 2), np.float32),
+                          np.zeros((1, k, 2, 2), np.float32))
+    frozen = threading.Event()
+    frozen.set()
+    fake = FakeWorker(lambda n, msg: None if frozen.is_set() else wp.encode(wp.RegionsFound(msg.id, params)))
+    args = build_parser().parse_args(["--source", "p.png", "--worker", fake.address, "--worker-timeout", "1.5"])
+    r = build_engine(EngineSpec(worker=worker_spec(args)))
+    try:
+        assert r.timeout_s == 1.5 and r.health(late_s=0.5) == EngineHealth()
+        frames = np.zeros((1, 3, 64, 64), np.float32)
+        outcome = []
+        t0 = time.monotonic()
+        call = threading.Thread(target=lambda: outcome.append(pytest.raises(EngineUnavailable, r.regions, frames)))
+        call.start()
+        time.sleep(0.8)  # the call is still waiting: the engine says so, from this other thread
+        h = r.health(late_s=0.5)
+        assert not h.answering and re.fullmatch(r"worker not answering \(\d s\)", h.reason) and 0.7 < h.waiting_s < 1.5
+        assert r.health(late_s=5).answering  # late is the caller's to judge
+        call.join(10)
+        assert outcome and 1.4 < time.monotonic() - t0 < 4  # --worker-timeout 1.5, not 10
+        assert "no reply within 1.5 s" in str(outcome[0].value)
+        assert not r.health(late_s=0.5).answering  # still owed an answer after the timeout
+        frozen.clear()  # the worker answers again
+        assert r.regions(frames).shift.shape == (1, k, 2)
+        assert r.health(late_s=0.5) == EngineHealth()
+    finally:
+        r.close()
+        fake.close()
+    with pytest.raises(UserError, match="--worker-timeout must be more than 0"):
+        worker_spec(build_parser().parse_args(["--source", "p.png", "--worker", "h:1", "--worker-timeout", "0"]))
 
 
 def test_limits_sessions_and_idle_time(engine, checkpoint):

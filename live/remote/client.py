@@ -38,13 +38,14 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from export import transfer as tr
-from export.engine import Avatar, Engine, EngineUnavailable, RegionParams
+from export.engine import Avatar, Engine, EngineHealth, EngineUnavailable, RegionParams
 from nets.errors import UserError
 from nets.media import to_input, to_uint8
 
 from . import protocol as wp
 
 DEFAULT_PORT = 8765
+REQUEST_TIMEOUT_S = 10.0  # how long a request waits for its answer (--worker-timeout)
 FATAL_CODES = (wp.BAD_TOKEN, wp.VERSION, wp.MODEL, wp.BAD_MESSAGE)
 
 
@@ -62,7 +63,8 @@ class WorkerSpec:
     ``wss://`` URL), ``token``, how frames cross the network both ways (``image_format`` jpeg | webp
     | png, ``quality`` 1-100), ``ca_file`` (a wss:// worker's certificate), requests out at once
     (``max_in_flight``), how long a call waits for a lost worker (``wait_s``; 0: it raises
-    ``EngineUnavailable`` at once, as a live loop wants) and the ``client`` name it reports."""
+    ``EngineUnavailable`` at once, as a live loop wants), the ``client`` name it reports and how
+    long a request waits for its answer (``timeout_s``; then ``EngineUnavailable``)."""
 
     address: str
     token: str = ""
@@ -72,6 +74,11 @@ class WorkerSpec:
     max_in_flight: int = 2
     wait_s: float = 0.0
     client: str = "mra-live"
+    timeout_s: float = REQUEST_TIMEOUT_S
+
+    def __post_init__(self):
+        if not self.timeout_s > 0:
+            raise UserError(f"--worker-timeout must be more than 0 seconds, got {self.timeout_s:g}")
 
 
 @dataclass
@@ -123,7 +130,7 @@ class RemoteEngine(Engine):
     backend = "remote"
 
     def __init__(self, address: str, token: str = "", *, codec: "wp.ImageCodec | None" = None,
-                 max_in_flight: int = 2, timeout_s: float = 10.0, connect_timeout_s: float = 10.0,
+                 max_in_flight: int = 2, timeout_s: float = REQUEST_TIMEOUT_S, connect_timeout_s: float = 10.0,
                  expect_config: "str | None" = None, expect_sha256: "str | None" = None,
                  ca_file: "str | Path | None" = None, backoff: "Backoff | None" = None,
                  log: "Callable[[str], None] | None" = None, client: str = "mra-live", wait_s: float = 0.0):
@@ -148,7 +155,9 @@ class RemoteEngine(Engine):
         self._avatar_numbers = itertools.count(1)
         self._portraits: dict[int, bytes] = {}  # avatar number -> PNG (sent again after a reconnect)
         self._prepared: dict[int, int] = {}  # avatar number -> connection it was prepared on
-        self._pending: dict[int, tuple[asyncio.Future, type]] = {}  # request id -> its future, the reply expected
+        # request id -> its future, the reply expected, when it was sent
+        self._pending: dict[int, tuple[asyncio.Future, type, float]] = {}
+        self._owed_since: "float | None" = None  # the oldest request unanswered since the last reply
         self._ws: Any = None
         self._generation = 0
         self._connected = threading.Event()
@@ -264,6 +273,7 @@ class RemoteEngine(Engine):
 
     def _attach(self, ws) -> None:
         self._ws = ws
+        self._owed_since = None
         self._generation += 1
         self._connected.set()
         self._loop.create_task(self._receive(ws, self._generation))
@@ -291,10 +301,13 @@ class RemoteEngine(Engine):
                 waiting = self._pending.pop(rid, None)
                 if waiting is None or waiting[0].done():  # a reply nobody waits for any more: dropped
                     continue
-                fut, expected = waiting
+                fut, expected, _ = waiting
                 if not isinstance(msg, (expected, wp.Superseded, wp.Failure)):
                     reason = f"it answered a request with {type(msg).__name__}, not {expected.__name__}"
                     break
+                # it answers: what it owes now is the oldest request still waiting (a request that
+                # timed out keeps counting until a reply comes)
+                self._owed_since = min((sent for _, _, sent in self._pending.values()), default=None)
                 fut.set_result(msg)
         except ConnectionClosed as e:
             reason = f"connection lost ({_why(e)})"
@@ -304,7 +317,8 @@ class RemoteEngine(Engine):
             self._connected.clear()
             self._ws = None
             failure = self._fatal or EngineUnavailable(f"worker {self.url}: {reason}")
-            for fut, _ in list(self._pending.values()):
+            self._owed_since = None
+            for fut, _, _ in list(self._pending.values()):
                 if not fut.done():
                     fut.set_exception(failure)
             self._pending.clear()
@@ -353,7 +367,10 @@ class RemoteEngine(Engine):
             raise WorkerError(f"a {type(msg).__name__} message of {len(data) / 2**20:.1f} MiB is over the worker's limit "
                               f"({self.limits.max_message_bytes / 2**20:.1f} MiB, mra-serve --max-message-mb)")
         fut = self._loop.create_future()
-        self._pending[msg.id] = (fut, wp.REPLIES[type(msg)])
+        sent = time.monotonic()
+        self._pending[msg.id] = (fut, wp.REPLIES[type(msg)], sent)
+        if self._owed_since is None:
+            self._owed_since = sent
         try:
             await ws.send(data)
             return await asyncio.wait_for(fut, self.timeout_s), generation
@@ -411,6 +428,20 @@ class RemoteEngine(Engine):
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def health(self, late_s: float = 1.0) -> EngineHealth:
+        """Not answering while the connection is down, or when a request has waited more than ``late_s``
+        seconds without the worker answering anything since (a stopped or overloaded worker: the
+        request timeout, ``timeout_s``, ends each such call later)."""
+        if self._fatal is not None:
+            return EngineHealth(False, "worker refused the session")
+        if not self.connected:
+            return EngineHealth(False, "worker unreachable: reconnecting")
+        since = self._owed_since
+        waited = 0.0 if since is None else time.monotonic() - since
+        if waited > late_s:
+            return EngineHealth(False, f"worker not answering ({waited:.0f} s)", waited)
+        return EngineHealth()
 
     # -- Engine API --------------------------------------------------------------------------------
     def _retrying(self, call: Callable[[], Any]):
@@ -524,6 +555,9 @@ def add_worker_arguments(p) -> None:
                    help="how frames cross the network, both ways (png: lossless, large)")
     g.add_argument("--worker-quality", type=int, default=90, help="JPEG/WebP quality 1-100 (default 90)")
     g.add_argument("--in-flight", type=int, default=2, help="requests out at once (default 2)")
+    g.add_argument("--worker-timeout", type=float, default=REQUEST_TIMEOUT_S, metavar="S",
+                   help=f"how long a request waits for the worker's answer before its frame is given up "
+                   f"(default {REQUEST_TIMEOUT_S:g} s)")
 
 
 def worker_spec(args, wait_s: float = 0.0, client: str = "mra-live") -> "WorkerSpec | None":
@@ -534,4 +568,4 @@ def worker_spec(args, wait_s: float = 0.0, client: str = "mra-live") -> "WorkerS
     worker_url(args.worker)  # a malformed address is refused now, before anything is loaded
     token = wp.read_token(args.token_file) if args.token_file else ""
     return WorkerSpec(args.worker, token, args.worker_format, args.worker_quality, args.worker_ca, args.in_flight,
-                      wait_s, client)
+                      wait_s, client, args.worker_timeout)
