@@ -818,6 +818,37 @@ def test_pictures_in_memory_are_refused_from_their_header():
         media.check_image_bytes(b"GIF89a" + bytes(100), (64, 64))
 
 
+def test_a_started_webcam_session_that_goes_silent_ends(server, monkeypatch):
+    """Issue 21 item 7: a socket that sent 'start' and then nothing held the webcam slot forever (a second
+    one got "busy"); now the session ends after live_idle_s without a message, and the place is free."""
+    from websockets.sync.client import connect
+
+    monkeypatch.setattr(server.web.config, "live_idle_s", 1.0, raising=False)
+    with connect(live_url(server)) as ws:
+        ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+        ws.send(json.dumps({"type": "command", "key": "r"}))  # any message keeps it alive
+        time.sleep(0.6)
+        ws.send(struct.pack("<I", 1) + _jpeg(pattern(160, 120)))
+        started = time.monotonic()
+        kinds, error = [], None
+        while time.monotonic() - started < 15 and error is None:
+            m = ws.recv(timeout=15)
+            if isinstance(m, str):
+                kinds.append(json.loads(m)["type"])
+                error = json.loads(m)["message"] if kinds[-1] == "error" else None
+        waited = time.monotonic() - started
+    assert error == ("error: nothing received from the webcam for 1 s, so the session was stopped (a tab in the "
+                     "background stops sending frames); press Start again"), kinds
+    assert 0.9 < waited < 5
+    deadline = time.monotonic() + 10
+    while server.web.live and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with connect(live_url(server)) as ws:  # the place is free again
+        ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": "none"}))
+        assert json.loads(ws.recv(timeout=30))["type"] == "ready"
+
+
 def test_a_busy_webcam_tab_refuses_before_reading_the_portrait(server, files):
     from websockets.sync.client import connect
 

@@ -78,6 +78,7 @@ class WebConfig:
     keep_minutes: float = 60.0  # results are removed this long after they finished
     live_size: int = 512  # long side of the frames the webcam tab sends back
     max_live: int = 1  # webcam sessions at once
+    live_idle_s: float = 60.0  # a started webcam session that receives nothing this long ends (its place is freed)
     batch_size: "int | None" = None  # None: mra-animate's default (4 on cpu, 16 on cuda)
     workdir: "Path | None" = None  # parent of the temporary folder (default: the system's)
 
@@ -475,8 +476,14 @@ class LiveSocket:
         receiver = asyncio.create_task(self.websocket.receive())
         waiter = asyncio.create_task(self.ended.wait())
         by_itself = False
+        idle = self.config.live_idle_s
         while True:
-            done, _ = await asyncio.wait({receiver, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({receiver, waiter}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+            if not done:  # a page that started and then went silent would hold the place (--max-live) forever
+                receiver.cancel()
+                waiter.cancel()
+                raise UserError(f"nothing received from the webcam for {idle:g} s, so the session was stopped (a tab "
+                                "in the background stops sending frames); press Start again")
             if receiver not in done:  # the pipeline ended by itself (an error)
                 receiver.cancel()
                 by_itself = True
