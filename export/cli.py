@@ -15,7 +15,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="mra-export", description="Export an MRAA checkpoint to ONNX graphs (source, "
                        "regions, animate, avd) with manifest.json, verified against PyTorch.")
     p.add_argument("checkpoint", help="checkpoint file: official MRAA layout (needs --config) or mra-live's own")
-    p.add_argument("--out", required=True, help="output directory (created; existing graphs are replaced)")
+    p.add_argument("--out", required=True, help="output directory: a new folder, or an earlier export, which is "
+                   "replaced as a whole once the new export is verified (a failed export leaves it as it was)")
     p.add_argument("--config", help="preset (vox256, taichi256, ted384, mgif256, ...) or YAML file; required for "
                    "official checkpoints, optional for own ones (their config is embedded)")
     p.add_argument("--size", type=int, help="frame size of the exported graphs (default: the config's)")
@@ -49,8 +50,10 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
 
     from tqdm import tqdm
 
-    from .pipeline import export_model, load_for_export
+    from .pipeline import check_export_dir, export_model, load_for_export
     from .verify import VerificationError
+
+    out = check_export_dir(args.out)  # before the checkpoint is read: fail fast
 
     steps = tqdm(total=None, bar_format="{desc} [{elapsed}]", file=sys.stderr, disable=args.quiet)
 
@@ -66,7 +69,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
 
             progress("reading calibration frames")
             calibration = CalibrationSet.from_path(args.calibration, model.frame_size, args.calibration_frames)
-        manifest = export_model(model, args.out, opset=args.opset or ox.DEFAULT_OPSET, fp16=args.fp16,
+        manifest = export_model(model, out, opset=args.opset or ox.DEFAULT_OPSET, fp16=args.fp16,
                                 calibration=calibration, checkpoint=provenance, threads=args.threads,
                                 progress=progress)
     except VerificationError as e:

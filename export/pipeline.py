@@ -4,6 +4,8 @@ Steps: trace the fp32 graphs (:mod:`export.onnx`), verify them in ONNX Runtime a
 PyTorch model (:mod:`export.verify`, fails loudly above 1e-4), optionally convert to fp16 and
 verify with the fp16 tolerance, optionally quantize to int8 with calibration frames and measure
 speed and quality against fp32 on held-out frames (:mod:`export.quantize`), write the manifest.
+All of it happens in a temporary folder beside the target, which takes the target's place only
+when everything passed (see :func:`export_model`).
 """
 from __future__ import annotations
 
@@ -12,21 +14,22 @@ import json
 import os
 import platform
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import nets
 from nets.checkpoint import checkpoint_kind, read_checkpoint, sha256_file
+from nets.errors import UserError
+from nets.media import sweep_partials, temp_name
 
 from . import onnx as ox
 from .cache import user_cache_dir
 from .quantize import quantize_export
 from .runtime import OrtEngine
 from .manifest import MANIFEST, Manifest, Variant, read_manifest, ManifestError
-from .verify import FP16_TOLERANCE, FP32_CHAIN_TOLERANCE, FP32_TOLERANCE, Report, VerificationError, verify_engine
-
-FAILED_REPORT = "verification_failed.json"
+from .verify import FP16_TOLERANCE, FP32_CHAIN_TOLERANCE, FP32_TOLERANCE, Report, verify_engine
 
 
 def _versions() -> dict[str, str]:
@@ -94,6 +97,31 @@ def _drop_repeated_nodes(graph) -> int:
     return dropped
 
 
+def check_export_dir(out_dir: "str | os.PathLike") -> Path:
+    """The export directory ``out_dir`` as an absolute path (symbolic links resolved), checked before
+    any work: it is new, or an existing folder that holds an export (or nothing), which a finished
+    export replaces as a whole; anything else is a :class:`UserError`."""
+    target = Path(os.path.realpath(Path(out_dir).expanduser()))
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise UserError(f"--out {target} exists and is not a folder; choose a new folder or an existing export")
+        if os.path.ismount(target):
+            raise UserError(f"--out {target} is a mount point, which a finished export cannot replace; give a "
+                            f"new folder inside it, e.g. --out {target / 'export'}")
+        foreign = sorted(e.name for e in target.iterdir() if not _export_file(e))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise UserError(f"--out {target} holds files that are not part of an export ({shown}); a new export "
+                            "replaces the whole folder: choose a new folder or an existing export")
+    return target
+
+
+def _export_file(entry: Path) -> bool:
+    """What an export directory holds (graphs, manifest; the failure report of older versions)."""
+    return entry.is_file() and not entry.is_symlink() and (
+        entry.suffix == ".onnx" or entry.name in (MANIFEST, MANIFEST + ".tmp", "verification_failed.json"))
+
+
 def export_model(model: nets.MRAA, out_dir: "str | os.PathLike", opset: int = ox.DEFAULT_OPSET, fp16: bool = False,
                  calibration: "Any | None" = None, checkpoint: "dict[str, Any] | None" = None,
                  threads: "int | None" = None, progress: "Callable[[str], None] | None" = None,
@@ -102,29 +130,68 @@ def export_model(model: nets.MRAA, out_dir: "str | os.PathLike", opset: int = ox
 
     ``calibration``: an :class:`export.quantize.CalibrationSet` to also make the int8 variant.
     ``checkpoint``: provenance for the manifest (path, sha256, kind).
-    Raises :class:`VerificationError` (after writing ``verification_failed.json``) when a graph
-    differs from PyTorch by more than the tolerance.
+
+    The export is made in a temporary folder beside ``out_dir`` (``.NAME.partial-PID-...``) and
+    takes its place only once every graph is written and verified, so ``out_dir`` is either the
+    new export or, after any failure (verification, a full disk, Ctrl-C), exactly what it was
+    before: an earlier export stays whole, a new folder is not created. Raises
+    :class:`export.verify.VerificationError` when a graph differs from PyTorch by more than the tolerance (the
+    full report is written to a file in the system's temporary folder; the message says where).
     """
     say = progress or (lambda msg: None)
     t0 = time.perf_counter()
-    out_dir = Path(out_dir)
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    target = check_export_dir(out_dir)
+    made = _missing_parent(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_partials(target)  # what a killed export left beside it
+    work = temp_name(target)
     try:
-        return _export_into(model, out_dir, opset, fp16, calibration, checkpoint, threads, say, verify, t0)
-    except VerificationError:
-        raise  # the directory keeps verification_failed.json
+        work.mkdir()
+        manifest = _export_into(model, work, opset, fp16, calibration, checkpoint, threads, say, verify, t0)
+        _swap_in(work, target)
     except BaseException:
-        if created:  # nothing half-written is left (a full disk, Ctrl-C...)
-            shutil.rmtree(out_dir, ignore_errors=True)
-        else:
-            (out_dir / MANIFEST).unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+        if made is not None:  # folders created for the export go too
+            shutil.rmtree(made, ignore_errors=True)
         raise
+    return manifest
+
+
+def _missing_parent(target: Path) -> "Path | None":
+    """The outermost folder above ``target`` that does not exist yet (None: its parent exists)."""
+    missing = None
+    for parent in target.parents:
+        if parent.exists():
+            break
+        missing = parent
+    return missing
+
+
+def _swap_in(work: Path, target: Path) -> None:
+    """Put the finished export ``work`` at ``target``, replacing an earlier export there (renames in
+    one folder: the earlier export is put back if the second rename fails)."""
+    if not target.exists():
+        os.replace(work, target)
+        return
+    old = temp_name(target, ".old")
+    os.replace(target, old)
+    try:
+        os.replace(work, target)
+    except BaseException:
+        os.replace(old, target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _failure_report(precision: str, report: Report) -> Path:
+    """The full report of a failed verification, in a new file in the system's temporary folder."""
+    fd, name = tempfile.mkstemp(prefix="mra-export-verification-failed-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps({precision: report.to_dict()}, indent=2) + "\n")
+    return Path(name)
 
 
 def _export_into(model, out_dir: Path, opset, fp16, calibration, checkpoint, threads, say, verify, t0) -> Manifest:
-    for stale in (MANIFEST, FAILED_REPORT):
-        (out_dir / stale).unlink(missing_ok=True)
     model = model.eval()
     say("tracing the graphs")
     infos = ox.export_graphs(model, out_dir, opset=opset, progress=lambda g: say(f"tracing the {g} graph"))
@@ -142,32 +209,25 @@ def _export_into(model, out_dir: Path, opset, fp16, calibration, checkpoint, thr
         engine = OrtEngine(out_dir, device="cpu", precision=precision, threads=threads)
         report = verify_engine(model, engine, tolerance=tolerance, chain_tolerance=chain_tolerance)
         if report.failures():
-            (out_dir / MANIFEST).unlink(missing_ok=True)
-            (out_dir / FAILED_REPORT).write_text(json.dumps({precision: report.to_dict()}, indent=2) + "\n")
-            report.check(f"{precision} export verification failed (details in {out_dir / FAILED_REPORT})")
+            details = _failure_report(precision, report)
+            report.check(f"{precision} export verification failed, nothing was written (details in {details})")
         return report
 
-    try:
+    if verify:
+        manifest.variants["fp32"].verification = verified("fp32", FP32_TOLERANCE, FP32_CHAIN_TOLERANCE).to_dict()
+    if fp16:
+        say("converting to fp16")
+        f16 = {}
+        for name, f in files.items():
+            f16[name] = f.replace(".onnx", ".fp16.onnx")
+            _convert_fp16(out_dir / f, out_dir / f16[name])
+        manifest.variants["fp16"] = Variant("fp16", f16, {g: sha256_file(out_dir / f) for g, f in f16.items()})
+        manifest.write(out_dir)
         if verify:
-            manifest.variants["fp32"].verification = verified("fp32", FP32_TOLERANCE, FP32_CHAIN_TOLERANCE).to_dict()
-        if fp16:
-            say("converting to fp16")
-            f16 = {}
-            for name, f in files.items():
-                f16[name] = f.replace(".onnx", ".fp16.onnx")
-                _convert_fp16(out_dir / f, out_dir / f16[name])
-            manifest.variants["fp16"] = Variant("fp16", f16, {g: sha256_file(out_dir / f) for g, f in f16.items()})
-            manifest.write(out_dir)
-            if verify:
-                manifest.variants["fp16"].verification = verified("fp16", FP16_TOLERANCE, FP16_TOLERANCE).to_dict()
-        if calibration is not None:
-            manifest.write(out_dir)
-            manifest.variants["int8"] = quantize_export(out_dir, manifest, calibration, threads=threads, progress=say)
-    except VerificationError:
-        raise
-    except BaseException:
-        (out_dir / MANIFEST).unlink(missing_ok=True)
-        raise
+            manifest.variants["fp16"].verification = verified("fp16", FP16_TOLERANCE, FP16_TOLERANCE).to_dict()
+    if calibration is not None:
+        manifest.write(out_dir)
+        manifest.variants["int8"] = quantize_export(out_dir, manifest, calibration, threads=threads, progress=say)
     manifest.export_seconds = round(time.perf_counter() - t0, 1)
     manifest.write(out_dir)
     return manifest

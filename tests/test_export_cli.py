@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 import nets
 from export.cli import main
@@ -22,6 +23,12 @@ def checkpoints(tmp_path_factory):
     model = randomize(nets.build_model("tiny").eval(), seed=13)
     nets.save_model(model, d / "own.pth")
     nets.save_official(model, d / "official.pth")
+    # a damaged checkpoint: a few weights NaN, as a few bad bytes make them (it loads; its export fails
+    # verification)
+    with torch.no_grad():
+        conv = next(t for name, t in model.state_dict().items() if name.endswith("conv.weight"))
+        conv.view(-1)[:3] = float("nan")
+    nets.save_model(model, d / "damaged.pth")
     return d
 
 
@@ -45,6 +52,43 @@ def test_export_official_checkpoint_at_another_size(checkpoints, tmp_path, capsy
     engine = OrtEngine(tmp_path / "out")
     out = engine.animate(engine.prepare_source(synthetic_face(96)), engine.regions(synthetic_clip(96, 2)))
     assert out.shape == (2, 3, 96, 96) and np.isfinite(out).all()
+
+
+def folder_bytes(d):
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_export_leaves_the_earlier_export_whole_and_a_new_folder_absent(checkpoints, tmp_path, capsys):
+    """Issue 21 item 3: the export is made beside the target and swapped in only once verified."""
+    out = tmp_path / "out"
+    assert main([str(checkpoints / "own.pth"), "--out", str(out), "--quiet"]) == 0
+    before = folder_bytes(out)
+    assert "manifest.json" in before and "animate.onnx" in before
+    # into the existing export: refused by the verification, the export stays byte for byte
+    assert main([str(checkpoints / "damaged.pth"), "--out", str(out), "--quiet"]) == 1
+    assert folder_bytes(out) == before
+    line = one_error_line(capsys)
+    assert "verification failed, nothing was written" in line and "nan" in line
+    details = line.split("details in ")[1].split(")")[0]
+    assert json.loads(open(details).read())["fp32"]["diffs"]
+    OrtEngine(out)  # every tool still opens it
+    # into a new folder (and a new parent): nothing is left behind
+    assert main([str(checkpoints / "damaged.pth"), "--out", str(tmp_path / "new" / "export"), "--quiet"]) == 1
+    one_error_line(capsys)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # a good export replaces the earlier one as a whole
+    assert main([str(checkpoints / "official.pth"), "--config", "tiny", "--size", "96", "--out", str(out),
+                 "--quiet"]) == 0
+    assert json.loads((out / "manifest.json").read_text())["frame_size"] == 96
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_export_into_a_folder_of_other_files_is_refused(checkpoints, tmp_path, capsys):
+    """A new export replaces the whole folder: one that holds anything but an export is refused first."""
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main([str(checkpoints / "own.pth"), "--out", str(tmp_path), "--quiet"]) == 2
+    assert "holds files that are not part of an export (notes.txt)" in one_error_line(capsys)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
 @pytest.mark.parametrize("args,message", [

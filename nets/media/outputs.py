@@ -98,7 +98,7 @@ def check_output(path: "str | os.PathLike") -> OutputSpec:
     return OutputSpec(path=p, kind=kind)
 
 
-def _temp_name(target: Path, suffix: str = "") -> Path:
+def temp_name(target: Path, suffix: str = "") -> Path:
     """``.NAME.partial-PID-XXXXXXXX[SUFFIX]`` next to ``target`` (the writer's process id: see :func:`sweep_stale`)."""
     return target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
 
@@ -274,7 +274,7 @@ class PngDirWriter(FrameWriter):
 
     def __init__(self, spec: OutputSpec, fps: Fraction, size: tuple[int, int], compress_level: int = 3):
         super().__init__(spec, fps, size)
-        self.tmp = _temp_name(spec.path)
+        self.tmp = temp_name(spec.path)
         self.tmp.mkdir()
         self.compress_level = compress_level
 
@@ -287,7 +287,7 @@ class PngDirWriter(FrameWriter):
         if target.exists():
             if not target.is_dir() or not _is_frame_dir(target):
                 raise UserError(f"output directory {target} changed while writing; the result is left in {self.tmp}")
-            old = _temp_name(target, ".old")
+            old = temp_name(target, ".old")
             try:
                 os.replace(target, old)
             except OSError:
@@ -313,7 +313,7 @@ class _AvWriter(FrameWriter):
 
     def __init__(self, spec: OutputSpec, fps: Fraction, size: tuple[int, int]):
         super().__init__(spec, fps, size)
-        self.tmp = _temp_name(spec.path, spec.path.suffix)
+        self.tmp = temp_name(spec.path, spec.path.suffix)
         self.container = None
 
     def _discard(self) -> None:
