@@ -474,6 +474,7 @@ class Worker:
         if isinstance(msg, wp.DetectRegions):
             frames = await asyncio.to_thread(self._frames, msg.images)
             params = await self.batcher.submit("regions", session.id, frames, len(frames))
+            _check_finite(params, "the regions found")
             return wp.RegionsFound(msg.id, params)
         if isinstance(msg, wp.Animate):
             self._check_params(msg.params, "Animate")
@@ -481,12 +482,17 @@ class Worker:
                 raise RequestFailed(wp.BAD_MESSAGE, "Animate: region parameters need covar and affine")
             avatar = self._avatar(session, msg.avatar)
             frames = await self.batcher.submit("animate", session.id, (avatar, msg.params), msg.params.batch_size)
+            if not np.isfinite(frames).all():  # degenerate parameters (a singular or huge covar or affine)
+                raise RequestFailed(wp.BAD_MESSAGE, "Animate: these region parameters give no picture (NaN or "
+                                    "infinite values): covar and affine must be invertible 2x2 matrices of "
+                                    "moderate size")
             session.frames += len(frames)
             images = await asyncio.to_thread(lambda: [session.codec.encode(to_uint8(f)) for f in frames])
             return wp.Animated(msg.id, images)
         if isinstance(msg, wp.PrepareSource):
             frames = await asyncio.to_thread(self._frames, [msg.image])
             avatar = await self._engine(self.engine.prepare_source, frames)
+            _check_finite(avatar.regions, "the portrait's regions")
             session.avatars[msg.avatar] = avatar
             session.avatars.move_to_end(msg.avatar)
             while len(session.avatars) > self.opt.max_avatars:
@@ -502,8 +508,15 @@ class Worker:
             except EngineError as e:
                 raise RequestFailed(wp.BAD_MESSAGE, str(e)) from None
             new = await self._engine(self.engine.transfer, avatar, msg.driving, msg.initial, msg.mode)
+            _check_finite(new, "Transfer: the transferred regions (degenerate driving regions?)")
             return wp.Transferred(msg.id, new)
         raise RequestFailed(wp.BAD_MESSAGE, f"a client does not send {type(msg).__name__}")
+
+
+def _check_finite(p: RegionParams, what: str) -> None:
+    """Region parameters that the client would refuse (it decodes as strictly as the worker): said here."""
+    if not all(a is None or np.isfinite(a).all() for a in (p.shift, p.covar, p.affine)):
+        raise RequestFailed(wp.ENGINE, f"{what}: NaN or infinite values")
 
 
 def _health(connection, request):

@@ -422,6 +422,59 @@ def test_a_worker_that_stops_answering_is_reported_and_the_request_timeout_is_an
         worker_spec(build_parser().parse_args(["--source", "p.png", "--worker", "h:1", "--worker-timeout", "0"]))
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """A valid PNG of a huge picture whose pixels are never needed (its header is refused first)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
+        chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b"")
+
+
+def test_wire_messages_say_what_is_wrong(worker, capfd):
+    """issue 21 item 12 (wire): an oversized valid PNG was "not a JPEG, WebP or PNG image"; degenerate
+    region parameters gave a numpy RuntimeWarning in the worker log and a frame of garbage; the client
+    of mra-animate --worker printed its lines as "mra-live:"."""
+    import warnings
+
+    from export.engine import RegionParams
+    from live.engines import EngineSpec, build_engine
+    from live.remote.client import WorkerSpec
+    from tests.fake_worker import FakeWorker
+    src = (portrait(50)[0].transpose(1, 2, 0) * 255).astype(np.uint8)
+    k = worker.model.num_regions
+    huge = RegionParams(np.zeros((1, k, 2), np.float32), np.full((1, k, 2, 2), 1e38, np.float32),
+                        np.full((1, k, 2, 2), 1e38, np.float32))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        replies = asyncio.run(_raw_session(worker.port, TOKEN, wp.encode(wp.DetectRegions(1, [_png_header(20000, 10000)])),
+                                           wp.encode(wp.PrepareSource(2, 1, wp.encode_image(src, "png"))),
+                                           wp.encode(wp.Animate(3, 1, huge))))
+    assert replies[1].code == wp.BAD_FRAME and replies[1].message.startswith("expected a 64x64 image, got a")
+    assert "not a JPEG" not in replies[1].message
+    assert isinstance(replies[2], wp.SourceReady)
+    assert isinstance(replies[3], wp.Failure) and replies[3].code == wp.BAD_MESSAGE
+    assert "give no picture (NaN or infinite values)" in replies[3].message
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [str(w.message) for w in caught]
+
+    fake = FakeWorker(lambda n, msg: _raw(b"[" * 100) if n == 1 else None)
+    capfd.readouterr()
+    r = build_engine(EngineSpec(worker=WorkerSpec(fake.address, client="mra-animate")))
+    try:
+        with pytest.raises(EngineUnavailable):
+            r.regions(np.zeros((1, 3, 64, 64), np.float32))
+        deadline = time.monotonic() + 10
+        while r.reconnects < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        r.close()
+        fake.close()
+    lines = capfd.readouterr().err.splitlines()
+    assert lines and all(line.startswith("mra-animate: worker ") for line in lines), lines
+
+
 def test_limits_sessions_and_idle_time(engine, checkpoint):
     w = start_worker(engine, checkpoint, max_sessions=1, idle_timeout_s=0.5)
     try:

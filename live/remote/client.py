@@ -147,7 +147,7 @@ class RemoteEngine(Engine):
         self.expect_config = expect_config
         self.expect_sha256 = expect_sha256
         self.backoff = backoff or Backoff()
-        self.log = log or (lambda s: print(f"mra-live: {s}", file=sys.stderr, flush=True))
+        self.log = log or (lambda s: print(f"{client}: {s}", file=sys.stderr, flush=True))
         self.client = client
         self._ssl = self._ssl_context(ca_file)
         self._slots = threading.BoundedSemaphore(max_in_flight)
