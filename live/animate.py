@@ -33,7 +33,7 @@ from nets import media
 from nets.errors import ArgumentParser, UserError, run_cli
 from nets.media.face import CropBox, CropSettings, FaceDetector, FaceTracker, TrackerSettings, crop_resize, face_crop
 
-from .engines import EngineSpec, add_engine_arguments, build_engine, check_mode
+from .engines import EngineSpec, add_engine_arguments, build_engine, check_mode, check_mode_and_crop
 from .pasteback import FrameSize, capped_size, parse_frame_size
 from .portrait import CROPS, prepare_portrait, source_box
 
@@ -69,10 +69,7 @@ class AnimateOptions:
     tracker: TrackerSettings = TrackerSettings(detect_every=2)  # the crop glides between detections
 
     def validate(self) -> "AnimateOptions":
-        if self.mode not in MODES:
-            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if self.crop not in CROPS:
-            raise UserError(f"--crop must be auto or none, got {self.crop!r}")
+        check_mode_and_crop(self.mode, self.crop)
         if self.size is not None and not 16 <= self.size <= 4096:
             raise UserError(f"--size must be between 16 and 4096 pixels, got {self.size}")
         if isinstance(self.output_size, int) and not 64 <= self.output_size <= 4096:

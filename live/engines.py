@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from export.engine import BACKENDS, Engine, EngineError
+from export.engine import BACKENDS, MODES, Engine, EngineError
 from nets.errors import UserError
 
 if TYPE_CHECKING:
@@ -123,6 +123,21 @@ def check_mode(engine: Engine, mode: str) -> None:
         engine.check_mode(mode)
     except EngineError as e:
         raise UserError(str(e)) from None
+
+
+def check_mode_and_crop(mode: str, crop: str, engine: "Engine | None" = None) -> None:
+    """The one check of a ``--mode`` and a ``--crop`` given as text (mra-animate's options, mra-web's
+    forms and webcam ``start`` messages): each must be one of its choices, and with an ``engine``, the
+    engine must be able to run the mode (:func:`check_mode`); a :class:`UserError` in the command line's
+    words otherwise."""
+    from .portrait import CROPS
+
+    if mode not in MODES:
+        raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if crop not in CROPS:
+        raise UserError(f"--crop must be {' or '.join(CROPS)}, got {crop!r}")
+    if engine is not None:
+        check_mode(engine, mode)
 
 
 def load_engine(checkpoint: "str | os.PathLike | None" = None, config: "str | None" = None, backend: str = "torch",

@@ -849,6 +849,42 @@ def test_a_started_webcam_session_that_goes_silent_ends(server, monkeypatch):
         assert json.loads(ws.recv(timeout=30))["type"] == "ready"
 
 
+def test_mode_and_crop_are_checked_in_one_place(server):
+    """Issue 19: mra-animate's options and the webcam tab checked --mode and --crop each with their own copy;
+    now both use live.engines.check_mode_and_crop, and the page gets the command line's words."""
+    from websockets.sync.client import connect
+
+    from live.animate import AnimateOptions
+
+    sources = "".join(p.read_text() for p in (ROOT / "live").rglob("*.py"))
+    assert sources.count("must be one of {', '.join(MODES)}") == 1 and sources.count("--crop must be") == 1
+    for mode, crop in (("relative", "sideways"), ("sideways", "none")):
+        with pytest.raises(Exception) as cli:
+            AnimateOptions(mode=mode, crop=crop).validate()
+        with connect(live_url(server)) as ws:
+            ws.send(json.dumps({"type": "start", "example": "drawn-1", "crop": crop, "mode": mode}))
+            m = json.loads(ws.recv(timeout=30))
+        assert m == {"type": "error", "message": f"error: {cli.value}"}, m
+        assert str(cli.value) in ("--crop must be auto or none, got 'sideways'",
+                                  "--mode must be one of relative, avd, standard, got 'sideways'")
+
+
+def test_webcam_places_are_a_typed_state():
+    from live.web.session import LivePlaces
+
+    places = LivePlaces(2)
+    a, b = places.take(), places.take()
+    assert len(places) == 2 and places.sessions() == []  # taken, portraits not prepared yet
+    with pytest.raises(Exception, match=r"the webcam tab is busy \(2 session\(s\) at a time, --max-live\)"):
+        places.take()
+    sentinel = object()
+    b.session = sentinel  # (any session object)
+    assert places.sessions() == [sentinel]
+    places.release(a)
+    places.release(a)  # twice: once
+    assert len(places) == 1 and places.take() is not b and len(places) == 2
+
+
 def test_a_busy_webcam_tab_refuses_before_reading_the_portrait(server, files):
     from websockets.sync.client import connect
 

@@ -57,7 +57,7 @@ from ..engines import EngineSpec, add_engine_arguments, build_engine, check_mode
 from .guard import TOKEN_PARAM, Door, Guard, new_token
 from .jobs import Job, JobQueue, QueueFull
 from ..loop.stats import to_json
-from .session import LiveSession
+from .session import LivePlace, LivePlaces, LiveSession
 from .upload import MB, UploadTooLarge, limit_text, error_text, receive_form, safe_name, server_disk_text
 
 __all__ = ["WebConfig", "WebApp", "create_app", "BackgroundServer", "main", "Job", "JobQueue", "LiveSession",
@@ -132,8 +132,7 @@ class WebApp:
         self.root = make_workdir(config.workdir)
         self.token = new_token()  # the page's address carries it (live.web.guard)
         self.queue = JobQueue(self._run_job, max_pending=config.max_queue, keep_s=config.keep_minutes * 60)
-        self.live: set[LiveSession] = set()
-        self.live_lock = threading.Lock()
+        self.live = LivePlaces(config.max_live)
         self.batch_size = config.batch_size or (16 if device == "cuda" else 4)
 
     def _run_job(self, job: Job, progress) -> AnimateResult:
@@ -143,11 +142,8 @@ class WebApp:
         self.queue.start()
 
     def close(self) -> None:
-        with self.live_lock:
-            sessions = list(self.live)
-        for s in sessions:
-            if isinstance(s, LiveSession):  # (not a place being taken)
-                s.close()
+        for session in self.live.sessions():
+            session.close()
         self.queue.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -370,10 +366,10 @@ class LiveSocket:
         self.web = web
         self.config = web.config
         self.websocket = websocket
+        self.place: "LivePlace | None" = None  # taken at 'start', before the portrait is read
         self.session: "LiveSession | None" = None
         self.folder: "Path | None" = None
         self.ended = asyncio.Event()
-        self.placeholder = object()  # holds a place in web.live while the portrait is prepared
         self.stats_task: "asyncio.Task | None" = None
 
     async def run(self) -> None:
@@ -405,11 +401,7 @@ class LiveSocket:
         start = _json_object((await self._receive()).get("text"))
         if start is None or start.get("type") != "start":
             raise UserError("the webcam tab must start with a 'start' message (a JSON object)")
-        with self.web.live_lock:  # a place is taken before any portrait is read
-            if len(self.web.live) >= self.config.max_live:
-                raise UserError(f"the webcam tab is busy ({self.config.max_live} session(s) at a time, --max-live); "
-                                "stop the other one first")
-            self.web.live.add(self.placeholder)  # type: ignore[arg-type]
+        self.place = self.web.live.take()  # before any portrait is read
         return start
 
     async def _portrait(self, start: dict) -> Path:
@@ -441,19 +433,25 @@ class LiveSocket:
 
         web = self.web
         try:
-            self.session = await run_in_threadpool(
+            session = await run_in_threadpool(
                 LiveSession, web.engine, portrait, str(start.get("crop", "auto")), str(start.get("mode", "relative")),
                 self.config.live_size, self._send_bytes, self._on_end,
                 _flag(start.get("paste_back"), AnimateOptions.paste_back))
-        finally:
-            with web.live_lock:
-                web.live.discard(self.placeholder)  # type: ignore[arg-type]
-                if self.session is not None:
-                    web.live.add(self.session)
-        self.session.start()
+        except BaseException:
+            self._release_place()  # now, so the page may start again as soon as it has the error
+            raise
+        self.session = session
+        if self.place is not None:
+            self.place.session = session
+        session.start()
         await self.websocket.send_text(json.dumps({"type": "ready", "model": web.engine.describe(),
                                                    "size": self.config.live_size}))
         self.stats_task = asyncio.create_task(self._send_stats())
+
+    def _release_place(self) -> None:
+        if self.place is not None:
+            self.web.live.release(self.place)
+            self.place = None
 
     def _send_bytes(self, data: bytes) -> None:  # from the pipeline's sink thread
         asyncio.run_coroutine_threadsafe(self.websocket.send_bytes(data), self.loop).result(timeout=10)
@@ -521,13 +519,10 @@ class LiveSocket:
     async def _close(self) -> None:
         from starlette.concurrency import run_in_threadpool
 
-        web, session = self.web, self.session
-        with web.live_lock:
-            web.live.discard(self.placeholder)  # type: ignore[arg-type]
+        session = self.session
         if session is not None:
             await run_in_threadpool(session.close)
-            with web.live_lock:
-                web.live.discard(session)
+        self._release_place()
         self.ended.set()
         if self.stats_task is not None:
             with contextlib.suppress(BaseException):

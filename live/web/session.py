@@ -5,18 +5,16 @@ import collections
 import struct
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from export.engine import MODES
 from nets.errors import UserError
 
-from ..portrait import CROPS
+from ..engines import check_mode_and_crop
 from ..loop.capture import CaptureSource, Frame, LatestFrame
-from ..engines import check_mode
 from ..loop.stats import LiveStats
 
 # What one webcam frame may be: a webcam's picture (either way round) in one message of at most
@@ -178,11 +176,7 @@ class LiveSession:
         from ..pasteback import capped_size
         from ..loop.pipeline import AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
 
-        if crop not in CROPS:
-            raise UserError(f"--crop must be auto or none, got {crop!r}")
-        if mode not in MODES:
-            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {mode!r}")
-        check_mode(engine, mode)
+        check_mode_and_crop(mode, crop, engine)
         self.detector = FaceDetector() if crop == "auto" else None
         try:
             def load(path: Path) -> AvatarImage:
@@ -252,3 +246,45 @@ class LiveSession:
                 "face_lost_frames": snap.face_lost_frames, "mode": self.pipeline.mode,
                 "server_latency_ms": asdict(snap.latency_ms),
                 "stages_ms": {k: v.median_ms for k, v in snap.stages.items()}}
+
+
+@dataclass(eq=False)
+class LivePlace:
+    """One of the webcam tab's ``--max-live`` places: taken when a socket says ``start`` (before its
+    portrait is read), holding that socket's :class:`LiveSession` once the portrait is prepared."""
+
+    session: "LiveSession | None" = None
+
+
+class LivePlaces:
+    """The webcam tab's places, at most ``limit`` taken at once; shared by the sockets (on the event
+    loop) and the server's shutdown (another thread). ``len()`` is the number taken."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._taken: list[LivePlace] = []
+
+    def take(self) -> LivePlace:
+        """A free place; a :class:`UserError` ("busy") when all are taken."""
+        with self._lock:
+            if len(self._taken) >= self.limit:
+                raise UserError(f"the webcam tab is busy ({self.limit} session(s) at a time, --max-live); stop the "
+                                "other one first")
+            place = LivePlace()
+            self._taken.append(place)
+            return place
+
+    def release(self, place: LivePlace) -> None:
+        """The place is free again (a place released twice is released once)."""
+        with self._lock:
+            self._taken = [p for p in self._taken if p is not place]
+
+    def sessions(self) -> "list[LiveSession]":
+        """The sessions of the places taken now (a place whose portrait is being prepared has none yet)."""
+        with self._lock:
+            return [p.session for p in self._taken if p.session is not None]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._taken)
