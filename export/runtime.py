@@ -338,6 +338,15 @@ class OrtEngine(Engine):
         """The avatar's cached source tensors as numpy (for checks)."""
         return dict(avatar.cache.host)
 
+    def avatar_from_tensors(self, tensors: "dict[str, np.ndarray]") -> Avatar:
+        """An avatar made of given source tensors (``source`` and the source graph's outputs, by name)
+        instead of this engine's source graph: checks run the other graphs on exactly another
+        implementation's inputs (:func:`export.verify.verify_engine`)."""
+        host = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+        regions = RegionParams(shift=host["source_shift"], covar=host.get("source_covar"),
+                               affine=host.get("source_affine"))
+        return Avatar(image=host["source"], regions=regions, cache=SourceTensors(host, self._device))
+
     def regions(self, frames: np.ndarray) -> RegionParams:
         out = self.graphs["regions"].run({"frames": self._frames(frames, "frames")})
         return self._params(out)
