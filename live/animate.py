@@ -14,6 +14,7 @@ succeeded (temporary file in the target folder, renamed at the end).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import queue
 import signal
@@ -28,11 +29,13 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from export.engine import MODES, RegionParams
+from export.engine import MODES
 from nets import media
 from nets.errors import ArgumentParser, UserError, run_cli
+from nets.media.facemesh import FaceMesh
 from nets.media.face import CropBox, CropSettings, FaceDetector, FaceTracker, TrackerSettings, crop_resize, face_crop
 
+from . import expression as ex
 from .engines import EngineSpec, add_engine_arguments, build_engine, check_mode, check_mode_and_crop
 from .pasteback import FrameSize, capped_size, parse_frame_size
 from .portrait import CROPS, prepare_portrait, source_box
@@ -55,7 +58,9 @@ class AnimateOptions:
     the portrait is fitted into. Otherwise the frames are the square crop: ``size`` is their side
     (default: the model's own resolution; the networks always run at that resolution and larger
     outputs are upscaled). ``fps``: output frame rate (default: the driving video's; frames are
-    picked by timestamp, so the duration and the audio are kept).
+    picked by timestamp, so the duration and the audio are kept). ``expression``: the strength of the
+    mouth, eye and brow motion (:mod:`live.expression`; 0 = head pose only, 1 = as the driver, up to 2).
+    Relative motion is measured from the most neutral driving frame of the first second.
     """
 
     mode: str = "relative"
@@ -65,6 +70,7 @@ class AnimateOptions:
     output_size: "FrameSize | int | None" = None
     fps: "float | None" = None
     batch_size: int = 4
+    expression: float = 1.0
     crop_settings: CropSettings = CropSettings()
     tracker: TrackerSettings = TrackerSettings(detect_every=2)  # the crop glides between detections
 
@@ -81,6 +87,10 @@ class AnimateOptions:
             raise UserError(f"--fps must be above 0 and at most {media.MAX_FPS}, got {self.fps:g}")
         if not 1 <= self.batch_size <= 1024:
             raise UserError(f"--batch-size must be between 1 and 1024, got {self.batch_size}")
+        try:
+            ex.ExpressionSettings(gain=self.expression).validate()
+        except ValueError as e:
+            raise UserError(f"--expression: {e}") from None
         return self
 
     @property
@@ -104,12 +114,15 @@ class AnimateResult:
     size: FrameSize
     has_audio: bool
     seconds: float  # wall time
+    reference: int = 0  # the driving frame relative motion is measured from
+    notes: tuple[str, ...] = ()  # what the user should know about the result (e.g. expressions off)
 
     def describe(self) -> str:
         what = "PNG frames in" if self.kind == "png" else "frames to"
         audio = ", with the driving video's audio" if self.has_audio else ""
+        ref = f"; motion measured from driving frame {self.reference} (the most neutral of the first second)"
         return (f"wrote {self.frames} {what} {self.output} ({self.size}, {float(self.fps):.3g} fps{audio}) "
-                f"in {self.seconds:.1f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s)")
+                f"in {self.seconds:.1f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s){ref}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,23 +276,39 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     out_size = paste.size if paste is not None else FrameSize(options.size or size, options.size or size)
     avatar = engine.prepare_source(media.to_input(src[None]))
     del src_rgb
+    face = ex.portrait_face(src)
+    notes = () if face is not None else (ex.NO_PORTRAIT_MESH,)
+    for n in notes:
+        warnings.warn(n)
+    express = ex.ExpressionTransfer(face, ex.ExpressionSettings(gain=options.expression)) if face else None
 
-    frames = driving_frames(info, size, fps, options.crop, detector, options)
+    mesh = FaceMesh(tracking=True)
+    marked = ((f, mesh(f)) for f in driving_frames(info, size, fps, options.crop, detector, options))
     total = info.estimated_frames(fps)
     writer = media.open_writer(spec, fps, out_size.wh,
                                audio_from=info.path if info.has_audio and spec.kind == "mp4" else None,
                                audio_start=info.start_time)
     done = 0
-    initial = None
+    batches = None
     try:
-        for batch in prefetch(batched(frames, options.batch_size), depth=2):
-            x = media.to_input(np.stack(batch))
-            regions = engine.regions(x)
-            if initial is None:  # relative motion is measured from the first driving frame
-                initial = RegionParams(*(None if a is None else a[:1].copy()
-                                         for a in (regions.shift, regions.covar, regions.affine)))
-            new = engine.transfer(avatar, regions, initial, mode=options.mode)
+        # relative motion is measured from the most neutral driving frame of the first second
+        head = list(itertools.islice(marked, max(1, round(float(fps) * ex.REFERENCE_WINDOW_S))))
+        if not head:
+            raise UserError(f"the driving video {info.path.name} has no frames")
+        ref = ex.most_neutral([m for _, m in head])
+        initial = engine.regions(media.to_input(head[ref][0][None]))
+        ref_marks = last = head[ref][1]
+        batches = prefetch(batched(itertools.chain(head, marked), options.batch_size), depth=2)
+        for batch in batches:
+            x = media.to_input(np.stack([f for f, _ in batch]))
+            new = engine.transfer(avatar, engine.regions(x), initial, mode=options.mode)
             out = media.to_uint8(engine.animate(avatar, new))
+            if express is not None and ref_marks is not None:
+                faces = []
+                for _, m in batch:  # a frame where the mesh lost the face keeps the last expression
+                    last = m if m is not None else last
+                    faces.append(last)
+                out = np.stack([express.apply(o, m, ref_marks) if m is not None else o for o, m in zip(out, faces)])
             if paste is not None:
                 out = np.stack([paste.apply(f) for f in out])
             elif out_size.width != size:
@@ -292,8 +321,12 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if batches is not None:
+            batches.close()  # the decoding thread is done with the mesh before it closes
+        mesh.close()
     return AnimateResult(output=path, kind=spec.kind, frames=done, fps=fps, size=out_size, has_audio=writer.has_audio,
-                         seconds=time.perf_counter() - t_start)
+                         seconds=time.perf_counter() - t_start, reference=ref, notes=notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,6 +352,9 @@ def build_parser() -> ArgumentParser:
                    help="with --no-paste-back or --crop none: side of the square output (default: the model's "
                         "resolution)")
     p.add_argument("--fps", type=float, metavar="N", help="output frame rate (default: the driving video's)")
+    p.add_argument("--expression", type=float, metavar="GAIN", default=1.0,
+                   help="strength of the mouth, eye and brow motion: 0 = head pose only, 1 = as the driver "
+                        "(default), up to 2")
     p.add_argument("--batch-size", type=int, metavar="N", default=None,
                    help="frames animated together (default: 4 on cpu, 16 on cuda, 8 with --worker)")
     from .remote.client import add_worker_arguments
@@ -356,7 +392,8 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     batch = args.batch_size if args.batch_size is not None else \
         (8 if args.worker else 16 if args.device == "cuda" else 4)
     options = AnimateOptions(mode=args.mode, crop=args.crop, size=args.size, fps=args.fps, batch_size=batch,
-                             paste_back=not args.no_paste_back, output_size=_output_size(args.output_size)).validate()
+                             expression=args.expression, paste_back=not args.no_paste_back,
+                             output_size=_output_size(args.output_size)).validate()
     from .remote.client import worker_spec
 
     # with --worker, a lost connection is waited for (a minute), so no frame of the output is skipped

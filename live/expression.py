@@ -24,7 +24,7 @@ Everything that depends only on the portrait is computed once (:class:`PortraitF
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -45,6 +45,7 @@ _LIP_ROWS = (np.array([fm.EXPRESSIVE.index(a) for a, _ in _LIP_PAIRS]),
              np.array([fm.EXPRESSIVE.index(b) for _, b in _LIP_PAIRS]))
 _INNER_LIPS = np.array([fm.EXPRESSIVE.index(i) for i in fm.LIPS_INNER_UPPER + fm.LIPS_INNER_LOWER])
 GAIN_RANGE = (0.0, 2.0)
+CAVITY_RGB = np.array([52.0, 18.0, 22.0])  # the inside of an open mouth in shadow, when the portrait shows none
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class PortraitFace:
     """The portrait's landmarks ``(468, 2)`` in pixels of the animated crop, found once per avatar."""
 
     landmarks: np.ndarray
+    cavity_rgb: np.ndarray = field(default_factory=lambda: CAVITY_RGB.copy())  # (3,) the inside of its mouth
 
     @property
     def inter_ocular(self) -> float:
@@ -193,10 +195,7 @@ def warp(image: np.ndarray, field: np.ndarray) -> np.ndarray:
     return cv2.remap(image, gx + field[..., 0], gy + field[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-CAVITY_RGB = np.array([52.0, 18.0, 22.0])  # the inside of an open mouth, in shadow
-
-
-def paint_cavity(image: np.ndarray, cp: ControlPoints, iod: float) -> np.ndarray:
+def paint_cavity(image: np.ndarray, cp: ControlPoints, iod: float, rgb: np.ndarray = CAVITY_RGB) -> np.ndarray:
     """Darken the inside of the desired inner-lip outline, in proportion to the opening."""
     import cv2
 
@@ -211,19 +210,22 @@ def paint_cavity(image: np.ndarray, cp: ControlPoints, iod: float) -> np.ndarray
     soft = max(1.0, 0.02 * iod)
     alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), soft)[..., None] * strength
     # keep the texture a little (lit teeth edges, tongue) but mostly shadow
-    shade = 0.25 * image.astype(np.float32) + 0.75 * CAVITY_RGB
+    shade = 0.25 * image.astype(np.float32) + 0.75 * np.asarray(rgb, np.float32)
     out = image.astype(np.float32) * (1 - alpha) + shade * alpha
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 class ExpressionTransfer:
-    """Per-avatar expression transfer: ``apply(crop, driver, reference, pose)`` -> the crop with the
-    driver's expression. ``portrait`` from :meth:`from_landmarks` (None when the portrait shows no face
-    the mesh can find: the path is then off)."""
+    """Per-avatar expression transfer: ``apply(crop, driver, reference)`` -> the animated crop with the
+    driver's expression. The crop's head pose is measured on the crop itself (a tracking FaceMesh,
+    about 3-5 ms; the driver's relative head motion when the mesh loses the face): where the model
+    put the face, not where it should have. Holds a mediapipe graph: :meth:`close` it (or use ``with``).
+    """
 
     def __init__(self, portrait: PortraitFace, settings: ExpressionSettings = ExpressionSettings()):
         self.portrait = portrait
         self.settings = settings.validate()
+        self._mesh: "fm.FaceMesh | None" = None
 
     def pose_from_driver(self, driver: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The output's head pose as relative mode renders it: the driver's head motion since the
@@ -237,17 +239,73 @@ class ExpressionTransfer:
         t = b @ (m @ (-b_inv @ bt) + mt) + bt
         return a, t
 
-    def apply(self, crop: np.ndarray, driver: np.ndarray, reference: np.ndarray,
-              output: Optional[np.ndarray] = None) -> np.ndarray:
+    def pose_of(self, crop: np.ndarray) -> "tuple[np.ndarray, np.ndarray] | None":
+        """The affine map from the portrait's pixels to the face in ``crop`` (None: no face found)."""
+        if self._mesh is None:
+            self._mesh = fm.FaceMesh(tracking=True, refine=True)  # as the portrait's own landmarks
+        marks = self._mesh(crop)
+        return None if marks is None else fit_affine(self.portrait.landmarks[_STABLE], marks[_STABLE])
+
+    def apply(self, crop: np.ndarray, driver: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """``crop`` uint8 ``(S, S, 3)`` animated by the model; ``driver`` / ``reference`` the driver's landmarks
-        now and at the reference (pixels of the crop's size); ``output``: the crop's own landmarks if known."""
+        now and at the reference frame (pixels of a crop of the same size)."""
         if self.settings.gain == 0.0:
             return crop
-        p = self.portrait.landmarks
-        pose = fit_affine(p[_STABLE], output[_STABLE]) if output is not None else self.pose_from_driver(driver, reference)
+        pose = self.pose_of(crop) or self.pose_from_driver(driver, reference)
         cp = control_points(self.portrait, driver, reference, pose, self.settings)
-        field = displacement_field(cp, crop.shape[0], crop.shape[1], self.settings.ridge)
-        out = warp(crop, field)
+        if np.allclose(cp.current, cp.desired, atol=1e-3):
+            return crop
+        out = warp(crop, displacement_field(cp, crop.shape[0], crop.shape[1], self.settings.ridge))
         if self.settings.cavity:
-            out = paint_cavity(out, cp, self.portrait.inter_ocular * np.sqrt(abs(np.linalg.det(pose[0]))))
+            iod = self.portrait.inter_ocular * np.sqrt(abs(np.linalg.det(pose[0])))
+            out = paint_cavity(out, cp, iod, self.portrait.cavity_rgb)
         return out
+
+    def close(self) -> None:
+        if self._mesh is not None:
+            self._mesh.close()
+            self._mesh = None
+
+    def __enter__(self) -> "ExpressionTransfer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -- the reference frame -------------------------------------------------------------------------
+REFERENCE_WINDOW_S = 1.0  # the neutral reference is chosen among the driver's first second
+
+
+def neutral_score(marks: np.ndarray) -> float:
+    """How far a face is from neutral (lower is more neutral): mouth openness minus eye openness."""
+    return float(fm.mouth_openness(marks) - fm.eye_openness(marks))
+
+
+def most_neutral(marks: "list[Optional[np.ndarray]]") -> int:
+    """Index of the most neutral face among ``marks`` (mouth closed, eyes open); 0 when none has a face."""
+    scores = [neutral_score(m) if m is not None else np.inf for m in marks]
+    return int(np.argmin(scores)) if scores and np.isfinite(min(scores)) else 0
+
+
+def portrait_face(rgb: np.ndarray) -> Optional[PortraitFace]:
+    """The portrait's landmarks (one FaceMesh run on the crop the model animates) and the colour of the
+    inside of its mouth; None without a face."""
+    with fm.FaceMesh(tracking=False, refine=True) as mesh:
+        marks = mesh(rgb)
+    return None if marks is None else PortraitFace(marks, mouth_shadow(rgb, marks))
+
+
+def mouth_shadow(rgb: np.ndarray, marks: np.ndarray) -> np.ndarray:
+    """The colour of the portrait's lip seam, darkened: its open mouth's inside (grey in a grey photo,
+    the painting's own palette in a painting). ``(3,)`` float RGB."""
+    upper, lower = marks[list(fm.LIPS_INNER_UPPER)], marks[list(fm.LIPS_INNER_LOWER)[::-1]]
+    seam = 0.5 * (upper[1:-1] + lower)  # between the inner lips, corner to corner
+    h, w = rgb.shape[:2]
+    xy = np.clip(np.round(seam).astype(int), 0, [w - 1, h - 1])
+    px = rgb[xy[:, 1], xy[:, 0]].astype(np.float64)
+    dark = px[np.argsort(px @ np.array([0.299, 0.587, 0.114]))[: max(1, len(px) // 3)]].mean(0)
+    return 0.35 * dark
+
+
+NO_PORTRAIT_MESH = "no face mesh found in the portrait: its mouth and eyes will not follow the driver's"

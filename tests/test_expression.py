@@ -186,3 +186,30 @@ def test_the_field_is_zero_far_from_the_face(portrait):
     assert np.abs(field[:8]).max() < 0.05 and np.abs(field[:, :8]).max() < 0.05  # the crop's top and left edges
     lip = np.round(cp.desired[list(fm.WARP_MOUTH).index(14)]).astype(int)
     assert field[lip[1], lip[0], 1] < -0.15 * float(fm.inter_ocular(marks))  # the lower lip samples from above
+
+
+def test_the_mouth_inside_takes_the_portraits_colours(portrait):
+    """A grey photo gets a grey mouth inside, darker than its lips."""
+    rgb, marks = portrait
+    grey = np.repeat((rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114]))[..., None], 3, -1).astype(np.uint8)
+    shade = ex.mouth_shadow(grey, marks)
+    assert np.ptp(shade) < 1.0
+    lips = grey[np.round(marks[list(fm.LIPS_OUTER)][:, 1]).astype(int), np.round(marks[list(fm.LIPS_OUTER)][:, 0]).astype(int)]
+    assert shade[0] < lips.mean()
+
+
+def test_the_portrait_face_is_found_once_with_its_colours(portrait):
+    rgb, marks = portrait
+    face = ex.portrait_face(rgb)
+    assert face is not None
+    np.testing.assert_allclose(face.landmarks, marks, atol=1.0)
+    assert ex.portrait_face(np.full((S, S, 3), 127, np.uint8)) is None  # no face: the path is off
+
+
+def test_the_most_neutral_frame_has_the_mouth_shut_and_the_eyes_open(portrait):
+    _, marks = portrait
+    iod = float(fm.inter_ocular(marks))
+    frames = [_open_mouth(marks, 0.2 * iod), _shut_eye(marks, fm.LEFT_EYE_UPPER, fm.LEFT_EYE_LOWER), marks,
+              _open_mouth(marks, 0.05 * iod), None]
+    assert ex.most_neutral(frames) == 2
+    assert ex.most_neutral([None, None]) == 0
