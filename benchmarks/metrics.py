@@ -148,3 +148,27 @@ def motion_transfer(output: Sequence[Optional[np.ndarray]], driving: Sequence[Op
 def mean_or_none(values: Sequence[Optional[float]]) -> Optional[float]:
     v = [x for x in values if x is not None]
     return float(np.mean(v)) if v else None
+
+
+@dataclass
+class Following:
+    """How a signal of the output follows the driver's (both as changes from their first frame).
+
+    ``gain``: least-squares slope through the origin of output on driver (1 = as much as the driver,
+    0 = a still photo); ``corr``: Pearson r (None when either does not vary); ``frames``: pairs used.
+    """
+
+    gain: Optional[float]
+    corr: Optional[float]
+    frames: int
+
+
+def following(driver: Sequence[float], output: Sequence[float]) -> Following:
+    """Gain and correlation of the output's changes on the driver's (see :class:`Following`)."""
+    d, o = np.asarray(driver, np.float64), np.asarray(output, np.float64)
+    if len(d) != len(o):
+        raise ValueError(f"{len(d)} driver values but {len(o)} output values")
+    dd = float((d * d).sum())
+    gain = float((d * o).sum() / dd) if dd > 0 else None
+    corr = float(np.corrcoef(d, o)[0, 1]) if len(d) > 1 and d.std() > 0 and o.std() > 0 else None
+    return Following(gain=gain, corr=corr, frames=len(d))

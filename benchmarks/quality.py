@@ -6,8 +6,10 @@ The model is the shipped default (``live/assets/lite256.pth``) unless ``--checkp
 it runs through the tools' engine factory (``live.engines.build_engine``; backend ``auto`` as mra-animate:
 ONNX Runtime for the shipped model on the CPU, PyTorch otherwise), frames are read and cropped by
 mra-animate's own reader (``benchmarks.clips``: ``--crop auto`` is its face tracker, ``--crop
-none`` a plain resize for prepared square crops), and every transfer is the engine's
-``transfer`` with the first driving frame as the initial frame, as in mra-animate.
+none`` a plain resize for prepared square crops), every transfer is the engine's ``transfer``
+from the most neutral driving frame of the first second (mouth closed, eyes open), and every output
+gets the tools' expression path (``live.expression``, strength ``--expression``, 0 = off), as in
+mra-animate.
 
 1. **Self-reenactment**, per clip and per mode (``relative``, the tools' default; ``standard``;
    ``avd`` when the model has an AVD network): the clip's first frame is the portrait and the whole
@@ -41,6 +43,14 @@ none`` a plain resize for prepared square crops), and every transfer is the engi
      head turns change the projected shape too (compare models on the same pairs, not absolute
      values); it says nothing about texture (the contact sheet does).
 
+4. **Expressions** (``../shared/reference/expression_transfer.md``), per self-reenactment clip
+   (relative mode) and per cross-identity pair: mouth openness (inner-lip gap over the outer
+   eye-corner distance) and eye openness (eyelid gap over eye width) from mediapipe's refined face
+   mesh on every second frame of driver and output, as changes from the first frame; ``gain`` = the
+   least-squares slope through the origin of the output's change on the driver's, ``corr`` = Pearson
+   r; frames where either face is missing are left out (``missed``). Medians over pairs, self and
+   cross apart. A still photo scores gain 0, the driver itself gain 1 and corr 1.
+
 ``--sheet PATH``: a contact sheet (per clip: driving frames, the outputs of each mode, and the
 identity-motion output with its error to the portrait, amplified 4x; per
 cross pair: portrait, driving frames, outputs; ``--sheet-frames`` evenly spaced frames).
@@ -70,11 +80,14 @@ from benchmarks import metrics as mt  # noqa: E402
 from benchmarks import sheet as sh  # noqa: E402
 from benchmarks.landmarks import GROUPS, SUBSET, FaceMesh, LandmarksUnavailable  # noqa: E402
 from export.engine import MODES, RegionParams  # noqa: E402
+from live import expression as ex  # noqa: E402
 from live.animate import batched  # noqa: E402
 from nets import media  # noqa: E402
+from nets.media import facemesh as fm  # noqa: E402
 
 AKD_SCALE = 256  # AKD is reported in pixels of a 256 x 256 frame
 BORDER = 8  # identity fidelity: width of the outer band, pixels at the model's size
+EXPRESSION_EVERY = 2  # the expression protocol measures every second frame
 SHAPE_POINTS = np.isin(SUBSET, GROUPS["face_oval"] + GROUPS["nose"])  # identity shape: rows of SUBSET
 
 
@@ -166,6 +179,33 @@ class CrossSummary:
 
 
 @dataclass
+class ExpressionScore:
+    """How the output's mouth and eyes follow the driver's (``../shared/reference/expression_transfer.md``):
+    openness changes from the first frame, every :data:`EXPRESSION_EVERY`-th frame, refined face mesh."""
+
+    kind: str  # self | cross
+    portrait: str
+    driving: str
+    frames: int  # sampled frames where driver and output both have a face
+    missed: int  # sampled frames left out (no face in one of them)
+    mouth_gain: Optional[float]
+    mouth_corr: Optional[float]
+    eye_gain: Optional[float]
+    eye_corr: Optional[float]
+    driver_mouth_range: Optional[float]  # max - min of the driver's mouth openness change
+
+
+@dataclass
+class ExpressionSummary:
+    kind: str
+    pairs: int
+    median_mouth_gain: Optional[float]
+    median_mouth_corr: Optional[float]
+    median_eye_gain: Optional[float]
+    median_eye_corr: Optional[float]
+
+
+@dataclass
 class Settings:
     videos: str
     clips: list[str]
@@ -179,6 +219,7 @@ class Settings:
     threads: Optional[int]  # None: the backend's default
     date: str
     machine: str
+    expression: float = 1.0  # the tools' --expression
 
 
 @dataclass
@@ -190,6 +231,8 @@ class Report:
     identity: list[IdentityScore]
     cross: list[CrossScore]
     cross_summary: Optional[CrossSummary]
+    expression: list[ExpressionScore] = field(default_factory=list)
+    expression_summary: list[ExpressionSummary] = field(default_factory=list)
     sheet: Optional[str] = None
     notes: list[str] = field(default_factory=list)
 
@@ -256,11 +299,6 @@ def identity_score(output: np.ndarray, frame: np.ndarray, clip: str) -> Identity
     return IdentityScore(clip=clip, l1=mt.l1(a, b), l1_border=border, l1_inner=inner)
 
 
-def first_row(r: RegionParams) -> RegionParams:
-    """The initial frame of relative motion: the first driving frame's regions (as mra-animate takes them)."""
-    return RegionParams(*(None if a is None else a[:1].copy() for a in (r.shift, r.covar, r.affine)))
-
-
 def cross_score(portrait: str, driving: str, frames: int, lm_portrait: Optional[np.ndarray],
                 lm_out: Sequence[Optional[np.ndarray]], lm_drv: Sequence[Optional[np.ndarray]]) -> CrossScore:
     """Figures of a cross-identity pair from the landmarks of the sampled frames (see the module docstring)."""
@@ -283,6 +321,45 @@ def cross_score(portrait: str, driving: str, frames: int, lm_portrait: Optional[
                       motion_cosine=motion.cosine, identity_share=mt.mean_or_none(share),
                       shape_to_portrait=mt.mean_or_none(s), shape_to_driving=mt.mean_or_none(d),
                       shape_gap=mt.mean_or_none(g))
+
+
+Openness = Optional[tuple[float, float]]  # (mouth, eye) openness of one sampled frame; None: no face found
+
+
+def openness(mesh: fm.FaceMesh, image: np.ndarray) -> Openness:
+    marks = mesh(image)
+    return None if marks is None else (float(fm.mouth_openness(marks)), float(fm.eye_openness(marks)))
+
+
+def expression_score(kind: str, portrait: str, driving: str, drv: Sequence[Openness],
+                     out: Sequence[Openness]) -> ExpressionScore:
+    """Mouth and eye gain / correlation of one pair from the openness of its sampled frames (changes
+    from the first frame; a frame where either face is missing is left out)."""
+    n = min(len(drv), len(out))
+    if n == 0 or drv[0] is None or out[0] is None:
+        return ExpressionScore(kind, portrait, driving, 0, n, None, None, None, None, None)
+    both = [(d, o) for d, o in zip(drv[:n], out[:n]) if d is not None and o is not None]
+    d = np.array([b[0] for b in both]) - np.array(drv[0])
+    o = np.array([b[1] for b in both]) - np.array(out[0])
+    mouth, eye = mt.following(d[:, 0], o[:, 0]), mt.following(d[:, 1], o[:, 1])
+    return ExpressionScore(kind=kind, portrait=portrait, driving=driving, frames=len(both), missed=n - len(both),
+                           mouth_gain=mouth.gain, mouth_corr=mouth.corr, eye_gain=eye.gain, eye_corr=eye.corr,
+                           driver_mouth_range=float(np.ptp(d[:, 0])))
+
+
+def expression_summary(kind: str, scores: Sequence[ExpressionScore]) -> Optional[ExpressionSummary]:
+    """Medians over the pairs of one kind (self | cross), as the acceptance figures are stated."""
+    mine = [s for s in scores if s.kind == kind]
+    if not mine:
+        return None
+
+    def med(k: str) -> Optional[float]:
+        v = [getattr(s, k) for s in mine if getattr(s, k) is not None]
+        return float(np.median(v)) if v else None
+
+    return ExpressionSummary(kind=kind, pairs=len(mine), median_mouth_gain=med("mouth_gain"),
+                             median_mouth_corr=med("mouth_corr"), median_eye_gain=med("eye_gain"),
+                             median_eye_corr=med("eye_corr"))
 
 
 def cross_summary(scores: Sequence[CrossScore]) -> Optional[CrossSummary]:
@@ -309,6 +386,12 @@ class ClipRun:
     regions: list[RegionParams]  # per batch, as the engine returned them
     landmarks: list[Optional[np.ndarray]]  # of the sampled real frames
     block: Optional[sh.Block]
+    initial: RegionParams  # the reference frame's regions (the most neutral of the first second)
+    reference: int  # its index
+    marks: list[Optional[np.ndarray]]  # the driver's face mesh on every frame, gaps held (the tools' expression input)
+    ref_marks: Optional[np.ndarray]
+    openness: list[Openness]  # of every EXPRESSION_EVERY-th real frame
+    expression: Optional[ExpressionScore] = None
 
 
 @dataclass
@@ -320,11 +403,31 @@ class Options:
     akd_every: int
     batch: int
     sheet: bool
+    expression: float = 1.0  # the tools' --expression (0: the networks alone)
+    fps: float = 25.0  # of the clips, for the reference window (set per clip)
+
+
+def expression_transfer(portrait: np.ndarray, opt: Options) -> "ex.ExpressionTransfer | None":
+    """The tools' expression path for this portrait (None when off or when the portrait has no face mesh)."""
+    face = ex.portrait_face(portrait) if opt.expression > 0 else None
+    return ex.ExpressionTransfer(face, ex.ExpressionSettings(gain=opt.expression)) if face else None
+
+
+def with_expression(outs: np.ndarray, transfer: "ex.ExpressionTransfer | None", marks: Sequence[Optional[np.ndarray]],
+                    ref_marks: Optional[np.ndarray]) -> np.ndarray:
+    """The animated crops ``(B, S, S, 3)`` with the driver's expression, as the tools apply it."""
+    if transfer is None or ref_marks is None:
+        return outs
+    return np.stack([transfer.apply(o, m, ref_marks) if m is not None else o for o, m in zip(outs, marks)])
 
 
 def self_reenactment(path: Path, engine, mesh: FaceMesh, opt: Options, detector=None,
-                     progress=lambda n: None) -> ClipRun:
-    """Animate the clip's first frame with the whole clip in every mode and score it against the clip."""
+                     progress=lambda n: None, expr_mesh: "fm.FaceMesh | None" = None) -> ClipRun:
+    """Animate the clip's first frame with the whole clip in every mode and score it against the clip.
+
+    As the tools do: relative motion from the most neutral frame of the first second, and the
+    expression path (:mod:`live.expression`) on every output unless ``opt.expression`` is 0.
+    """
     frames = cl.read_clip(path, opt.size, opt.crop, opt.max_frames, detector)
     first = next(frames, None)
     if first is None:
@@ -342,59 +445,95 @@ def self_reenactment(path: Path, engine, mesh: FaceMesh, opt: Options, detector=
                          [sh.Strip("driving")] + [sh.Strip(m) for m in opt.modes] + [same_row])
     regions: list[RegionParams] = []
     landmarks: list[Optional[np.ndarray]] = []
-    initial: Optional[RegionParams] = None
-    t = 0
-    for batch in batched(itertools.chain([first], frames), opt.batch):
-        r = engine.regions(media.to_input(np.stack(batch)))
-        if initial is None:
-            initial = first_row(r)
-        regions.append(r)
-        outs = {m: media.to_uint8(engine.animate(avatar, engine.transfer(avatar, r, initial, mode=m)))
-                for m in opt.modes}
-        for i, real in enumerate(batch):
-            f_real = as_float(real)
-            still.l1.append(mt.l1(f_first, f_real))
-            sampled = t % opt.akd_every == 0
-            lm_real = mesh(real) if sampled else None
-            if sampled:
-                landmarks.append(lm_real)
-                still.akd.append(akd(lm_first, lm_real, opt.size, opt.size))
-            if block:
-                block.rows[0].add(real)
-            for k, m in enumerate(opt.modes):
-                out = outs[m][i]
-                f_out = as_float(out)
-                tallies[m].l1.append(mt.l1(f_out, f_real))
+    marks: list[Optional[np.ndarray]] = []
+    drv_open: list[Openness] = []
+    out_open: list[Openness] = []
+    scored = "relative" if "relative" in opt.modes else opt.modes[0]
+    transfers = {m: expression_transfer(first, opt) for m in opt.modes}
+    track = fm.FaceMesh(tracking=True)
+    try:
+        start = ex.neutral_start(((f, track(f)) for f in itertools.chain([first], frames)), opt.fps)
+        initial = engine.regions(media.to_input(start.frame[None]))
+        last = start.marks
+        t = 0
+        for batch in batched(start.stream, opt.batch):
+            images = [f for f, _ in batch]
+            for _, m in batch:
+                last = m if m is not None else last
+                marks.append(last)
+            r = engine.regions(media.to_input(np.stack(images)))
+            regions.append(r)
+            outs = {m: with_expression(media.to_uint8(engine.animate(avatar, engine.transfer(avatar, r, initial, mode=m))),
+                                       transfers[m], marks[-len(batch):], start.marks) for m in opt.modes}
+            for i, real in enumerate(images):
+                f_real = as_float(real)
+                still.l1.append(mt.l1(f_first, f_real))
+                sampled = t % opt.akd_every == 0
+                lm_real = mesh(real) if sampled else None
                 if sampled:
-                    tallies[m].akd.append(akd(mesh(out), lm_real, opt.size, opt.size))
+                    landmarks.append(lm_real)
+                    still.akd.append(akd(lm_first, lm_real, opt.size, opt.size))
+                if expr_mesh is not None and t % EXPRESSION_EVERY == 0:
+                    drv_open.append(openness(expr_mesh, real))
+                    out_open.append(openness(expr_mesh, outs[scored][i]))
                 if block:
-                    block.rows[1 + k].add(out)
-            t += 1
-        progress(len(batch))
+                    block.rows[0].add(real)
+                for k, m in enumerate(opt.modes):
+                    out = outs[m][i]
+                    f_out = as_float(out)
+                    tallies[m].l1.append(mt.l1(f_out, f_real))
+                    if sampled:
+                        tallies[m].akd.append(akd(mesh(out), lm_real, opt.size, opt.size))
+                    if block:
+                        block.rows[1 + k].add(out)
+                t += 1
+            progress(len(batch))
+    finally:
+        track.close()
+        for tr in transfers.values():
+            if tr is not None:
+                tr.close()
     scores = [clip_score(path.name, m, tallies[m], still) for m in opt.modes]
-    return ClipRun(path.name, first, scores, identity, regions, landmarks, block)
+    run = ClipRun(path.name, first, scores, identity, regions, landmarks, block, initial=initial, reference=start.index,
+                  marks=marks, ref_marks=start.marks, openness=drv_open)
+    if expr_mesh is not None:
+        run.expression = expression_score("self", f"{path.name}[0]", path.name, drv_open, out_open)
+    return run
 
 
 def cross_identity(portrait: np.ndarray, portrait_name: str, driving: ClipRun, engine, mesh: FaceMesh, opt: Options,
-                   driving_frames: Optional[sh.Strip] = None, progress=lambda n: None
-                   ) -> tuple[CrossScore, Optional[sh.Block]]:
-    """Animate ``portrait`` with the driving clip's regions (relative mode, the first driving frame as initial)."""
+                   driving_frames: Optional[sh.Strip] = None, progress=lambda n: None,
+                   expr_mesh: "fm.FaceMesh | None" = None
+                   ) -> tuple[CrossScore, Optional[sh.Block], Optional[ExpressionScore]]:
+    """Animate ``portrait`` with the driving clip's regions (relative mode, from the clip's reference
+    frame) and its expression, as the tools do."""
     avatar = engine.prepare_source(media.to_input(portrait[None]))
-    initial = first_row(driving.regions[0])
     block = sh.Block(f"{portrait_name} driven by {driving.name} (relative)",
                      [sh.Strip("portrait", [sh.thumbnail(portrait)]), driving_frames or sh.Strip("driving"),
                       sh.Strip("output")]) if opt.sheet else None
     lm_out: list[Optional[np.ndarray]] = []
+    out_open: list[Openness] = []
+    transfer = expression_transfer(portrait, opt)
     t = 0
-    for r in driving.regions:
-        for out in media.to_uint8(engine.animate(avatar, engine.transfer(avatar, r, initial, mode="relative"))):
-            if t % opt.akd_every == 0:
-                lm_out.append(mesh(out))
-            if block:
-                block.rows[2].add(out)
-            t += 1
-        progress(r.batch_size)
-    return cross_score(portrait_name, driving.name, t, mesh(portrait), lm_out, driving.landmarks), block
+    try:
+        for r in driving.regions:
+            outs = media.to_uint8(engine.animate(avatar, engine.transfer(avatar, r, driving.initial, mode="relative")))
+            outs = with_expression(outs, transfer, driving.marks[t:t + len(outs)], driving.ref_marks)
+            for out in outs:
+                if t % opt.akd_every == 0:
+                    lm_out.append(mesh(out))
+                if expr_mesh is not None and t % EXPRESSION_EVERY == 0:
+                    out_open.append(openness(expr_mesh, out))
+                if block:
+                    block.rows[2].add(out)
+                t += 1
+            progress(r.batch_size)
+    finally:
+        if transfer is not None:
+            transfer.close()
+    score = expression_score("cross", portrait_name, driving.name, driving.openness, out_open) \
+        if expr_mesh is not None else None
+    return (cross_score(portrait_name, driving.name, t, mesh(portrait), lm_out, driving.landmarks), block, score)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +578,18 @@ def cross_table(scores: Sequence[CrossScore]) -> str:
     return "\n".join(lines)
 
 
+def expression_table(scores: Sequence[ExpressionScore]) -> str:
+    w = max([len("portrait")] + [len(s.portrait) for s in scores])
+    v = max([len("driving")] + [len(s.driving) for s in scores])
+    lines = [f"{'kind':<5} {'portrait':<{w}} {'driving':<{v}} {'frames':>6} {'missed':>6} {'mouth gain':>10} "
+             f"{'corr':>5} {'eye gain':>8} {'corr':>5} {'driver mouth range':>18}"]
+    for s in scores:
+        lines.append(f"{s.kind:<5} {s.portrait:<{w}} {s.driving:<{v}} {s.frames:>6} {s.missed:>6} "
+                     f"{_f(s.mouth_gain, '.2f'):>10} {_f(s.mouth_corr, '.2f'):>5} {_f(s.eye_gain, '.2f'):>8} "
+                     f"{_f(s.eye_corr, '.2f'):>5} {_f(s.driver_mouth_range, '.3f'):>18}")
+    return "\n".join(lines)
+
+
 def print_report(rep: Report) -> None:
     st = rep.settings
     frames = f"up to {st.max_frames} frames" if st.max_frames else "all frames"
@@ -458,6 +609,14 @@ def print_report(rep: Report) -> None:
         print(f"mean: motion ratio {_f(c.mean_motion_ratio, '.3f')} (error {_f(c.mean_motion_error)} vs "
               f"{_f(c.mean_motion_error_still)} still), scale {_f(c.mean_motion_scale, '.2f')}, cosine "
               f"{_f(c.mean_motion_cosine, '.2f')}, identity share {_f(c.mean_identity_share, '.3f')}")
+    if rep.expression:
+        print(f"\nExpressions (--expression {st.expression:g}): mouth and eye openness changes from the first frame, "
+              f"every {EXPRESSION_EVERY}nd frame")
+        print(expression_table(rep.expression))
+        for x in rep.expression_summary:
+            print(f"median of {x.pairs} {x.kind} pair(s): mouth gain {_f(x.median_mouth_gain, '.2f')}, corr "
+                  f"{_f(x.median_mouth_corr, '.2f')}; eyes gain {_f(x.median_eye_gain, '.2f')}, corr "
+                  f"{_f(x.median_eye_corr, '.2f')}")
     for n in rep.notes:
         print(f"note: {n}")
 
@@ -484,6 +643,8 @@ def build_parser() -> ArgumentParser:
                         "driven by the next clip)")
     p.add_argument("--cross", type=int, metavar="N",
                    help="cross-identity pairs (default: one per clip, or per portrait; 0: none)")
+    p.add_argument("--expression", type=float, default=1.0, metavar="GAIN",
+                   help="the tools' expression strength (default 1, as they run; 0: the networks alone)")
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                    help="engine backend (default auto, as mra-animate: onnx for the shipped model on cpu, else torch)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -512,6 +673,9 @@ def check_args(args) -> None:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
+    if not ex.GAIN_RANGE[0] <= args.expression <= ex.GAIN_RANGE[1]:
+        raise UserError(f"--expression must be between {ex.GAIN_RANGE[0]:g} and {ex.GAIN_RANGE[1]:g}, "
+                        f"got {args.expression:g}")
     if args.akd_every < 1:
         raise UserError(f"--akd-every must be at least 1, got {args.akd_every}")
     if args.cross is not None and args.cross < 0:
@@ -572,7 +736,7 @@ def run(args) -> Report:
     engine, info = open_model(args)
     modes = parse_modes(args.modes, engine.has_avd)
     opt = Options(modes=modes, size=engine.frame_size, crop=args.crop, max_frames=args.max_frames,
-                  akd_every=args.akd_every, batch=args.batch, sheet=bool(args.sheet))
+                  akd_every=args.akd_every, batch=args.batch, sheet=bool(args.sheet), expression=args.expression)
     n_cross = args.cross if args.cross is not None else len(portrait_paths or clip_paths)
     if not portrait_paths and len(clip_paths) < 2:
         n_cross = 0  # a clip's own first frame driven by itself is self-reenactment
@@ -583,18 +747,23 @@ def run(args) -> Report:
         detector = FaceDetector(min_score=AnimateOptions().crop_settings.min_score)  # as mra-animate
     try:
         mesh = FaceMesh()
-    except LandmarksUnavailable as e:
+        expr_mesh = fm.FaceMesh(tracking=False, refine=True)  # the expression protocol's landmarks
+    except (LandmarksUnavailable, fm.FaceMeshUnavailable) as e:
         raise UserError(str(e)) from None
     offset = 0 if portrait_paths else 1  # portraits: portrait i with clip i; else clip i's first frame with clip i+1
     bar = tqdm(total=frames_to_do(clip_paths, args.max_frames, n_cross, offset), desc="quality", unit="frame",
                file=sys.stderr, leave=False)
     runs: list[ClipRun] = []
     cross: list[CrossScore] = []
+    expression: list[ExpressionScore] = []
     blocks: list[sh.Block] = []
     try:
-        with mesh:
+        with mesh, expr_mesh:
             for path in clip_paths:
-                runs.append(self_reenactment(path, engine, mesh, opt, detector, bar.update))
+                opt.fps = float(media.probe_video(path, "clip").fps)
+                runs.append(self_reenactment(path, engine, mesh, opt, detector, bar.update, expr_mesh))
+                if runs[-1].expression:
+                    expression.append(runs[-1].expression)
                 if runs[-1].block:
                     blocks.append(runs[-1].block)
             for i in range(n_cross):
@@ -604,9 +773,11 @@ def run(args) -> Report:
                     portrait, name = cl.read_portrait(p, opt.size, args.crop, detector), p.name
                 else:
                     portrait, name = runs[i % len(runs)].first, f"{runs[i % len(runs)].name}[0]"
-                score, block = cross_identity(portrait, name, drv, engine, mesh, opt,
-                                              drv.block.rows[0] if drv.block else None, bar.update)
+                score, block, expr = cross_identity(portrait, name, drv, engine, mesh, opt,
+                                                    drv.block.rows[0] if drv.block else None, bar.update, expr_mesh)
                 cross.append(score)
+                if expr:
+                    expression.append(expr)
                 if block:
                     blocks.append(block)
     finally:
@@ -618,14 +789,16 @@ def run(args) -> Report:
     settings = Settings(videos=str(args.videos), clips=[p.name for p in clip_paths],
                         portraits=[p.name for p in portrait_paths], crop=args.crop, modes=modes,
                         max_frames=args.max_frames, akd_every=args.akd_every, batch=args.batch, device=args.device,
-                        threads=args.threads, date=datetime.date.today().isoformat(),
+                        threads=args.threads, date=datetime.date.today().isoformat(), expression=args.expression,
                         machine=f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip())
     notes = []
     if "avd" not in modes and not engine.has_avd:
         notes.append("avd not scored: this model has no trained AVD network")
     rep = Report(model=info, settings=settings, per_clip=per_clip,
                  summaries=[summarise(m, [s for s in per_clip if s.mode == m]) for m in modes],
-                 identity=[r.identity for r in runs], cross=cross, cross_summary=cross_summary(cross), notes=notes)
+                 identity=[r.identity for r in runs], cross=cross, cross_summary=cross_summary(cross), notes=notes,
+                 expression=expression,
+                 expression_summary=[x for x in (expression_summary(k, expression) for k in ("self", "cross")) if x])
     if args.sheet:
         try:
             rep.sheet = str(sh.write_sheet(blocks, args.sheet, args.sheet_frames))

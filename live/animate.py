@@ -276,8 +276,8 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     out_size = paste.size if paste is not None else FrameSize(options.size or size, options.size or size)
     avatar = engine.prepare_source(media.to_input(src[None]))
     del src_rgb
-    face = ex.portrait_face(src)
-    notes = () if face is not None else (ex.NO_PORTRAIT_MESH,)
+    face = ex.portrait_face(src) if options.expression > 0 else None
+    notes = (ex.NO_PORTRAIT_MESH,) if options.expression > 0 and face is None else ()
     for n in notes:
         warnings.warn(n)
     express = ex.ExpressionTransfer(face, ex.ExpressionSettings(gain=options.expression)) if face else None
@@ -291,24 +291,23 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     done = 0
     batches = None
     try:
-        # relative motion is measured from the most neutral driving frame of the first second
-        head = list(itertools.islice(marked, max(1, round(float(fps) * ex.REFERENCE_WINDOW_S))))
-        if not head:
+        start = ex.neutral_start(marked, float(fps))
+        if start is None:
             raise UserError(f"the driving video {info.path.name} has no frames")
-        ref = ex.most_neutral([m for _, m in head])
-        initial = engine.regions(media.to_input(head[ref][0][None]))
-        ref_marks = last = head[ref][1]
-        batches = prefetch(batched(itertools.chain(head, marked), options.batch_size), depth=2)
+        ref = start.index
+        initial = engine.regions(media.to_input(start.frame[None]))
+        last = start.marks  # a frame where the mesh lost the face keeps the last expression
+        batches = prefetch(batched(start.stream, options.batch_size), depth=2)
         for batch in batches:
             x = media.to_input(np.stack([f for f, _ in batch]))
             new = engine.transfer(avatar, engine.regions(x), initial, mode=options.mode)
             out = media.to_uint8(engine.animate(avatar, new))
-            if express is not None and ref_marks is not None:
-                faces = []
-                for _, m in batch:  # a frame where the mesh lost the face keeps the last expression
+            if express is not None and start.marks is not None:
+                expressive = []
+                for o, (_, m) in zip(out, batch):
                     last = m if m is not None else last
-                    faces.append(last)
-                out = np.stack([express.apply(o, m, ref_marks) if m is not None else o for o, m in zip(out, faces)])
+                    expressive.append(express.apply(o, last, start.marks))
+                out = np.stack(expressive)
             if paste is not None:
                 out = np.stack([paste.apply(f) for f in out])
             elif out_size.width != size:
@@ -325,6 +324,8 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
         if batches is not None:
             batches.close()  # the decoding thread is done with the mesh before it closes
         mesh.close()
+        if express is not None:
+            express.close()
     return AnimateResult(output=path, kind=spec.kind, frames=done, fps=fps, size=out_size, has_audio=writer.has_audio,
                          seconds=time.perf_counter() - t_start, reference=ref, notes=notes)
 

@@ -24,8 +24,9 @@ Everything that depends only on the portrait is computed once (:class:`PortraitF
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 
@@ -309,3 +310,25 @@ def mouth_shadow(rgb: np.ndarray, marks: np.ndarray) -> np.ndarray:
 
 
 NO_PORTRAIT_MESH = "no face mesh found in the portrait: its mouth and eyes will not follow the driver's"
+
+
+@dataclass
+class NeutralStart:
+    """A driving stream with its reference chosen: ``index`` of the most neutral frame of the first
+    :data:`REFERENCE_WINDOW_S` s, that frame and its landmarks, and ``stream``: every ``(frame, landmarks)``
+    from the first one on (the window's frames are buffered, nothing is read twice)."""
+
+    index: int
+    frame: np.ndarray
+    marks: Optional[np.ndarray]
+    stream: "Iterator[tuple[np.ndarray, Optional[np.ndarray]]]"
+
+
+def neutral_start(marked: "Iterable[tuple[np.ndarray, Optional[np.ndarray]]]", fps: float) -> Optional[NeutralStart]:
+    """Buffer the first second of ``(frame, landmarks)`` and choose its most neutral frame (None: no frames)."""
+    it = iter(marked)
+    head = list(itertools.islice(it, max(1, round(fps * REFERENCE_WINDOW_S))))
+    if not head:
+        return None
+    i = most_neutral([m for _, m in head])
+    return NeutralStart(index=i, frame=head[i][0], marks=head[i][1], stream=itertools.chain(head, it))

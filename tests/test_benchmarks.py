@@ -464,3 +464,16 @@ def test_soak_refuses_a_missing_camera(tmp_path, capsys):
 
     assert run_cli(soak.main, ["--camera", str(tmp_path / "none.mp4"), "--minutes", "0.01"]) == 2
     assert "camera video not found" in capsys.readouterr().err
+
+
+def test_following_is_one_for_the_driver_itself_and_zero_for_a_still_photo():
+    from benchmarks.metrics import following
+
+    d = [0.0, 0.1, 0.3, -0.05, 0.2]
+    same = following(d, d)
+    assert same.gain == pytest.approx(1.0) and same.corr == pytest.approx(1.0) and same.frames == 5
+    still = following(d, [0.0] * 5)
+    assert still.gain == 0.0 and still.corr is None
+    half = following(d, [0.5 * x for x in d])
+    assert half.gain == pytest.approx(0.5) and half.corr == pytest.approx(1.0)
+    assert following([0.0, 0.0], [0.1, 0.2]).gain is None
