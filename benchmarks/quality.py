@@ -643,8 +643,7 @@ def build_parser() -> ArgumentParser:
                         "driven by the next clip)")
     p.add_argument("--cross", type=int, metavar="N",
                    help="cross-identity pairs (default: one per clip, or per portrait; 0: none)")
-    p.add_argument("--expression", type=float, default=1.0, metavar="GAIN",
-                   help="the tools' expression strength (default 1, as they run; 0: the networks alone)")
+    ex.add_expression_argument(p)
     p.add_argument("--backend", choices=("auto", "torch", "onnx"), default="auto",
                    help="engine backend (default auto, as mra-animate: onnx for the shipped model on cpu, else torch)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -673,9 +672,6 @@ def check_args(args) -> None:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {v}")
-    if not ex.GAIN_RANGE[0] <= args.expression <= ex.GAIN_RANGE[1]:
-        raise UserError(f"--expression must be between {ex.GAIN_RANGE[0]:g} and {ex.GAIN_RANGE[1]:g}, "
-                        f"got {args.expression:g}")
     if args.akd_every < 1:
         raise UserError(f"--akd-every must be at least 1, got {args.akd_every}")
     if args.cross is not None and args.cross < 0:

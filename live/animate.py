@@ -277,7 +277,8 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     avatar = engine.prepare_source(media.to_input(src[None]))
     del src_rgb
     face = ex.portrait_face(src) if options.expression > 0 else None
-    notes = (ex.NO_PORTRAIT_MESH,) if options.expression > 0 and face is None else ()
+    # with --crop none the picture need not be a face: only a face crop without a mesh is worth a word
+    notes = (ex.NO_PORTRAIT_MESH,) if options.expression > 0 and face is None and options.crop == "auto" else ()
     for n in notes:
         warnings.warn(n)
     express = ex.ExpressionTransfer(face, ex.ExpressionSettings(gain=options.expression)) if face else None
@@ -353,9 +354,7 @@ def build_parser() -> ArgumentParser:
                    help="with --no-paste-back or --crop none: side of the square output (default: the model's "
                         "resolution)")
     p.add_argument("--fps", type=float, metavar="N", help="output frame rate (default: the driving video's)")
-    p.add_argument("--expression", type=float, metavar="GAIN", default=1.0,
-                   help="strength of the mouth, eye and brow motion: 0 = head pose only, 1 = as the driver "
-                        "(default), up to 2")
+    ex.add_expression_argument(p)
     p.add_argument("--batch-size", type=int, metavar="N", default=None,
                    help="frames animated together (default: 4 on cpu, 16 on cuda, 8 with --worker)")
     from .remote.client import add_worker_arguments

@@ -223,8 +223,8 @@ class ExpressionTransfer:
     put the face, not where it should have. Holds a mediapipe graph: :meth:`close` it (or use ``with``).
     """
 
-    def __init__(self, portrait: PortraitFace, settings: ExpressionSettings = ExpressionSettings()):
-        self.portrait = portrait
+    def __init__(self, portrait: "PortraitFace | None", settings: ExpressionSettings = ExpressionSettings()):
+        self.portrait = portrait  # None: set before apply (the live loop switches avatars)
         self.settings = settings.validate()
         self._mesh: "fm.FaceMesh | None" = None
 
@@ -250,7 +250,7 @@ class ExpressionTransfer:
     def apply(self, crop: np.ndarray, driver: np.ndarray, reference: np.ndarray) -> np.ndarray:
         """``crop`` uint8 ``(S, S, 3)`` animated by the model; ``driver`` / ``reference`` the driver's landmarks
         now and at the reference frame (pixels of a crop of the same size)."""
-        if self.settings.gain == 0.0:
+        if self.settings.gain == 0.0 or self.portrait is None:
             return crop
         pose = self.pose_of(crop) or self.pose_from_driver(driver, reference)
         cp = control_points(self.portrait, driver, reference, pose, self.settings)
@@ -332,3 +332,25 @@ def neutral_start(marked: "Iterable[tuple[np.ndarray, Optional[np.ndarray]]]", f
         return None
     i = most_neutral([m for _, m in head])
     return NeutralStart(index=i, frame=head[i][0], marks=head[i][1], stream=itertools.chain(head, it))
+
+
+def gain_argument(text: str) -> float:
+    """``--expression`` as argparse reads it: a number in :data:`GAIN_RANGE`."""
+    import argparse
+
+    try:
+        gain = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    lo, hi = GAIN_RANGE
+    if not lo <= gain <= hi:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be between {lo:g} and {hi:g}, got {text}")
+    return gain
+
+
+def add_expression_argument(parser) -> None:
+    """``--expression GAIN``, the same in every tool."""
+    lo, hi = GAIN_RANGE
+    parser.add_argument("--expression", type=gain_argument, default=ExpressionSettings.gain, metavar="GAIN",
+                        help=f"strength of the mouth, eye and brow motion: {lo:g} = head pose only, 1 = as the driver "
+                             f"(default), up to {hi:g}")

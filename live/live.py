@@ -21,6 +21,7 @@ from export.engine import MODES
 from nets.errors import ArgumentParser, UserError, entry_point
 
 from .engines import add_engine_arguments, check_mode, engine_from_args
+from .expression import add_expression_argument
 from .pasteback import FrameSize, parse_frame_size
 from .loop.pipeline import (COMMANDS, MAX_DELAY_MS, AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions,
                             LivePipeline)
@@ -55,6 +56,7 @@ def build_parser() -> ArgumentParser:
                         "out MS after its capture, none is dropped for it")
     p.add_argument("--max-frames", type=int, help="stop after N output frames (scripted runs)")
     p.add_argument("--stats", type=Path, metavar="PATH.json", help="write run statistics there at the end")
+    add_expression_argument(p)
     p.add_argument("--no-smoothing", action="store_true", help="turn off the temporal smoothing of regions")
     p.add_argument("--min-cutoff", type=float, default=OneEuroConfig.min_cutoff,
                    help="One-Euro smoothing at rest, Hz (lower = smoother)")
@@ -167,7 +169,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         options = LiveOptions(mode=args.mode, smoothing=not args.no_smoothing,
                               one_euro=OneEuroConfig(min_cutoff=args.min_cutoff, beta=args.beta),
                               output_size=out_size, fps=args.fps, delay_ms=args.delay,
-                              max_frames=args.max_frames, overlay=args.overlay)
+                              max_frames=args.max_frames, overlay=args.overlay, expression=args.expression)
         check_mode(engine, args.mode)
         log = (lambda s: None) if args.quiet else (lambda s: print(f"\r{s}", end="", file=sys.stderr, flush=True))
         print(f"mra-live: {engine.describe()}; camera {args.camera} ({capture.size[0]}x{capture.size[1]} @ "

@@ -581,3 +581,49 @@ def test_memory_flat_for_long_1080p_video(files, tmp_path):
     # one 1080p RGB frame kept per frame would be +6 MB per frame
     assert r["slope_kb_per_frame"] < 50, r
     assert r["growth_mb"] < 30, r
+
+
+# ---------------------------------------------------------------------------------------------
+# Expressions (../shared): the portrait's mouth follows a real talking face
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def talking_crops():
+    """30 face crops of a real person talking (every 5th of d12's first 150 frames: mouth shut to wide open)."""
+    from benchmarks import clips as cl
+    clip = shared_path("data", "faces", "videos", "d12.mp4")
+    return list(cl.read_clip(clip, 256, "auto", 150))[::5]
+
+
+def _mouth_changes(frames):
+    from nets.media import facemesh as fm
+    with fm.FaceMesh() as mesh:
+        marks = [mesh(f) for f in frames]
+    keep = [i for i, m in enumerate(marks) if m is not None]
+    return keep, np.array([fm.mouth_openness(marks[i]) for i in keep]) - fm.mouth_openness(marks[0])
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+def test_the_portraits_mouth_follows_the_drivers(talking_crops, tmp_path):
+    """The shipped model with the expression path: the drawn portrait's mouth opens as the driver's does
+    (gain about 1, correlated); with --expression 0 it stays as still as before (gain about 0)."""
+    from benchmarks.metrics import following
+    from live.live import EXAMPLE_PORTRAIT
+    drive = make_video(tmp_path / "talk.mp4", n=len(talking_crops), size=(256, 256), fps=25,
+                       frame_fn=lambda i: talking_crops[i])
+    engine = load_engine(backend="onnx")  # the shipped model, as the tools run it on the CPU
+    keep, drv = _mouth_changes(talking_crops)
+    assert np.ptp(drv) > 0.2  # the driver does open the mouth wide
+    gains = {}
+    for gain in (1.0, 0.0):
+        out = tmp_path / f"out{gain:g}"
+        animate.animate_file(engine, EXAMPLE_PORTRAIT, drive, out,
+                             animate.AnimateOptions(paste_back=False, expression=gain))
+        frames = [media.read_image(p) for p in sorted(out.glob("*.png"))]
+        got_keep, got = _mouth_changes(frames)
+        both = sorted(set(keep) & set(got_keep))
+        f = following(drv[[keep.index(i) for i in both]], got[[got_keep.index(i) for i in both]])
+        gains[gain] = f
+    assert 0.5 < gains[1.0].gain < 1.6 and gains[1.0].corr > 0.7, gains
+    assert abs(gains[0.0].gain) < 0.25, gains

@@ -312,3 +312,54 @@ def test_pipeline_pastes_back_into_each_avatars_portrait(engine):
     assert (last[5, 160] == 220).all()  # the light one after "n"
     assert (first[:, :40] < 30).all()  # around the contained portrait: its blurred, dimmed fill
     assert "post" in stats.snapshot().stages
+
+
+@pytest.fixture(scope="module")
+def face_marks():
+    """Face-mesh landmarks of the shipped drawn portrait (a real face shape to move)."""
+    from live.live import EXAMPLE_PORTRAIT
+    from live.portrait import prepare_portrait
+    from nets import media
+    from nets.media.facemesh import FaceMesh
+
+    rgb, _ = prepare_portrait(media.read_image(EXAMPLE_PORTRAIT), 256, "auto")
+    with FaceMesh() as mesh:
+        return mesh(rgb)
+
+
+def _mouth_opened(marks, px):
+    from nets.media import facemesh as fm
+
+    moved = marks.copy()
+    moved[list(fm.LIPS_INNER_LOWER), 1] += px
+    return moved
+
+
+def test_the_reference_is_the_most_neutral_face_of_the_first_second(engine, face_marks):
+    pipe, _ = make_pipeline(engine, IteratorSource(moving_frames(1), fps=60))
+    params = [RegionParams(np.full((1, 10, 2), i, np.float32)) for i in range(4)]
+    talking, shut = _mouth_opened(face_marks, 12.0), face_marks
+    pipe._update_reference(params[0], talking, 0.0)  # the start: mouth open
+    pipe._update_reference(params[1], shut, 0.4)  # mouth closed within the first second: the new reference
+    pipe._update_reference(params[2], _mouth_opened(face_marks, 4.0), 0.8)  # less neutral: not taken
+    assert pipe.reference.shift[0, 0, 0] == 1 and pipe.reference_marks is shut
+    pipe._update_reference(params[3], face_marks - 0.5, 1.5)  # after the first second: the reference stays
+    assert pipe.reference.shift[0, 0, 0] == 1
+    pipe.commands.put("r")  # r: the face of the moment, however it looks
+    pipe._handle_commands()
+    pipe._update_reference(params[3], talking, 2.0)
+    pipe._update_reference(params[0], shut, 2.1)
+    assert pipe.reference.shift[0, 0, 0] == 3 and pipe.reference_marks is talking
+
+
+def test_expression_keys_raise_and_lower_the_gain_within_its_range(engine):
+    pipe, _ = make_pipeline(engine, IteratorSource(moving_frames(1), fps=60), expression=1.9)
+    for c in "+++":
+        pipe.commands.put(c)
+    pipe._handle_commands()
+    assert pipe.expression.settings.gain == 2.0
+    for _ in range(25):
+        pipe.commands.put("-")
+    pipe._handle_commands()
+    assert pipe.expression.settings.gain == 0.0
+    assert "expression 0" in " ".join(pipe.stats.events)

@@ -1,18 +1,22 @@
-"""The live loop: capture -> face crop -> regions -> transfer (+ smoothing) -> animate -> sinks.
+"""The live loop: capture -> face crop -> regions + face mesh -> transfer (+ smoothing) -> animate
+-> expression -> sinks.
 
 Stages run in their own threads and hand over through one-slot mailboxes that keep only the
 newest item, so the slowest stage sets the frame rate and nothing queues up:
 
-    capture thread --LatestFrame--> track thread (crop, driving regions)
-                   --Mailbox-->     animate thread (smoothing, transfer, animation, overlay)
+    capture thread --LatestFrame--> track thread (crop, driving regions, driving face mesh)
+                   --Mailbox-->     animate thread (smoothing, transfer, animation, expression,
+                                    paste-back, overlay)
                    --Mailbox-->     sink loop (delay line, virtual camera / window / file, stats)
 
 With ``delay_ms`` the sink loop is a delay line: it takes every rendered frame at once and sends
 each at its capture time + the delay (a constant latency to match a delayed microphone), so the
 delay costs no frames.
 
-Everything that depends only on the source is computed once per avatar (``Engine.prepare_source``).
-Commands (hot keys) arrive through one queue, from the window, stdin or tests.
+Everything that depends only on the source is computed once per avatar (``Engine.prepare_source``,
+the portrait's face mesh). The reference of relative motion is the most neutral face (mouth closed,
+eyes open) of the first second after the start or an avatar switch; ``r`` takes the current face
+at once. Commands (hot keys) arrive through one queue, from the window, stdin or tests.
 """
 from __future__ import annotations
 
@@ -30,9 +34,12 @@ from export.engine import Avatar, Engine, EngineUnavailable, RegionParams
 from nets.media import to_input, to_uint8
 from nets.media.face import CropBox, FaceTracker, crop_resize
 
+from nets.media.facemesh import FaceMesh
+
+from .. import expression as ex
 from .capture import CaptureSource, Frame, LatestFrame
 from ..pasteback import FrameSize, PasteBack, fit_square
-from .smoothing import LostFacePolicy, OneEuroConfig, RegionSmoother, blend
+from .smoothing import LostFacePolicy, OneEuroConfig, OneEuroFilter, RegionSmoother, blend
 from .stats import LiveStats
 
 COMMANDS = {
@@ -40,6 +47,8 @@ COMMANDS = {
     "n": "next avatar",
     "p": "previous avatar",
     "m": "cycle modes",
+    "+": "stronger expressions (mouth, eyes, brows)",
+    "-": "weaker expressions",
     "o": "toggle overlay",
     "q": "quit",
 }
@@ -103,6 +112,7 @@ class Tracked:
     box: "CropBox | None"
     params: "RegionParams | None"
     t_done: float
+    marks: "np.ndarray | None" = None  # (468, 2) the driving crop's face mesh, None when not found
 
 
 @dataclass
@@ -155,6 +165,7 @@ class LiveOptions:
     max_frames: int | None = None
     overlay: bool = False
     status_every_s: float = 1.0
+    expression: float = 1.0  # live.expression gain: 0 = head pose only, 1 = as the driver, up to 2
 
     def __post_init__(self):
         if isinstance(self.output_size, int):  # a side: square frames
@@ -174,6 +185,16 @@ class AvatarImage:
     paste: "PasteBack | None" = None
 
 
+@dataclass
+class PreparedAvatar:
+    """An avatar ready to animate: the engine's :class:`Avatar`, its paste-back (None: crop output)
+    and its face mesh for the expression path (None: no face found, expressions off)."""
+
+    avatar: Avatar
+    paste: "PasteBack | None"
+    face: "ex.PortraitFace | None"
+
+
 class Avatars:
     """The sources (one file or a folder), each prepared once and cached.
 
@@ -189,7 +210,7 @@ class Avatars:
         self.paths = list(paths)
         self.load = load
         self.index = 0
-        self._cache: "dict[Path, tuple[Avatar, PasteBack | None]]" = {}
+        self._cache: "dict[Path, PreparedAvatar]" = {}
         self._loaded: "dict[Path, np.ndarray | AvatarImage]" = {}
 
     def check(self, warn: Callable[[str], None] = lambda s: None) -> "Avatars":
@@ -213,7 +234,7 @@ class Avatars:
         self.paths = good
         return self
 
-    def _entry(self) -> "tuple[Avatar, PasteBack | None]":
+    def _entry(self) -> PreparedAvatar:
         path = self.paths[self.index]
         if path not in self._cache:
             image = self._loaded.pop(path, None)
@@ -221,16 +242,22 @@ class Avatars:
                 image = self.load(path)
             if not isinstance(image, AvatarImage):
                 image = AvatarImage(image)
-            self._cache[path] = (self.engine.prepare_source(image.input), image.paste)
+            avatar = self.engine.prepare_source(image.input)
+            self._cache[path] = PreparedAvatar(avatar, image.paste, ex.portrait_face(to_uint8(image.input)[0]))
         return self._cache[path]
 
     def current(self) -> Avatar:
-        return self._entry()[0]
+        return self._entry().avatar
 
     @property
     def paste(self) -> "PasteBack | None":
         """The current avatar's paste-back (None: crop output)."""
-        return self._entry()[1]
+        return self._entry().paste
+
+    @property
+    def face(self) -> "ex.PortraitFace | None":
+        """The current avatar's face mesh (None: expressions off for it)."""
+        return self._entry().face
 
     def step(self, delta: int) -> None:
         """Move to the next (``delta`` = 1) or previous (-1) avatar, prepared now; one that fails to
@@ -280,7 +307,15 @@ class LivePipeline:
         self.overlay = options.overlay
         self.smoother = RegionSmoother(options.one_euro, enabled=options.smoothing)
         self.reference: RegionParams | None = None
+        self.reference_marks: "np.ndarray | None" = None
+        self._calibrating_until: float | None = None  # choosing the most neutral face until then
+        self._reference_score = np.inf
         self._recalibrate = True
+        self._now_neutral = False  # "r": the current face is the reference, no search
+        self.expression = ex.ExpressionTransfer(None, ex.ExpressionSettings(gain=options.expression))
+        self._mesh: FaceMesh | None = None
+        self._marks_filter = OneEuroFilter(options.one_euro)
+        self._last_marks: "np.ndarray | None" = None
         self._last_params: RegionParams | None = None
         self._lost_since: float | None = None
         self._tracked = Mailbox()
@@ -312,13 +347,23 @@ class LivePipeline:
                         self._engine_lost(e)
                         continue
                     self._engine_back()
-                    self.stats.stage("regions", (time.perf_counter() - t1) * 1000)
-                self._tracked.put(Tracked(frame, crop, box, params, time.perf_counter()))
+                    t2 = time.perf_counter()
+                    self.stats.stage("regions", (t2 - t1) * 1000)
+                    marks = self._driver_mesh()(crop)
+                    self.stats.stage("mesh", (time.perf_counter() - t2) * 1000)
+                else:
+                    marks = None
+                self._tracked.put(Tracked(frame, crop, box, params, time.perf_counter(), marks))
         except BaseException as e:  # surfaced by run()
             self._errors.append(e)
             self._stop.set()
         finally:
             self._tracked.close()
+
+    def _driver_mesh(self) -> FaceMesh:
+        if self._mesh is None:  # made in the track thread, which alone uses it
+            self._mesh = FaceMesh(tracking=True)
+        return self._mesh
 
     def _engine_lost(self, e: EngineUnavailable) -> None:
         """A frame the engine could not take (a remote worker reconnecting): skipped; the sinks keep
@@ -344,8 +389,10 @@ class LivePipeline:
             if c == "q":
                 return False
             if c == "r":
-                self._recalibrate = True
+                self._recalibrate = self._now_neutral = True
                 self.stats.event("recalibrate")
+            elif c in ("+", "-"):
+                self.set_expression(self.expression.settings.gain + (0.1 if c == "+" else -0.1))
             elif c in ("n", "p"):
                 from nets.errors import UserError
                 try:
@@ -361,6 +408,34 @@ class LivePipeline:
                 self.stats.event(f"mode {self.mode}")
             elif c == "o":
                 self.overlay = not self.overlay
+
+    def set_expression(self, gain: float) -> None:
+        """Expression strength, clamped to :data:`live.expression.GAIN_RANGE` (hot keys + and -)."""
+        from dataclasses import replace
+
+        lo, hi = ex.GAIN_RANGE
+        gain = round(min(hi, max(lo, gain)), 2)
+        self.expression.settings = replace(self.expression.settings, gain=gain)
+        self.stats.event(f"expression {gain:g}")
+
+    def _update_reference(self, params: RegionParams, marks: "np.ndarray | None", now: float) -> None:
+        """Relative motion's reference: the current face after ``r``; after the start or an avatar
+        switch, the most neutral face (mouth closed, eyes open) seen in the first second."""
+        if self._recalibrate or self.reference is None:
+            self._recalibrate = False
+            self._calibrating_until = None if self._now_neutral else now + ex.REFERENCE_WINDOW_S
+            self._now_neutral = False
+            self._reference_score = np.inf
+            self.reference, self.reference_marks = params.copy(), marks
+            if marks is not None:
+                self._reference_score = ex.neutral_score(marks)
+            return
+        if self._calibrating_until is not None:
+            if now > self._calibrating_until:
+                self._calibrating_until = None
+            elif marks is not None and ex.neutral_score(marks) < self._reference_score:
+                self._reference_score = ex.neutral_score(marks)
+                self.reference, self.reference_marks = params.copy(), marks
 
     def _animate_loop(self) -> None:
         try:
@@ -387,16 +462,22 @@ class LivePipeline:
                         continue  # nothing seen yet: keep showing what we have
                     w = self.opt.lost.weight(now - self._lost_since)
                     params = blend(self._last_params, self.reference, w)
+                    marks = None
+                    if self._last_marks is not None and self.reference_marks is not None:
+                        marks = (1 - w) * self._last_marks + w * self.reference_marks
                 else:
                     if self._lost_since is not None:
                         self.stats.event("face found")
                         self.smoother.reset()
+                        self._marks_filter.reset()
                     self._lost_since = None
                     params = self.smoother(params, now)
                     self._last_params = params
-                    if self._recalibrate or self.reference is None:
-                        self.reference = params.copy()
-                        self._recalibrate = False
+                    marks = self._last_marks
+                    if item.marks is not None:
+                        marks = self._last_marks = (self._marks_filter(item.marks, now) if self.opt.smoothing
+                                                    else item.marks)
+                    self._update_reference(params, marks, now)
                 t0 = time.perf_counter()
                 try:
                     new = self.engine.transfer(avatar, params, self.reference, mode=self.mode)
@@ -406,7 +487,7 @@ class LivePipeline:
                     self._engine_lost(e)
                     continue
                 t2 = time.perf_counter()
-                image = self._post(out, item, new)
+                image = self._post(out, item, new, marks)
                 self.stats.stage("transfer", (t1 - t0) * 1000)
                 self.stats.stage("animate", (t2 - t1) * 1000)
                 self.stats.stage("post", (time.perf_counter() - t2) * 1000)
@@ -417,10 +498,14 @@ class LivePipeline:
         finally:
             self._rendered.close()
 
-    def _post(self, out: np.ndarray, item: Tracked, new: RegionParams) -> np.ndarray:
-        """The animated crop -> the output frame: pasted back into the portrait, or the crop fitted
-        to the output size (+ the overlay)."""
+    def _post(self, out: np.ndarray, item: Tracked, new: RegionParams, marks: "np.ndarray | None") -> np.ndarray:
+        """The animated crop -> the output frame: the driver's expression, pasted back into the
+        portrait, or the crop fitted to the output size (+ the overlay)."""
         image = to_uint8(out)
+        face = self.avatars.face
+        if face is not None and marks is not None and self.reference_marks is not None:
+            self.expression.portrait = face
+            image = self.expression.apply(image, marks, self.reference_marks)
         if self.overlay:
             image = self._draw_regions(image, new)
         paste = self.avatars.paste
@@ -449,7 +534,8 @@ class LivePipeline:
             thumb = cv2.resize(item.crop, (s // 4, s // 4))
             image[-thumb.shape[0]:, :thumb.shape[1]] = thumb
         snap = self.stats.snapshot()
-        text = f"{self.stats.fps_out():.1f} fps  {snap.latency_ms.p50:.0f} ms  {self.mode}"
+        text = (f"{self.stats.fps_out():.1f} fps  {snap.latency_ms.p50:.0f} ms  {self.mode}  "
+                f"expression {self.expression.settings.gain:g}")
         cv2.putText(image, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
         return image
 
@@ -513,6 +599,9 @@ class LivePipeline:
             for t in threads:
                 t.join(timeout=5)
             self._update_counts()
+            self.expression.close()
+            if self._mesh is not None and not threads[0].is_alive():
+                self._mesh.close()
         if self._errors:
             raise self._errors[0]
         return self.stats

@@ -161,7 +161,7 @@ class Detector(Protocol):
 
 
 @contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
+def quiet_native_stderr() -> Iterator[None]:
     """Silence what native code (TFLite, glog) writes straight to file descriptor 2."""
     try:
         fd = os.dup(2)
@@ -230,7 +230,7 @@ class FaceDetector:
             # mediapipe opens its TFLite calculator asynchronously after construction and logs
             # (TFLite, absl) straight to fd 2 then: one quiet window from construction to the end
             # of the first run covers it whatever the thread timing
-            with _quiet_native_stderr():
+            with quiet_native_stderr():
                 result = self._open(which).process(rgb)
             self._warm.add(which)
             return result

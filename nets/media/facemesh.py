@@ -93,13 +93,14 @@ class FaceMesh:
     def __init__(self, tracking: bool = False, refine: bool = True, min_confidence: float = 0.5):
         try:
             import mediapipe as mp
-            solution = mp.solutions.face_mesh
+            self._solution = mp.solutions.face_mesh
         except Exception as e:  # noqa: BLE001 - ImportError, AttributeError on newer mediapipe
             raise FaceMeshUnavailable(f"mediapipe FaceMesh is not available ({type(e).__name__}: {e}); "
                                       "pip install mediapipe==0.10.21") from None
-        self._mesh = solution.FaceMesh(static_image_mode=not tracking, max_num_faces=1, refine_landmarks=refine,
-                                       min_detection_confidence=min_confidence,
-                                       min_tracking_confidence=min_confidence)
+        self._args = dict(static_image_mode=not tracking, max_num_faces=1, refine_landmarks=refine,
+                          min_detection_confidence=min_confidence, min_tracking_confidence=min_confidence)
+        self._mesh = None  # made at the first picture, in a quiet window (see _process)
+        self._closed = False
 
     def __call__(self, rgb: np.ndarray) -> Optional[np.ndarray]:
         return self.landmarks(rgb)
@@ -107,16 +108,27 @@ class FaceMesh:
     def landmarks(self, rgb: np.ndarray) -> Optional[np.ndarray]:
         if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
             raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {rgb.dtype} {rgb.shape}")
-        if self._mesh is None:
-            raise RuntimeError("this FaceMesh is closed")
-        result = self._mesh.process(np.ascontiguousarray(rgb))
+        result = self._process(np.ascontiguousarray(rgb))
         if not result.multi_face_landmarks:
             return None
         h, w = rgb.shape[:2]
         marks = result.multi_face_landmarks[0].landmark
         return np.array([(marks[i].x * w, marks[i].y * h) for i in range(NUM_POINTS)], dtype=np.float64)
 
+    def _process(self, rgb: np.ndarray):
+        if self._closed:
+            raise RuntimeError("this FaceMesh is closed")
+        if self._mesh is None:
+            # mediapipe's native code (TFLite, absl) prints its start-up chatter straight to fd 2
+            # while the graph is built and first run: one quiet window covers both
+            from .face import quiet_native_stderr
+            with quiet_native_stderr():
+                self._mesh = self._solution.FaceMesh(**self._args)
+                return self._mesh.process(rgb)
+        return self._mesh.process(rgb)
+
     def close(self) -> None:
+        self._closed = True
         if self._mesh is not None:
             self._mesh.close()
             self._mesh = None
