@@ -36,6 +36,8 @@ _EXPR = np.array(fm.EXPRESSIVE)
 _STABLE = np.array(fm.STABLE)
 _WARP = np.array([fm.EXPRESSIVE.index(i) for i in fm.WARP_MOUTH + fm.WARP_EYES + fm.WARP_BROWS])  # rows of _EXPR
 _WARP_EYE = np.isin(_EXPR[_WARP], np.array(fm.WARP_EYES))
+_WARP_LOWER_LIDS = [np.flatnonzero(np.isin(_EXPR[_WARP], np.array(lo))) for _, lo in
+                    ((fm.RIGHT_EYE_UPPER, fm.RIGHT_EYE_LOWER), (fm.LEFT_EYE_UPPER, fm.LEFT_EYE_LOWER))]
 _ANCHORS = np.array(fm.WARP_ANCHORS)
 _ANCHOR_EYE = np.isin(_ANCHORS, np.array(fm.EYE_CORNERS))
 _EYE_PAIRS = ((fm.RIGHT_EYE_UPPER, fm.RIGHT_EYE_LOWER), (fm.LEFT_EYE_UPPER, fm.LEFT_EYE_LOWER))
@@ -97,6 +99,8 @@ class PortraitFace:
 
     landmarks: np.ndarray
     cavity_rgb: np.ndarray = field(default_factory=lambda: CAVITY_RGB.copy())  # (3,) the inside of its mouth
+    lid_rgb: "np.ndarray | None" = None  # (2, 3) each eye's upper-lid skin (None: shut eyes are not painted)
+    lash_rgb: "np.ndarray | None" = None  # (2, 3) each eye's lash line
 
     @property
     def inter_ocular(self) -> float:
@@ -114,6 +118,9 @@ class ControlPoints:
     sigma: np.ndarray  # (N + M,) pixels
     mouth_gap: float  # desired inner-lip gap in pixels (for the cavity)
     inner_lips: np.ndarray  # desired inner-lip outline (for the cavity)
+    eyes: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # each eye's opening outline (upper lid, then lower
+    # lid back) as it is in the crop and as it is to be
+    eye_open: np.ndarray = field(default_factory=lambda: np.ones(2))  # each eye's desired / own opening (0 = shut)
 
 
 def expression_delta(driver: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -164,8 +171,21 @@ def control_points(portrait: PortraitFace, driver: np.ndarray, reference: np.nda
     sigma = np.concatenate([np.where(_WARP_EYE, settings.eye_sigma, settings.sigma),
                             np.where(_ANCHOR_EYE, settings.eye_sigma, settings.sigma)]) * iod
     gap = float(np.max((desired[_LIP_ROWS[1]] - desired[_LIP_ROWS[0]]) @ face_down(apply(a, t, p))))
-    return ControlPoints(current=apply(a, t, p[_EXPR[_WARP]]), desired=desired[_WARP], anchors=apply(a, t, p[_ANCHORS]),
-                         sigma=sigma, mouth_gap=gap, inner_lips=desired[_INNER_LIPS])
+    own = [np.linalg.norm(p[_EXPR[up]] - p[_EXPR[lo]], axis=-1).mean() for up, lo in _EYE_ROWS]
+    now = [np.linalg.norm(desired[up] - desired[lo], axis=-1).mean() / np.sqrt(abs(np.linalg.det(a)))
+           for up, lo in _EYE_ROWS]
+    current, steer = apply(a, t, p[_EXPR[_WARP]]), desired[_WARP].copy()
+    down = face_down(apply(a, t, p))
+    for rows, o, n in zip(_WARP_LOWER_LIDS, own, now):  # a shutting upper lid lands on the lower one: the lower lid's
+        # (still) points step below it by the closed part of the opening, so two points never meet
+        shift = max(0.0, float(o - n)) * np.sqrt(abs(np.linalg.det(a))) * 0.6
+        steer[rows] += shift * down
+        current[rows] += shift * down
+    return ControlPoints(current=current, desired=steer, anchors=apply(a, t, p[_ANCHORS]),
+                         sigma=sigma, mouth_gap=gap, inner_lips=desired[_INNER_LIPS],
+                         eyes=tuple((apply(a, t, np.concatenate([p[_EXPR[up]], p[_EXPR[lo]][::-1]])),
+                                     np.concatenate([desired[up], desired[lo][::-1]])) for up, lo in _EYE_ROWS),
+                         eye_open=np.array([n / max(o, 1e-6) for n, o in zip(now, own)]))
 
 
 def displacement_field(cp: ControlPoints, height: int, width: int, ridge: float = 1e-3) -> np.ndarray:
@@ -216,6 +236,40 @@ def paint_cavity(image: np.ndarray, cp: ControlPoints, iod: float, rgb: np.ndarr
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
+SHUT_BELOW = 0.45  # an eye opened less than this share of its own opening gets its lid painted over
+
+
+def paint_lids(image: np.ndarray, cp: ControlPoints, face: PortraitFace, iod: float) -> np.ndarray:
+    """Cover what a shutting eye no longer shows (its opening now, less the opening it is to keep)
+    with its own lid skin, and draw the lash line where the lid comes to rest, fading in as the eye
+    shuts (the warp alone leaves a squeezed sliver of eye white and iris)."""
+    import cv2
+
+    if face.lid_rgb is None or face.lash_rgb is None:
+        return image
+    out = None
+    soft = max(0.8, 0.012 * iod)
+    for k, (now, kept) in enumerate(cp.eyes):
+        strength = float(np.clip((SHUT_BELOW - cp.eye_open[k]) / (SHUT_BELOW - 0.1), 0.0, 1.0))
+        if strength <= 0.0:
+            continue
+        if out is None:
+            out = image.astype(np.float32)
+        opening, keep = np.zeros(image.shape[:2], np.uint8), np.zeros(image.shape[:2], np.uint8)
+        cv2.fillPoly(opening, [np.round(now * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+        cv2.fillPoly(keep, [np.round(kept * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+        cover = cv2.dilate(np.clip(opening.astype(np.int16) - keep, 0, 255).astype(np.uint8), np.ones((3, 3), np.uint8))
+        alpha = cv2.GaussianBlur(cover.astype(np.float32) / 255.0, (0, 0), soft)[..., None] * strength
+        out = out * (1 - alpha) + face.lid_rgb[k].astype(np.float32) * alpha
+        lash = np.zeros(image.shape[:2], np.uint8)
+        lid_line = kept[: len(kept) - len(kept) // 2]  # the upper lid, where it is to be
+        cv2.polylines(lash, [np.round(lid_line * 4).astype(np.int32)], False, 255,
+                      thickness=max(1, int(round(0.015 * iod))), lineType=cv2.LINE_AA, shift=2)
+        beta = cv2.GaussianBlur(lash.astype(np.float32) / 255.0, (0, 0), soft * 0.7)[..., None] * strength
+        out = out * (1 - beta) + face.lash_rgb[k].astype(np.float32) * beta
+    return image if out is None else np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
 class ExpressionTransfer:
     """Per-avatar expression transfer: ``apply(crop, driver, reference)`` -> the animated crop with the
     driver's expression. The crop's head pose is measured on the crop itself (a tracking FaceMesh,
@@ -260,6 +314,7 @@ class ExpressionTransfer:
         if self.settings.cavity:
             iod = self.portrait.inter_ocular * np.sqrt(abs(np.linalg.det(pose[0])))
             out = paint_cavity(out, cp, iod, self.portrait.cavity_rgb)
+            out = paint_lids(out, cp, self.portrait, iod)
         return out
 
     def close(self) -> None:
@@ -294,18 +349,43 @@ def portrait_face(rgb: np.ndarray) -> Optional[PortraitFace]:
     inside of its mouth; None without a face."""
     with fm.FaceMesh(tracking=False, refine=True) as mesh:
         marks = mesh(rgb)
-    return None if marks is None else PortraitFace(marks, mouth_shadow(rgb, marks))
+    if marks is None:
+        return None
+    lid, lash = eyelid_colours(rgb, marks)
+    return PortraitFace(marks, mouth_shadow(rgb, marks), lid, lash)
+
+
+def _colours_at(rgb: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    xy = np.clip(np.round(pts).astype(int), 0, [w - 1, h - 1])
+    return rgb[xy[:, 1], xy[:, 0]].astype(np.float64)
+
+
+_LUMA = np.array([0.299, 0.587, 0.114])
+_BROWS_LOW = ((46, 53, 52, 65, 55), (276, 283, 282, 295, 285))  # each brow's lower edge, outer to inner
+
+
+def eyelid_colours(rgb: np.ndarray, marks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each eye's upper-lid skin (median of the lighter half of the colours half-way from the lid to the brow) and lash
+    line (the darkest third of the upper lid's edge): ``(2, 3)`` each, what a shut eye is painted with."""
+    lids, lashes = [], []
+    for (up, _), brow in zip(_EYE_PAIRS, _BROWS_LOW):
+        lid = marks[list(up)]
+        b = marks[list(brow)]
+        b = np.stack([np.interp(np.linspace(0, 1, len(lid)), np.linspace(0, 1, len(b)), b[:, k]) for k in (0, 1)], -1)
+        skin = _colours_at(rgb, lid + 0.5 * (b - lid))
+        lids.append(np.median(skin[np.argsort(skin @ _LUMA)[len(skin) // 2:]], 0))  # the lighter half: skin, not liner
+        edge = _colours_at(rgb, lid)
+        lashes.append(edge[np.argsort(edge @ _LUMA)[: max(1, len(edge) // 3)]].mean(0))
+    return np.array(lids), np.array(lashes)
 
 
 def mouth_shadow(rgb: np.ndarray, marks: np.ndarray) -> np.ndarray:
     """The colour of the portrait's lip seam, darkened: its open mouth's inside (grey in a grey photo,
     the painting's own palette in a painting). ``(3,)`` float RGB."""
     upper, lower = marks[list(fm.LIPS_INNER_UPPER)], marks[list(fm.LIPS_INNER_LOWER)[::-1]]
-    seam = 0.5 * (upper[1:-1] + lower)  # between the inner lips, corner to corner
-    h, w = rgb.shape[:2]
-    xy = np.clip(np.round(seam).astype(int), 0, [w - 1, h - 1])
-    px = rgb[xy[:, 1], xy[:, 0]].astype(np.float64)
-    dark = px[np.argsort(px @ np.array([0.299, 0.587, 0.114]))[: max(1, len(px) // 3)]].mean(0)
+    px = _colours_at(rgb, 0.5 * (upper[1:-1] + lower))  # between the inner lips, corner to corner
+    dark = px[np.argsort(px @ _LUMA)[: max(1, len(px) // 3)]].mean(0)
     return 0.35 * dark
 
 

@@ -213,3 +213,16 @@ def test_the_most_neutral_frame_has_the_mouth_shut_and_the_eyes_open(portrait):
               _open_mouth(marks, 0.05 * iod), None]
     assert ex.most_neutral(frames) == 2
     assert ex.most_neutral([None, None]) == 0
+
+
+def test_a_blink_shuts_the_portraits_eyes(portrait):
+    """Both eyes shut on the driver: the portrait's eyelids come down (warp + painted lids), as a face mesh sees it."""
+    rgb, marks = portrait
+    driver = _shut_eye(_shut_eye(marks, fm.LEFT_EYE_UPPER, fm.LEFT_EYE_LOWER), fm.RIGHT_EYE_UPPER, fm.RIGHT_EYE_LOWER)
+    with ex.ExpressionTransfer(ex.portrait_face(rgb)) as xf:
+        out = xf.apply(rgb, driver, marks)
+    with fm.FaceMesh() as mesh:
+        got = mesh(out)
+    assert got is not None
+    assert float(fm.eye_openness(got)) < 0.5 * float(fm.eye_openness(marks))
+    assert abs(float(fm.mouth_openness(got) - fm.mouth_openness(marks))) < 0.05  # the mouth is left alone
