@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..media.facemesh import NUM_POINTS
-from ..media.outputs import _temp_name, sweep_partials
+from ..media.outputs import sweep_partials, temp_name
 
 SUFFIX = ".landmarks.npy"
 DTYPE = np.float16  # 0.125 px steps at 256 px: far below the face mesh's own jitter
@@ -55,7 +55,7 @@ def write_sidecar(path: "str | os.PathLike", marks: np.ndarray) -> Path:
     if marks.ndim != 3 or marks.shape[1:] != (NUM_POINTS, 2):
         raise ValueError(f"landmarks must be (T, {NUM_POINTS}, 2), got {marks.shape}")
     sweep_partials(path)
-    tmp = _temp_name(path)
+    tmp = temp_name(path)
     try:
         with open(tmp, "wb") as f:
             np.save(f, marks.astype(DTYPE), allow_pickle=False)
