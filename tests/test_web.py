@@ -102,7 +102,8 @@ def test_generate_and_download(server, files):
     with client(server) as c:
         info = c.get("api/info").json()
         assert info["frame_size"] == 64 and info["defaults"] == {"mode": "relative", "crop": "auto",
-                                                                 "paste_back": True}
+                                                                 "paste_back": True, "expression": 1.0}
+        assert info["expression_range"] == [0.0, 2.0]
         assert len(info["examples"]) >= 2
         assert info["all_modes"] == ["relative", "avd", "standard"]
         assert info["modes"] == [m for m in info["all_modes"] if m != "avd" or info["has_avd"]]
@@ -121,6 +122,19 @@ def test_generate_and_download(server, files):
             assert f.streams.audio and f.streams.video[0].width == 64
         inline = c.get(j["result_url"], headers={"Range": "bytes=0-99"})  # the <video> preview seeks with ranges
         assert inline.status_code == 206 and len(inline.content) == 100
+
+
+def test_the_expression_strength_is_checked_with_the_form(server, files):
+    """The Generate form's expression slider: out of range or not a number is one clear error, before any work."""
+    with client(server) as c:
+        for bad in ("2.5", "-1", "loud", "nan"):
+            r = c.post("api/jobs", data={"example": "drawn-1", "crop": "none", "expression": bad},
+                       files={"driving": ("clip.mp4", (files / "clip.mp4").read_bytes())})
+            assert r.status_code == 400 and "expression strength" in r.json()["error"], (bad, r.text)
+        r = c.post("api/jobs", data={"example": "drawn-1", "crop": "none", "expression": "0.5"},
+                   files={"driving": ("clip.mp4", (files / "clip.mp4").read_bytes())})
+        assert r.status_code == 200, r.text
+        assert wait_job(c, r.json()["id"])["state"] == "done"
 
 
 def test_example_portrait_and_crop_auto(server, files):

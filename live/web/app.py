@@ -51,6 +51,7 @@ from typing import Sequence
 from export.engine import MODES
 from nets.errors import ArgumentParser, DiskFault, UserError, disk_fault, run_cli
 
+from .. import expression as ex
 from ..portrait import CROPS
 from ..animate import AnimateOptions, AnimateResult, animate_file, check_inputs
 from ..engines import EngineSpec, add_engine_arguments, build_engine, check_mode
@@ -153,7 +154,8 @@ class WebApp:
                 "all_modes": list(MODES), "modes": [m for m in MODES if m != "avd" or e.has_avd],
                 "crops": list(CROPS),
                 "defaults": {"mode": AnimateOptions.mode, "crop": AnimateOptions.crop,
-                             "paste_back": AnimateOptions.paste_back},
+                             "paste_back": AnimateOptions.paste_back, "expression": AnimateOptions.expression},
+                "expression_range": list(ex.GAIN_RANGE),
                 "max_upload_mb": self.config.max_upload_mb, "examples": examples(),
                 "live_size": self.config.live_size, "keep_minutes": self.config.keep_minutes}
 
@@ -175,6 +177,17 @@ class WebApp:
         folder = self.root / job_id
         folder.mkdir()
         return job_id, folder
+
+
+def _gain(value, default: float) -> float:
+    """A form field or JSON value as an expression strength (absent: ``default``); out of range: UserError."""
+    if value is None or value == "":
+        return default
+    import argparse
+    try:
+        return ex.gain_argument(str(value))
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"expression strength {e}") from None
 
 
 def _flag(value, default: bool) -> bool:
@@ -295,6 +308,7 @@ class Routes:
         mode = fields.get("mode", AnimateOptions.mode)
         crop = fields.get("crop", AnimateOptions.crop)
         options = AnimateOptions(mode=mode, crop=crop, batch_size=web.batch_size,
+                                 expression=_gain(fields.get("expression"), AnimateOptions.expression),
                                  paste_back=_flag(fields.get("paste_back"), AnimateOptions.paste_back)).validate()
         source = files.get("source")
         if source is None:
@@ -436,7 +450,8 @@ class LiveSocket:
             session = await run_in_threadpool(
                 LiveSession, web.engine, portrait, str(start.get("crop", "auto")), str(start.get("mode", "relative")),
                 self.config.live_size, self._send_bytes, self._on_end,
-                _flag(start.get("paste_back"), AnimateOptions.paste_back))
+                _flag(start.get("paste_back"), AnimateOptions.paste_back),
+                _gain(start.get("expression"), AnimateOptions.expression))
         except BaseException:
             self._release_place()  # now, so the page may start again as soon as it has the error
             raise
@@ -499,6 +514,9 @@ class LiveSocket:
                     break
                 if cmd.get("type") == "command":
                     session.command(str(cmd.get("key", "")))
+                elif cmd.get("type") == "expression":
+                    with contextlib.suppress(UserError):  # a slider cannot send a bad value; a forged one is ignored
+                        session.set_expression(_gain(cmd.get("gain"), AnimateOptions.expression))
             receiver = asyncio.create_task(self.websocket.receive())
         if by_itself and session.error is not None:
             raise session.error

@@ -167,7 +167,7 @@ class LiveSession:
 
     def __init__(self, engine, portrait: Path, crop: str, mode: str, output_size: int,
                  send: Callable[[bytes], None], on_end: "Callable[[BaseException | None], None]" = lambda e: None,
-                 paste_back: bool = True):
+                 paste_back: bool = True, expression: float = 1.0):
         import queue
 
         from nets import media
@@ -194,7 +194,8 @@ class LiveSession:
             cropper = (FaceCropper(FaceTracker(self.detector, settings=TrackerSettings(detect_every=2)))
                        if self.detector is not None else CenterCropper())
             self.pipeline = LivePipeline(engine, self.source, cropper, self.avatars, [self.sink],
-                                         LiveOptions(mode=mode, output_size=output_size), commands=self.commands,
+                                         LiveOptions(mode=mode, output_size=output_size, expression=expression),
+                                         commands=self.commands,
                                          stats=self.stats)
         except BaseException:
             self._close_detector()
@@ -222,8 +223,12 @@ class LiveSession:
             self.source.push(data[4:], client_id)
 
     def command(self, key: str) -> None:
-        if key in ("r", "m"):
+        if key in ("r", "m", "+", "-"):
             self.commands.put(key)
+
+    def set_expression(self, gain: float) -> None:
+        """The expression strength from the page's slider (takes effect on the next frame)."""
+        self.pipeline.set_expression(gain)
 
     def close(self, timeout: float = 10.0) -> None:
         self.source.end()

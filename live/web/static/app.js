@@ -52,6 +52,11 @@ async function loadInfo() {
     fillModes($("mode"), info); fillModes($("live-mode"), info);
     $("crop").value = info.defaults.crop; $("live-crop").value = info.defaults.crop;
     $("paste-back").checked = info.defaults.paste_back; $("live-paste-back").checked = info.defaults.paste_back;
+    for (const id of ["expression", "live-expression"]) {
+      const s = $(id);
+      [s.min, s.max] = info.expression_range; s.value = info.defaults.expression;
+      $(`${id}-value`).textContent = Number(s.value).toFixed(1);
+    }
     const box = $("examples");
     for (const name of info.examples) {
       const b = document.createElement("button");
@@ -164,6 +169,7 @@ async function generate() {
   form.append("mode", $("mode").value);
   form.append("crop", $("crop").value);
   form.append("paste_back", $("paste-back").checked ? "1" : "0");
+  form.append("expression", $("expression").value);
   if (state.sourceFile) form.append("source", state.sourceFile, state.sourceFile.name);
   else form.append("example", state.example);
   form.append("driving", state.drivingFile, state.drivingFile.name);
@@ -297,7 +303,7 @@ async function liveStart() {
   $("live-stats").dataset.state = "starting"; $("live-stats").textContent = "starting…";
   ws.onopen = async () => {
     const start = { type: "start", mode: $("live-mode").value, crop: $("live-crop").value,
-                    paste_back: $("live-paste-back").checked };
+                    paste_back: $("live-paste-back").checked, expression: Number($("live-expression").value) };
     if (state.sourceFile) {
       start.upload = state.sourceFile.name;
       start.size = state.sourceFile.size;  // the server refuses one over the limit before it is sent
@@ -318,6 +324,12 @@ async function liveStart() {
 }
 $("live-start").addEventListener("click", liveStart);
 $("live-stop").addEventListener("click", liveStop);
+for (const id of ["expression", "live-expression"]) {
+  $(id).addEventListener("input", () => { $(`${id}-value`).textContent = Number($(id).value).toFixed(1); });
+}
+$("live-expression").addEventListener("input", () => {
+  if (live.ws && live.running) live.ws.send(JSON.stringify({ type: "expression", gain: Number($("live-expression").value) }));
+});
 $("live-recalibrate").addEventListener("click", () => { if (live.ws) live.ws.send(JSON.stringify({ type: "command", key: "r" })); });
 
 loadInfo();
