@@ -23,8 +23,8 @@ from nets.errors import ArgumentParser, UserError, entry_point
 from .engines import add_engine_arguments, check_mode, engine_from_args
 from .expression import add_expression_argument
 from .pasteback import FrameSize, parse_frame_size
-from .loop.pipeline import (COMMANDS, MAX_DELAY_MS, AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions,
-                            LivePipeline)
+from .loop.keys import COMMANDS
+from .loop.pipeline import MAX_DELAY_MS, AvatarImage, Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
 from .loop.smoothing import OneEuroConfig
 
 FULL_FRAME = FrameSize(1280, 720)  # the portrait pasted back: a standard video frame

@@ -189,14 +189,15 @@ def test_face_lost_holds_then_eases_to_neutral(engine):
             state["i"] += 1
             return None if 10 < state["i"] else super().__call__(image)
 
-    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(400), fps=50), max_frames=60)
+    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(400), fps=50), max_frames=60,
+                               lost=LostFacePolicy(hold_s=0.1, ease_s=0.2))
     pipe.cropper = FlakyCropper()
-    pipe.opt.lost = LostFacePolicy(hold_s=0.1, ease_s=0.2)
     pipe.run()
     assert pipe.stats.face_lost_frames > 0 and len(sink.frames) == 60
     # after easing, the output equals the avatar animated at its reference (neutral) pose
     avatar = pipe.avatars.current()
-    neutral = engine.animate(avatar, engine.transfer(avatar, pipe.reference, pipe.reference, "relative"))[0]
+    reference = pipe.motion.reference
+    neutral = engine.animate(avatar, engine.transfer(avatar, reference, reference, "relative"))[0]
     import cv2
     expected = cv2.resize((np.clip(neutral, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0), (96, 96),
                           interpolation=cv2.INTER_CUBIC)
@@ -224,12 +225,12 @@ def test_delay_costs_no_frames(engine):
     on one frame while the one-slot mailbox drops the next)."""
     pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(40), fps=25), delay_ms=200)
     rendered = []
-    put = pipe._rendered.put
-    pipe._rendered.put = lambda item: (rendered.append(item.index), put(item))
+    put = pipe.rendered.put
+    pipe.rendered.put = lambda item: (rendered.append(item.index), put(item))
     stats = pipe.run()
     lat = np.asarray(stats.all_latency_ms)
     assert len(rendered) >= 10 and stats.frames_out == len(rendered) == len(sink.frames)
-    assert pipe._rendered.dropped == 0
+    assert pipe.rendered.dropped == 0
     assert lat.min() >= 199 and np.median(lat) < 200 + 60, lat
 
 
@@ -336,20 +337,21 @@ def _mouth_opened(marks, px):
 
 
 def test_the_reference_is_the_most_neutral_face_of_the_first_second(engine, face_marks):
-    pipe, _ = make_pipeline(engine, IteratorSource(moving_frames(1), fps=60))
+    pipe, _ = make_pipeline(engine, IteratorSource(moving_frames(1), fps=60), smoothing=False)
+    motion = pipe.motion
     params = [RegionParams(np.full((1, 10, 2), i, np.float32)) for i in range(4)]
     talking, shut = _mouth_opened(face_marks, 12.0), face_marks
-    pipe._update_reference(params[0], talking, 0.0)  # the start: mouth open
-    pipe._update_reference(params[1], shut, 0.4)  # mouth closed within the first second: the new reference
-    pipe._update_reference(params[2], _mouth_opened(face_marks, 4.0), 0.8)  # less neutral: not taken
-    assert pipe.reference.shift[0, 0, 0] == 1 and pipe.reference_marks is shut
-    pipe._update_reference(params[3], face_marks - 0.5, 1.5)  # after the first second: the reference stays
-    assert pipe.reference.shift[0, 0, 0] == 1
+    motion.update(params[0], talking, 0.0)  # the start: mouth open
+    motion.update(params[1], shut, 0.4)  # mouth closed within the first second: the new reference
+    motion.update(params[2], _mouth_opened(face_marks, 4.0), 0.8)  # less neutral: not taken
+    assert motion.reference.shift[0, 0, 0] == 1 and motion.reference_marks is shut
+    motion.update(params[3], face_marks - 0.5, 1.5)  # after the first second: the reference stays
+    assert motion.reference.shift[0, 0, 0] == 1
     pipe.commands.put("r")  # r: the face of the moment, however it looks
     pipe._handle_commands()
-    pipe._update_reference(params[3], talking, 2.0)
-    pipe._update_reference(params[0], shut, 2.1)
-    assert pipe.reference.shift[0, 0, 0] == 3 and pipe.reference_marks is talking
+    motion.update(params[3], talking, 2.0)
+    motion.update(params[0], shut, 2.1)
+    assert motion.reference.shift[0, 0, 0] == 3 and motion.reference_marks is talking
 
 
 def test_expression_keys_raise_and_lower_the_gain_within_its_range(engine):

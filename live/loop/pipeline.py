@@ -16,7 +16,10 @@ delay costs no frames.
 Everything that depends only on the source is computed once per avatar (``Engine.prepare_source``,
 the portrait's face mesh). The reference of relative motion is the most neutral face (mouth closed,
 eyes open) of the first second after the start or an avatar switch; ``r`` takes the current face
-at once. Commands (hot keys) arrive through one queue, from the window, stdin or tests.
+at once. Commands (hot keys, :mod:`.keys`) arrive through one queue, from the window, stdin or tests.
+
+The parts apart from the threads: :class:`~.motion.MotionState` (smoothing, neutral face, lost
+face, for the regions and the landmarks alike) and :mod:`.overlay`.
 """
 from __future__ import annotations
 
@@ -37,21 +40,13 @@ from nets.media.face import CropBox, FaceTracker, crop_resize
 from nets.media.facemesh import FaceMesh
 
 from .. import expression as ex
-from .capture import CaptureSource, Frame, LatestFrame
 from ..pasteback import FrameSize, PasteBack, fit_square
-from .smoothing import LostFacePolicy, OneEuroConfig, OneEuroFilter, RegionSmoother, blend
+from .capture import CaptureSource, Frame, LatestFrame
+from .keys import next_mode, pending
+from .motion import Motion, MotionSettings, MotionState
+from .overlay import draw_overlay, draw_regions
+from .smoothing import LostFacePolicy, OneEuroConfig
 from .stats import LiveStats
-
-COMMANDS = {
-    "r": "recalibrate (the face you make now counts as neutral)",
-    "n": "next avatar",
-    "p": "previous avatar",
-    "m": "cycle modes",
-    "+": "stronger expressions (mouth, eyes, brows)",
-    "-": "weaker expressions",
-    "o": "toggle overlay",
-    "q": "quit",
-}
 
 
 class Cropper(Protocol):
@@ -174,6 +169,10 @@ class LiveOptions:
     @property
     def frame_size(self) -> FrameSize:
         return self.output_size  # type: ignore[return-value]  (normalised in __post_init__)
+
+    @property
+    def motion(self) -> MotionSettings:
+        return MotionSettings(self.smoothing, self.one_euro, self.lost)
 
 
 @dataclass
@@ -305,21 +304,11 @@ class LivePipeline:
             options.mode = "relative"
         self.mode = options.mode
         self.overlay = options.overlay
-        self.smoother = RegionSmoother(options.one_euro, enabled=options.smoothing)
-        self.reference: RegionParams | None = None
-        self.reference_marks: "np.ndarray | None" = None
-        self._calibrating_until: float | None = None  # choosing the most neutral face until then
-        self._reference_score = np.inf
-        self._recalibrate = True
-        self._now_neutral = False  # "r": the current face is the reference, no search
+        self.motion = MotionState(options.motion)
         self.expression = ex.ExpressionTransfer(None, ex.ExpressionSettings(gain=options.expression))
         self._mesh: FaceMesh | None = None
-        self._marks_filter = OneEuroFilter(options.one_euro)
-        self._last_marks: "np.ndarray | None" = None
-        self._last_params: RegionParams | None = None
-        self._lost_since: float | None = None
-        self._tracked = Mailbox()
-        self._rendered = Mailbox()
+        self.tracked = Mailbox()  # track thread -> animate thread
+        self.rendered = Mailbox()  # animate thread -> sink loop
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
         self._engine_down = threading.Event()
@@ -353,12 +342,12 @@ class LivePipeline:
                     self.stats.stage("mesh", (time.perf_counter() - t2) * 1000)
                 else:
                     marks = None
-                self._tracked.put(Tracked(frame, crop, box, params, time.perf_counter(), marks))
+                self.tracked.put(Tracked(frame, crop, box, params, time.perf_counter(), marks))
         except BaseException as e:  # surfaced by run()
             self._errors.append(e)
             self._stop.set()
         finally:
-            self._tracked.close()
+            self.tracked.close()
 
     def _driver_mesh(self) -> FaceMesh:
         if self._mesh is None:  # made in the track thread, which alone uses it
@@ -379,17 +368,12 @@ class LivePipeline:
             self.stats.event("engine back")
 
     def _handle_commands(self) -> bool:
-        """Apply pending commands; False on quit."""
-        while True:
-            try:
-                c = self.commands.get_nowait()
-            except queue.Empty:
-                return True
-            c = c.strip().lower()[:1]
+        """Apply pending commands (:mod:`.keys`); False on quit."""
+        for c in pending(self.commands):
             if c == "q":
                 return False
             if c == "r":
-                self._recalibrate = self._now_neutral = True
+                self.motion.recalibrate(at_once=True)
                 self.stats.event("recalibrate")
             elif c in ("+", "-"):
                 self.set_expression(self.expression.settings.gain + (0.1 if c == "+" else -0.1))
@@ -401,13 +385,14 @@ class LivePipeline:
                     self.log(f"warning: {e}")
                     self.stats.event(f"warning: {e}")
                     continue
-                self._recalibrate = True
+                self.motion.recalibrate(at_once=False)
                 self.stats.event(f"avatar {self.avatars.name}")
             elif c == "m":
-                self.mode = self.modes[(self.modes.index(self.mode) + 1) % len(self.modes)]
+                self.mode = next_mode(self.modes, self.mode)
                 self.stats.event(f"mode {self.mode}")
             elif c == "o":
                 self.overlay = not self.overlay
+        return True
 
     def set_expression(self, gain: float) -> None:
         """Expression strength, clamped to :data:`live.expression.GAIN_RANGE` (hot keys + and -)."""
@@ -418,31 +403,12 @@ class LivePipeline:
         self.expression.settings = replace(self.expression.settings, gain=gain)
         self.stats.event(f"expression {gain:g}")
 
-    def _update_reference(self, params: RegionParams, marks: "np.ndarray | None", now: float) -> None:
-        """Relative motion's reference: the current face after ``r``; after the start or an avatar
-        switch, the most neutral face (mouth closed, eyes open) seen in the first second."""
-        if self._recalibrate or self.reference is None:
-            self._recalibrate = False
-            self._calibrating_until = None if self._now_neutral else now + ex.REFERENCE_WINDOW_S
-            self._now_neutral = False
-            self._reference_score = np.inf
-            self.reference, self.reference_marks = params.copy(), marks
-            if marks is not None:
-                self._reference_score = ex.neutral_score(marks)
-            return
-        if self._calibrating_until is not None:
-            if now > self._calibrating_until:
-                self._calibrating_until = None
-            elif marks is not None and ex.neutral_score(marks) < self._reference_score:
-                self._reference_score = ex.neutral_score(marks)
-                self.reference, self.reference_marks = params.copy(), marks
-
     def _animate_loop(self) -> None:
         try:
             while not self._stop.is_set():
-                item: Tracked | None = self._tracked.get(timeout=0.5)
+                item: Tracked | None = self.tracked.get(timeout=0.5)
                 if item is None:
-                    if self._tracked.closed:
+                    if self.tracked.closed:
                         break
                     continue
                 if not self._handle_commands():
@@ -453,90 +419,52 @@ class LivePipeline:
                 except EngineUnavailable as e:
                     self._engine_lost(e)
                     continue
-                now = item.frame.timestamp
-                params = item.params
-                if params is None:
+                if item.params is None:
                     self.stats.face_lost_frames += 1
-                    self._lost_since = self._lost_since or now
-                    if self._last_params is None or self.reference is None:
-                        continue  # nothing seen yet: keep showing what we have
-                    w = self.opt.lost.weight(now - self._lost_since)
-                    params = blend(self._last_params, self.reference, w)
-                    marks = None
-                    if self._last_marks is not None and self.reference_marks is not None:
-                        marks = (1 - w) * self._last_marks + w * self.reference_marks
-                else:
-                    if self._lost_since is not None:
-                        self.stats.event("face found")
-                        self.smoother.reset()
-                        self._marks_filter.reset()
-                    self._lost_since = None
-                    params = self.smoother(params, now)
-                    self._last_params = params
-                    marks = self._last_marks
-                    if item.marks is not None:
-                        marks = self._last_marks = (self._marks_filter(item.marks, now) if self.opt.smoothing
-                                                    else item.marks)
-                    self._update_reference(params, marks, now)
+                motion = self.motion.update(item.params, item.marks, item.frame.timestamp)
+                if motion is None:
+                    continue  # nothing seen yet: keep showing what we have
+                if motion.found_again:
+                    self.stats.event("face found")
                 t0 = time.perf_counter()
                 try:
-                    new = self.engine.transfer(avatar, params, self.reference, mode=self.mode)
+                    new = self.engine.transfer(avatar, motion.driving, motion.reference, mode=self.mode)
                     t1 = time.perf_counter()
                     out = self.engine.animate(avatar, new)[0]
                 except EngineUnavailable as e:
                     self._engine_lost(e)
                     continue
                 t2 = time.perf_counter()
-                image = self._post(out, item, new, marks)
+                image = self._post(out, item, new, motion)
                 self.stats.stage("transfer", (t1 - t0) * 1000)
                 self.stats.stage("animate", (t2 - t1) * 1000)
                 self.stats.stage("post", (time.perf_counter() - t2) * 1000)
-                self._rendered.put(Rendered(image, item.frame.timestamp, item.frame.index))
+                self.rendered.put(Rendered(image, item.frame.timestamp, item.frame.index))
         except BaseException as e:  # surfaced by run()
             self._errors.append(e)
             self._stop.set()
         finally:
-            self._rendered.close()
+            self.rendered.close()
 
-    def _post(self, out: np.ndarray, item: Tracked, new: RegionParams, marks: "np.ndarray | None") -> np.ndarray:
+    def _post(self, out: np.ndarray, item: Tracked, new: RegionParams, motion: Motion) -> np.ndarray:
         """The animated crop -> the output frame: the driver's expression, pasted back into the
         portrait, or the crop fitted to the output size (+ the overlay)."""
         image = to_uint8(out)
         face = self.avatars.face
-        if face is not None and marks is not None and self.reference_marks is not None:
+        if face is not None and motion.marks is not None and motion.reference_marks is not None:
             self.expression.portrait = face
-            image = self.expression.apply(image, marks, self.reference_marks)
+            image = self.expression.apply(image, motion.marks, motion.reference_marks)
         if self.overlay:
-            image = self._draw_regions(image, new)
+            image = draw_regions(image, new)
         paste = self.avatars.paste
         if paste is not None:
             image = paste.apply(image)
         else:
             image = fit_square(image, self.opt.frame_size)
         if self.overlay:
-            image = self._draw_overlay(image, item)
-        return image
-
-    @staticmethod
-    def _draw_regions(image: np.ndarray, new: RegionParams) -> np.ndarray:
-        import cv2
-        image = image.copy()
-        s = image.shape[0]
-        for x, y in new.shift[0]:
-            cv2.circle(image, (int((x + 1) / 2 * (s - 1)), int((y + 1) / 2 * (s - 1))), max(2, s // 128),
-                       (255, 64, 64), -1)
-        return image
-
-    def _draw_overlay(self, image: np.ndarray, item: Tracked) -> np.ndarray:
-        import cv2
-        s = min(image.shape[:2])
-        if item.crop is not None:
-            thumb = cv2.resize(item.crop, (s // 4, s // 4))
-            image[-thumb.shape[0]:, :thumb.shape[1]] = thumb
-        snap = self.stats.snapshot()
-        text = (f"{self.stats.fps_out():.1f} fps  {snap.latency_ms.p50:.0f} ms  {self.mode}  "
-                f"expression {self.expression.settings.gain:g}")
-        cv2.putText(image, text, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+            snap = self.stats.snapshot()
+            image = draw_overlay(image, item.crop, f"{self.stats.fps_out():.1f} fps  {snap.latency_ms.p50:.0f} ms  "
+                                                   f"{self.mode}  expression {self.expression.settings.gain:g}")
         return image
 
     # -- main loop -----------------------------------------------------------------------------
@@ -556,7 +484,7 @@ class LivePipeline:
         try:
             while not self._stop.is_set() and not (ended and not line):
                 wait = min(0.25, line.wait_s(time.monotonic()))
-                item: Rendered | None = None if ended else self._rendered.get(timeout=wait)
+                item: Rendered | None = None if ended else self.rendered.get(timeout=wait)
                 if item is not None:
                     line.push(item)
                 elif ended:
@@ -565,7 +493,7 @@ class LivePipeline:
                     last_lost = self.capture.lost_events
                     self.log("camera lost: showing the last good frame and retrying every second")
                     self.stats.event("camera lost")
-                if item is None and not ended and self._rendered.closed:
+                if item is None and not ended and self.rendered.closed:
                     ended = True  # the frames still in the delay line come out at their time
                 now = time.monotonic()
                 ready = line.due(now)
@@ -595,7 +523,7 @@ class LivePipeline:
         finally:
             self._stop.set()
             self.capture.stop()
-            self._tracked.close()
+            self.tracked.close()
             for t in threads:
                 t.join(timeout=5)
             self._update_counts()
@@ -612,7 +540,7 @@ class LivePipeline:
 
     def _update_counts(self) -> None:
         self.stats.frames_in = self.capture.slot.received
-        self.stats.dropped = self.capture.slot.dropped + self._tracked.dropped + self._rendered.dropped
+        self.stats.dropped = self.capture.slot.dropped + self.tracked.dropped + self.rendered.dropped
 
     def fps_in(self) -> float:
         """Camera frames received per second since the start."""
