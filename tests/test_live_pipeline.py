@@ -11,6 +11,7 @@ import nets
 from export.engine import RegionParams
 from export.torch_engine import TorchEngine
 from live.loop.capture import Frame, IteratorSource, LatestFrame
+from live.loop.pacing import MIN_REPEAT_S, EngineWatch, OutputPacer
 from live.loop.pipeline import Avatars, CenterCropper, DelayLine, LiveOptions, LivePipeline, Rendered
 from live.loop.smoothing import LostFacePolicy, OneEuroConfig, OneEuroFilter, RegionSmoother, blend
 
@@ -365,3 +366,76 @@ def test_expression_keys_raise_and_lower_the_gain_within_its_range(engine):
     pipe._handle_commands()
     assert pipe.expression.settings.gain == 0.0
     assert "expression 0" in " ".join(pipe.stats.events)
+
+
+def test_a_late_engine_keeps_the_output_alive_and_says_so():
+    """Issue 21 item 6: an engine call that blocks for seconds (a stopped worker, until the request
+    timeout) froze the sinks for as long; now the last frame goes out again after two frame periods
+    (at least MIN_REPEAT_S) and the status line says that the engine is not answering."""
+    slow = TorchEngine(nets.build_model("tiny").eval())
+    real = slow.regions
+    calls = {"n": 0}
+
+    def regions(x):
+        calls["n"] += 1
+        if calls["n"] == 12:
+            time.sleep(4.0)
+        return real(x)
+
+    slow.regions = regions
+
+    class TimedSink(ListSink):
+        def write(self, frame):
+            self.frames.append(time.monotonic())
+
+    pipe, _ = make_pipeline(slow, IteratorSource(moving_frames(600), fps=30), max_frames=30, status_every_s=0.2)
+    sink = pipe.sinks[0] = TimedSink()
+    logs = []
+    pipe.log = logs.append
+    stats = pipe.run()
+    gaps = np.diff(sink.frames)
+    assert calls["n"] > 12 and stats.frames_out == 30
+    assert gaps.max() < 1.5, f"the sinks went {gaps.max():.1f} s without a frame"
+    snap = stats.snapshot()
+    assert snap.frames_repeated >= 3 and snap.max_sink_gap_ms < 1500 and snap.max_output_gap_ms > 3500
+    assert any("engine not answering" in line for line in logs)
+    assert "engine not answering" in " ".join(snap.events) and "engine answering again" in " ".join(snap.events)
+
+
+def test_output_pacer_caps_new_frames_and_repeats_only_when_due():
+    capped = OutputPacer(fps=10)
+    assert capped.admit(0.0) and not capped.admit(0.02) and capped.admit(0.1) and capped.period_s == 0.1
+    p = OutputPacer()
+    assert not p.repeat_due(100.0, sure=True)  # nothing sent yet: nothing to repeat
+    for i in range(20):
+        p.admit(i * 0.04)
+    last = 19 * 0.04
+    assert p.period_s == pytest.approx(0.04, abs=0.01)
+    assert not p.repeat_due(last + 0.1) and p.repeat_due(last + MIN_REPEAT_S)  # a slow call: not before the floor
+    assert p.repeat_due(last + 0.09, sure=True)  # the camera lost: after two frame periods
+    p.repeated_at(last + 0.09)
+    assert not p.repeat_due(last + 0.1) and p.repeat_due(last + 0.14)  # then every frame period
+    assert p.admit(last + 0.2) and not p.repeat_due(last + 0.3)  # a new frame ends the repeats
+
+
+def test_engine_watch_and_the_status_note(engine):
+    from export.engine import EngineHealth
+
+    watch = EngineWatch()
+    assert watch.busy_s() == 0.0
+    with watch.call("regions"):
+        assert watch.busy_s(time.monotonic() + 3) >= 3
+    assert watch.busy_s() == 0.0
+    pipe, _ = make_pipeline(engine, IteratorSource(moving_frames(1), fps=30))
+    assert pipe.engine_note() == ""
+    with pipe.engine_watch.call("animate"):
+        assert pipe.engine_note(time.monotonic() + 2.2) == "engine not answering (2 s)"
+
+    class Remote:  # a remote engine says why itself
+        backend = "remote"
+
+        def health(self, late_s=1.0):
+            return EngineHealth(False, "worker not answering (4 s)", 4.0)
+
+    pipe.engine = Remote()
+    assert pipe.engine_note() == "worker not answering (4 s)"

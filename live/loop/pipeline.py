@@ -19,7 +19,9 @@ eyes open) of the first second after the start or an avatar switch; ``r`` takes 
 at once. Commands (hot keys, :mod:`.keys`) arrive through one queue, from the window, stdin or tests.
 
 The parts apart from the threads: :class:`~.motion.MotionState` (smoothing, neutral face, lost
-face, for the regions and the landmarks alike) and :mod:`.overlay`.
+face, for the regions and the landmarks alike), :class:`~.pacing.OutputPacer` (the fps cap, and
+the last frame again while the engine is late or the camera lost), :class:`~.pacing.EngineWatch`
+("not answering" in the status line) and :mod:`.overlay`.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ from .capture import CaptureSource, Frame, LatestFrame
 from .keys import next_mode, pending
 from .motion import Motion, MotionSettings, MotionState
 from .overlay import draw_overlay, draw_regions
+from .pacing import NOT_ANSWERING_S, EngineWatch, OutputPacer
 from .smoothing import LostFacePolicy, OneEuroConfig
 from .stats import LiveStats
 
@@ -309,9 +312,11 @@ class LivePipeline:
         self._mesh: FaceMesh | None = None
         self.tracked = Mailbox()  # track thread -> animate thread
         self.rendered = Mailbox()  # animate thread -> sink loop
+        self.engine_watch = EngineWatch()
         self._stop = threading.Event()
         self._errors: list[BaseException] = []
         self._engine_down = threading.Event()
+        self._engine_late = False
         self.last_output: np.ndarray | None = None
 
     # -- stages ------------------------------------------------------------------------------
@@ -331,7 +336,8 @@ class LivePipeline:
                 if box is not None:
                     crop = crop_resize(frame.image, box, self.size)
                     try:
-                        params = self.engine.regions(to_input(crop[None]))
+                        with self.engine_watch.call("regions"):
+                            params = self.engine.regions(to_input(crop[None]))
                     except EngineUnavailable as e:
                         self._engine_lost(e)
                         continue
@@ -415,7 +421,8 @@ class LivePipeline:
                     self._stop.set()
                     break
                 try:
-                    avatar = self.avatars.current()
+                    with self.engine_watch.call("avatar"):
+                        avatar = self.avatars.current()
                 except EngineUnavailable as e:
                     self._engine_lost(e)
                     continue
@@ -428,9 +435,10 @@ class LivePipeline:
                     self.stats.event("face found")
                 t0 = time.perf_counter()
                 try:
-                    new = self.engine.transfer(avatar, motion.driving, motion.reference, mode=self.mode)
-                    t1 = time.perf_counter()
-                    out = self.engine.animate(avatar, new)[0]
+                    with self.engine_watch.call("animate"):
+                        new = self.engine.transfer(avatar, motion.driving, motion.reference, mode=self.mode)
+                        t1 = time.perf_counter()
+                        out = self.engine.animate(avatar, new)[0]
                 except EngineUnavailable as e:
                     self._engine_lost(e)
                     continue
@@ -475,15 +483,14 @@ class LivePipeline:
                    threading.Thread(target=self._animate_loop, name="animate", daemon=True)]
         for t in threads:
             t.start()
-        period = 1.0 / self.opt.fps if self.opt.fps else 0.0
-        next_out = time.monotonic()
+        pacer = OutputPacer(self.opt.fps)
         last_status = time.monotonic()
         last_lost = 0
         line = DelayLine((self.opt.delay_ms or 0.0) / 1000.0)
         ended = False
         try:
             while not self._stop.is_set() and not (ended and not line):
-                wait = min(0.25, line.wait_s(time.monotonic()))
+                wait = min(0.25, line.wait_s(time.monotonic()), pacer.period_s)
                 item: Rendered | None = None if ended else self.rendered.get(timeout=wait)
                 if item is not None:
                     line.push(item)
@@ -497,24 +504,25 @@ class LivePipeline:
                     ended = True  # the frames still in the delay line come out at their time
                 now = time.monotonic()
                 ready = line.due(now)
-                if not ready and not line and item is None and self.last_output is not None \
-                        and (self.capture.status == "lost" or self._engine_down.is_set()):
+                if not ready and not line and not ended and self.last_output is not None \
+                        and self._repeat_due(now, pacer):
                     self._write(self.last_output)  # keep the virtual camera alive
+                    pacer.repeated_at(now)
+                    self.stats.repeated(now)
                 for out in ready:
-                    if period:
-                        if now < next_out - period * 0.5:
-                            continue  # over the cap: skip this one
-                        next_out = max(next_out + period, now)
+                    if not pacer.admit(now):
+                        continue  # over the --fps cap: skip this one
                     self._write(out.image)
                     self.last_output = out.image
                     self.stats.output(out.capture_ts)
                     if self.opt.max_frames and self.stats.frames_out >= self.opt.max_frames:
                         ended, line = True, DelayLine()
                         break
+                self._watch_engine(now)
                 if time.monotonic() - last_status >= self.opt.status_every_s:
                     last_status = time.monotonic()
                     self._update_counts()
-                    self.log(self.stats.status_line(self.fps_in()))
+                    self.log(self.stats.status_line(self.fps_in(), self.engine_note(now)))
         except KeyboardInterrupt:
             # Ctrl-C is how a terminal user stops a live tool: stop like "q" (recordings kept, stats
             # written); a second Ctrl-C during the clean-up interrupts that as usual
@@ -533,6 +541,35 @@ class LivePipeline:
         if self._errors:
             raise self._errors[0]
         return self.stats
+
+    def _repeat_due(self, now: float, pacer: OutputPacer) -> bool:
+        """The last frame goes out again when the frames stopped for a reason the loop knows: the
+        camera is lost, the engine down (a worker reconnecting) or not answering
+        (:meth:`~export.engine.Engine.health`); or an engine call has run for as long as the pacer
+        lets a slow one run."""
+        sure = (self.capture.status == "lost" or self._engine_down.is_set()
+                or not self.engine.health(pacer.repeat_after_s).answering)
+        late = self.engine_watch.busy_s(now) >= pacer.repeat_after_s
+        return (sure or late) and pacer.repeat_due(now, sure)
+
+    def engine_note(self, now: "float | None" = None) -> str:
+        """What the status line says while the engine is late, else empty: the engine's own words
+        (a remote one: ``worker not answering (N s)``, ``worker unreachable: reconnecting``), or
+        ``engine not answering (N s)`` when one of its calls has run for :data:`~.pacing.NOT_ANSWERING_S`."""
+        health = self.engine.health(NOT_ANSWERING_S)
+        if not health.answering:
+            return health.reason
+        busy = self.engine_watch.busy_s(now)
+        return f"engine not answering ({busy:.0f} s)" if busy >= NOT_ANSWERING_S else ""
+
+    def _watch_engine(self, now: float) -> None:
+        """An event (and a log line) when the engine stops answering and when it answers again."""
+        note = self.engine_note(now)
+        if bool(note) != self._engine_late:
+            self._engine_late = bool(note)
+            self.stats.event(note.split(" (")[0] if note else "engine answering again")
+            if note:
+                self.log(f"{note}: repeating the last frame")
 
     def _write(self, image: np.ndarray) -> None:
         for sink in self.sinks:

@@ -62,9 +62,11 @@ class LiveSnapshot:
     latency_ms: Latency
     latency_ms_all: WholeRunLatency
     stages: "dict[str, StageTimes]"
-    max_output_gap_ms: float
+    max_output_gap_ms: float  # between new frames
     stalls_over_1s: int
     events: "list[str]"
+    frames_repeated: int = 0  # the last frame sent again while the engine was late or the camera lost
+    max_sink_gap_ms: float = 0.0  # the longest time the sinks got no frame, new or repeated
 
     def to_dict(self) -> dict:
         """The snapshot as the JSON of ``mra-live --stats`` shows it."""
@@ -88,6 +90,9 @@ class LiveStats:
         self.face_lost_frames = 0
         self.stalls_over_1s = 0
         self.max_gap_ms = 0.0
+        self.frames_repeated = 0
+        self.max_sink_gap_ms = 0.0
+        self._last_sent: "float | None" = None
         self.events: list[str] = []
 
     def stage(self, name: str, ms: float) -> None:
@@ -103,10 +108,23 @@ class LiveStats:
                 if gap > 1000:
                     self.stalls_over_1s += 1
             self.out_times.append(now)
+            self._sent(now)
             lat = (now - capture_ts) * 1000
             self.latency_ms.append(lat)
             self.all_latency_ms.append(lat)
             self.frames_out += 1
+
+    def repeated(self, now: "float | None" = None) -> None:
+        """The last frame went to the sinks again (no new one was ready)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            self.frames_repeated += 1
+            self._sent(now)
+
+    def _sent(self, now: float) -> None:
+        if self._last_sent is not None:
+            self.max_sink_gap_ms = max(self.max_sink_gap_ms, (now - self._last_sent) * 1000)
+        self._last_sent = now
 
     def event(self, text: str) -> None:
         with self._lock:
@@ -135,7 +153,8 @@ class LiveStats:
                 latency_ms_all=WholeRunLatency(self._pct(all_lat, 50), self._pct(all_lat, 95),
                                                max(all_lat) if all_lat else float("nan")),
                 stages=stages, max_output_gap_ms=self.max_gap_ms, stalls_over_1s=self.stalls_over_1s,
-                events=list(self.events))
+                events=list(self.events), frames_repeated=self.frames_repeated,
+                max_sink_gap_ms=self.max_sink_gap_ms)
 
     def _fps_unlocked(self) -> float:
         t = self.out_times
@@ -143,11 +162,13 @@ class LiveStats:
             return 0.0
         return (len(t) - 1) / max(t[-1] - t[0], 1e-9)
 
-    def status_line(self, fps_in: float = 0.0) -> str:
+    def status_line(self, fps_in: float = 0.0, note: str = "") -> str:
+        """One line of figures (``note``, e.g. ``worker not answering (3 s)``, at its end)."""
         s = self.snapshot(fps_in)
         st = " ".join(f"{k} {v.median_ms:.0f}" for k, v in s.stages.items())
         return (f"in {fps_in:4.1f} fps  out {s.fps_out:4.1f} fps  dropped {s.frames_dropped}  "
-                f"latency p50 {s.latency_ms.p50:.0f} p95 {s.latency_ms.p95:.0f} ms  [{st} ms]")
+                f"latency p50 {s.latency_ms.p50:.0f} p95 {s.latency_ms.p95:.0f} ms  [{st} ms]"
+                + (f"  {note}" if note else ""))
 
     def write_json(self, path: "str | Path", extra: dict | None = None, fps_in: float = 0.0) -> None:
         data = self.snapshot(fps_in).to_dict()
