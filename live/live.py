@@ -14,8 +14,9 @@ import os
 import queue
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from export.engine import MODES
 from nets.errors import ArgumentParser, UserError, entry_point
@@ -95,17 +96,31 @@ def _stdin_keys(commands: "queue.Queue[str]") -> None:
         threading.Thread(target=run, name="stdin-keys", daemon=True).start()
 
 
-def cli(argv: "Sequence[str] | None" = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .loop.capture import list_cameras, open_capture
+@dataclass(frozen=True)
+class Plan:
+    """mra-live's options checked before anything opens: the portraits, the outputs, the frame
+    size (``paste_back``: the whole portrait, else the face crop) and the webcam size asked for."""
 
-    if args.list_cameras:
-        cams = list_cameras()
-        if not cams:
-            print("no cameras found (is one plugged in, and not used by another program?)")
-        for i, w, h, fps in cams:
-            print(f"{i}: {w}x{h} @ {fps:g} fps")
-        return 0
+    sources: "list[Path]"
+    outputs: "list[str]"
+    out_size: FrameSize
+    paste_back: bool
+    camera_size: "tuple[int, int] | tuple[None, None]"
+
+
+def _list_cameras() -> int:
+    from .loop.capture import list_cameras
+
+    cams = list_cameras()
+    if not cams:
+        print("no cameras found (is one plugged in, and not used by another program?)")
+    for i, w, h, fps in cams:
+        print(f"{i}: {w}x{h} @ {fps:g} fps")
+    return 0
+
+
+def _plan(args) -> Plan:
+    """Check the options (one ``error:`` line each) and fill in the defaults."""
     paste_back = args.crop == "auto" and not args.no_paste_back
     if args.output_size is not None:
         out_size = parse_frame_size(args.output_size)
@@ -127,75 +142,106 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
         from nets.media import check_writable
         stats_path = Path(os.path.abspath(args.stats.expanduser()))
         check_writable(stats_path.parent, stats_path)
-    outputs = args.output or ["virtualcam"]
-    cam_w = cam_h = None
+    camera_size: "tuple[int, int] | tuple[None, None]" = (None, None)
     if args.camera_size:
         try:
-            cam_w, cam_h = (int(v) for v in args.camera_size.lower().split("x"))
+            w, h = (int(v) for v in args.camera_size.lower().split("x"))
         except ValueError:
             raise UserError("--camera-size must look like 640x480") from None
+        camera_size = (w, h)
+    return Plan(sources, args.output or ["virtualcam"], out_size, paste_back, camera_size)
+
+
+def _portrait_loader(engine, args, plan: Plan, detector) -> "Callable[[Path], AvatarImage]":
+    """Each portrait as the model sees it (and prepared for paste-back)."""
+    from nets import media
+    from .portrait import prepare_portrait
+
+    def load(path: Path) -> AvatarImage:
+        rgb = media.read_image(path)
+        crop, paste = prepare_portrait(rgb, engine.frame_size, args.crop, detector,
+                                       plan.out_size if plan.paste_back else False, name=path.name)
+        return AvatarImage(media.to_input(crop[None]), paste)
+    return load
+
+
+def _open_sinks(sinks: list, plan: Plan, fps: float, commands: "queue.Queue[str]") -> None:
+    """The outputs, appended to ``sinks`` one by one (so that those already open are closed when one fails)."""
+    from .loop.sinks import FileSink, VirtualCamSink, WindowSink
+
+    size = plan.out_size
+    for out in plan.outputs:
+        if out == "virtualcam":
+            sinks.append(VirtualCamSink(size.width, size.height, fps))
+        elif out == "window":
+            sinks.append(WindowSink(commands))
+        else:
+            sinks.append(FileSink(out, fps, size.width, size.height))
+
+
+def _announce(engine, args, capture, plan: Plan) -> None:
+    """What runs, and how to drive it (stderr)."""
+    print(f"mra-live: {engine.describe()}; camera {args.camera} ({capture.size[0]}x{capture.size[1]} @ "
+          f"{capture.fps:g} fps) -> {', '.join(plan.outputs)} at {plan.out_size}"
+          f"{' (portrait pasted back)' if plan.paste_back else ' (face crop)'}", file=sys.stderr)
+    if "window" not in plan.outputs:
+        print("keys: " + ", ".join(f"{k} {v.split(' (')[0]}" for k, v in COMMANDS.items()) +
+              " (type + Enter)", file=sys.stderr)
+    from nets.config import OFFICIAL_PRESETS
+
+    if engine.frame_size > 256 or engine.config_name in OFFICIAL_PRESETS:
+        if args.device == "cpu" and not args.worker:
+            print(f"note: {engine.config_name} is a full-size network; on a CPU it runs at a few frames per "
+                  "second at best. Use the default model or --device cuda for real time.", file=sys.stderr)
+
+
+def _report(stats, pipe: LivePipeline, engine, args, plan: Plan) -> None:
+    """--stats and the closing line."""
+    if not args.quiet:
+        print(file=sys.stderr)
+    if args.stats:
+        stats.write_json(args.stats, extra={"engine": engine.describe(), "camera": args.camera,
+                                            "outputs": plan.outputs, "mode": pipe.mode}, fps_in=pipe.fps_in())
+    snap = stats.snapshot(pipe.fps_in())
+    print(f"mra-live: {snap.frames_out} frames out at {snap.fps_out:.1f} fps, latency p50 "
+          f"{snap.latency_ms_all.p50:.0f} ms p95 {snap.latency_ms_all.p95:.0f} ms, "
+          f"{snap.frames_dropped} dropped", file=sys.stderr)
+
+
+def cli(argv: "Sequence[str] | None" = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_cameras:
+        return _list_cameras()
+    plan = _plan(args)
 
     engine = engine_from_args(args)
     import cv2
     cv2.setNumThreads(1)  # the stages already run side by side; OpenCV's own pool would only contend with them
-    from nets import media
-    from .portrait import prepare_portrait
     from nets.media.face import FaceDetector, FaceTracker, TrackerSettings
 
+    from .loop.capture import open_capture
+
     detector = FaceDetector() if args.crop == "auto" else None
-
-    def load(path: Path) -> AvatarImage:
-        rgb = media.read_image(path)
-        crop, paste = prepare_portrait(rgb, engine.frame_size, args.crop, detector, out_size if paste_back else False,
-                                       name=path.name)
-        return AvatarImage(media.to_input(crop[None]), paste)
-
-    capture = open_capture(args.camera, loop=args.loop, width=cam_w, height=cam_h)
+    capture = open_capture(args.camera, loop=args.loop, width=plan.camera_size[0], height=plan.camera_size[1])
     commands: queue.Queue[str] = queue.Queue()
-    sinks = []
-    fps_out = args.fps or capture.fps
+    sinks: list = []
     try:
-        from .loop.sinks import FileSink, VirtualCamSink, WindowSink
-        for out in outputs:
-            if out == "virtualcam":
-                sinks.append(VirtualCamSink(out_size.width, out_size.height, fps_out))
-            elif out == "window":
-                sinks.append(WindowSink(commands))
-            else:
-                sinks.append(FileSink(out, fps_out, out_size.width, out_size.height))
+        _open_sinks(sinks, plan, args.fps or capture.fps, commands)
         cropper = FaceCropper(FaceTracker(detector, settings=TrackerSettings(detect_every=2))) if detector else \
             CenterCropper()
-        avatars = Avatars(engine, sources, load).check(lambda s: print(f"warning: {s}", file=sys.stderr))
+        load = _portrait_loader(engine, args, plan, detector)
+        avatars = Avatars(engine, plan.sources, load).check(lambda s: print(f"warning: {s}", file=sys.stderr))
         options = LiveOptions(mode=args.mode, smoothing=not args.no_smoothing,
                               one_euro=OneEuroConfig(min_cutoff=args.min_cutoff, beta=args.beta),
-                              output_size=out_size, fps=args.fps, delay_ms=args.delay,
+                              output_size=plan.out_size, fps=args.fps, delay_ms=args.delay,
                               max_frames=args.max_frames, overlay=args.overlay, expression=args.expression)
         check_mode(engine, args.mode)
         log = (lambda s: None) if args.quiet else (lambda s: print(f"\r{s}", end="", file=sys.stderr, flush=True))
-        print(f"mra-live: {engine.describe()}; camera {args.camera} ({capture.size[0]}x{capture.size[1]} @ "
-              f"{capture.fps:g} fps) -> {', '.join(outputs)} at {out_size}"
-              f"{' (portrait pasted back)' if paste_back else ' (face crop)'}", file=sys.stderr)
-        if "window" not in outputs:
-            print("keys: " + ", ".join(f"{k} {v.split(' (')[0]}" for k, v in COMMANDS.items()) +
-                  " (type + Enter)", file=sys.stderr)
-        from nets.config import OFFICIAL_PRESETS
-
-        if engine.frame_size > 256 or engine.config_name in OFFICIAL_PRESETS:
-            if args.device == "cpu" and not args.worker:
-                print(f"note: {engine.config_name} is a full-size network; on a CPU it runs at a few frames per "
-                      "second at best. Use the default model or --device cuda for real time.", file=sys.stderr)
+        _announce(engine, args, capture, plan)
         _stdin_keys(commands)
         pipe = LivePipeline(engine, capture, cropper, avatars, sinks, options, commands=commands, log=log)
         stats = pipe.run()
-        if not args.quiet:
-            print(file=sys.stderr)
-        if args.stats:
-            stats.write_json(args.stats, extra={"engine": engine.describe(), "camera": args.camera,
-                                                "outputs": outputs, "mode": pipe.mode}, fps_in=pipe.fps_in())
-        snap = stats.snapshot(pipe.fps_in())
-        print(f"mra-live: {snap.frames_out} frames out at {snap.fps_out:.1f} fps, latency p50 "
-              f"{snap.latency_ms_all.p50:.0f} ms p95 {snap.latency_ms_all.p95:.0f} ms, "
-              f"{snap.frames_dropped} dropped", file=sys.stderr)
+        _report(stats, pipe, engine, args, plan)
         closing, sinks = sinks, []
         for s in closing:
             s.close()
