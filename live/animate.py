@@ -31,7 +31,7 @@ import numpy as np
 
 from export.engine import MODES
 from nets import media
-from nets.errors import ArgumentParser, UserError, run_cli
+from nets.errors import ArgumentParser, UserError, one_line_warnings, run_cli
 from nets.media.facemesh import FaceMesh
 from nets.media.face import CropBox, CropSettings, FaceDetector, FaceTracker, TrackerSettings, crop_resize, face_crop
 
@@ -362,12 +362,6 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _one_line_warnings() -> None:
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
-    warnings.showwarning = show
-
-
 def _sigterm_as_interrupt() -> None:
     if threading.current_thread() is threading.main_thread():
         def handler(signum, frame):
@@ -387,7 +381,7 @@ def _output_size(spec: "str | None") -> "FrameSize | int | None":
 def cli(argv: "Sequence[str] | None" = None) -> int:
     """The command (errors propagate; :func:`main` turns them into one-line messages)."""
     args = build_parser().parse_args(argv)
-    _one_line_warnings()
+    one_line_warnings()
     _sigterm_as_interrupt()
     batch = args.batch_size if args.batch_size is not None else \
         (8 if args.worker else 16 if args.device == "cuda" else 4)

@@ -83,6 +83,16 @@ def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[s
         return EXIT_USAGE
 
 
+def one_line_warnings() -> None:
+    """Show every Python warning as one ``warning: ...`` line on stderr (no file name, no source line),
+    as the tools show errors."""
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"warning: {_one_line(message)}", file=sys.stderr)
+    warnings.showwarning = show
+
+
 def launch(target: str) -> None:
     """The body of a console script: import ``"package.module"`` and exit with its ``main()``.
 

@@ -74,3 +74,16 @@ def test_console_scripts_import_nothing_heavy_before_the_guard():
     os.kill(p.pid, signal.SIGINT)
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
+
+
+def test_warnings_are_one_line(capsys, monkeypatch):
+    import warnings
+
+    from nets.errors import one_line_warnings
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored after the test
+    one_line_warnings()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("the driving video\n   does not say its frame rate")
+    assert capsys.readouterr().err == "warning: the driving video does not say its frame rate\n"

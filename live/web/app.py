@@ -704,8 +704,8 @@ def _check_server_packages() -> None:
 def cli(argv: "Sequence[str] | None" = None) -> int:
     args = build_parser().parse_args(argv)
     _check_server_packages()
-    from ..animate import _one_line_warnings
-    _one_line_warnings()  # e.g. "warning: the driving video recording.webm does not say its frame rate; ..."
+    from nets.errors import one_line_warnings
+    one_line_warnings()  # e.g. "warning: the driving video recording.webm does not say its frame rate; ..."
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port must be between 0 and 65535, got {args.port}")
     if not args.max_upload_mb > 0:
