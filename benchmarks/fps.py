@@ -355,6 +355,8 @@ def parse_args(argv: "Sequence[str] | None"):
                    help="time the per_frame stage of all backends of a config round-robin (one frame each in turn), "
                         "so a machine busy with other work slows them alike; keeps every backend in memory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-expression", action="store_true",
+                   help="do not time the expression path (face mesh + warp, added to every CPU engine's frame)")
     p.add_argument("--json", help="write the rows as JSON here")
     return p.parse_args(argv)
 
@@ -464,12 +466,60 @@ def main(argv: "Sequence[str] | None" = None) -> int:
             print(table([r for r in all_rows if r["config"] == label], graphs), flush=True)
             if args.json:  # after every config, so a run cut short keeps what it measured
                 write_json(all_rows, args.json)
+    if not args.no_expression:
+        expr = measure_expression(256, opts, threads, progress)
+        for r in expr:
+            r["machine"] = info_machine
+        all_rows += expr
+        if args.json:
+            write_json(all_rows, args.json)
     print("\nper frame, end to end:")
     print(summary(all_rows))
+    print(with_expression(all_rows))
     print(f"\nmachine: {info_machine}")
     if args.json:
         print(f"wrote {len(all_rows)} rows to {args.json}")
     return 0
+
+
+def expression_stages(size: int) -> dict[str, Callable[[], Any]]:
+    """The expression path's per-frame work (``live.expression``, the same on every engine): the
+    driving crop's face mesh (tracking), and the warp of the animated crop (its own tracking mesh for
+    the head pose, the field, the remap, the painted mouth and lids). Timed on the drawn example
+    portrait, driven by its own landmarks with the mouth open and one eye shut, so nothing is skipped."""
+    from live import expression as ex
+    from live.live import EXAMPLE_PORTRAIT
+    from live.portrait import prepare_portrait
+    from nets import media
+    from nets.media import facemesh as fm
+
+    crop, _ = prepare_portrait(media.read_image(EXAMPLE_PORTRAIT), size, "auto")
+    face = ex.portrait_face(crop)
+    if face is None:
+        raise rn.Unavailable("no face mesh found on the example portrait")
+    ref = face.landmarks
+    driver = ref.copy()
+    driver[list(fm.LIPS_INNER_LOWER) + list(fm.JAW[3:-3]), 1] += 0.2 * float(fm.inter_ocular(ref))
+    driver[list(fm.LEFT_EYE_UPPER)] = driver[list(fm.LEFT_EYE_LOWER)]
+    mesh, transfer = fm.FaceMesh(tracking=True), ex.ExpressionTransfer(face)
+    stages = {"mesh": lambda: mesh(crop), "warp": lambda: transfer.apply(crop, driver, ref)}
+    stages["per_frame"] = lambda: (stages["mesh"](), stages["warp"]())
+    return stages
+
+
+def measure_expression(size: int, opts: Options, threads: int, progress: Callable[[str], None]) -> list[dict]:
+    """Rows ``config=expression``: the expression path's stages and their sum (add it to an engine's per_frame)."""
+    try:
+        stages = expression_stages(size)
+    except rn.Unavailable as e:
+        return rows_for("expression", "numpy+mediapipe", "cpu", None, {}, None, threads, str(e))
+    stats = {}
+    for name, fn in stages.items():
+        progress(f"expression path {name}")
+        with Contention() as busy:
+            stats[name] = time_fn(fn, opts.frames, opts.warmup, "cpu", opts.max_seconds, opts.min_frames)
+        stats[name].others_cpu, stats[name].others_niced_cpu = busy.cores, busy.niced
+    return rows_for("expression", "numpy+mediapipe", "cpu", stats, {}, None, threads)
 
 
 def interleave(rows: list[dict], label: str, kept: "dict[tuple[str, str], Callable[[], Any]]", opts: Options,
@@ -500,6 +550,19 @@ def write_json(rows: list[dict], path: str) -> None:
     tmp = Path(path).with_suffix(".tmp")
     tmp.write_text(json.dumps(rows, indent=1))
     os.replace(tmp, path)
+
+
+def with_expression(rows: list[dict]) -> str:
+    """Each CPU engine's per_frame plus the expression path's (what mra-live spends per frame on the CPU)."""
+    expr = next((r for r in rows if r["config"] == "expression" and r["stage"] == "per_frame" and r["available"]), None)
+    if expr is None:
+        return "expression path: not measured"
+    lines = [f"expression path (driving mesh + warp): median {expr['median_ms']:.2f} ms, p95 {expr['p95_ms']:.2f} ms; "
+             "engine + expression, medians added:"]
+    for r in rows:
+        if r["stage"] == "per_frame" and r["available"] and r["device"] == "cpu" and r["config"] != "expression":
+            lines.append(f"  {r['config']:<10} {r['backend']:<16} {r['median_ms'] + expr['median_ms']:>8.2f} ms")
+    return "\n".join(lines)
 
 
 def summary(rows: list[dict]) -> str:

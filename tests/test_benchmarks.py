@@ -477,3 +477,21 @@ def test_following_is_one_for_the_driver_itself_and_zero_for_a_still_photo():
     half = following(d, [0.5 * x for x in d])
     assert half.gain == pytest.approx(0.5) and half.corr == pytest.approx(1.0)
     assert following([0.0, 0.0], [0.1, 0.2]).gain is None
+
+
+def test_fps_times_the_expression_path_and_adds_it_to_each_cpu_engine():
+    from benchmarks import fps
+
+    stages = fps.expression_stages(256)
+    assert set(stages) == {"mesh", "warp", "per_frame"}
+    marks = stages["mesh"]()
+    assert marks is not None and marks.shape == (468, 2)
+    out = stages["warp"]()
+    assert out.shape == (256, 256, 3) and out.dtype == np.uint8
+    rows = [{"config": "default:lite256", "backend": "ort-cpu", "device": "cpu", "stage": "per_frame", "available": True,
+             "median_ms": 25.0},
+            {"config": "expression", "backend": "numpy+mediapipe", "device": "cpu", "stage": "per_frame",
+             "available": True, "median_ms": 7.5, "p95_ms": 9.0}]
+    text = fps.with_expression(rows)
+    assert "32.50 ms" in text and "median 7.50 ms" in text
+    assert fps.with_expression(rows[:1]) == "expression path: not measured"
