@@ -216,24 +216,45 @@ def warp(image: np.ndarray, field: np.ndarray) -> np.ndarray:
     return cv2.remap(image, gx + field[..., 0], gy + field[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def paint_cavity(image: np.ndarray, cp: ControlPoints, iod: float, rgb: np.ndarray = CAVITY_RGB) -> np.ndarray:
-    """Darken the inside of the desired inner-lip outline, in proportion to the opening."""
+def _region(points: np.ndarray, margin: float, h: int, w: int) -> tuple[int, int, int, int]:
+    """The pixel box ``(x0, y0, x1, y1)`` around ``points`` ``(N, 2)`` widened by ``margin``, inside the image."""
+    x0, y0 = np.floor(points.min(0) - margin).astype(int)
+    x1, y1 = np.ceil(points.max(0) + margin).astype(int) + 1
+    return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+
+
+def _soft(size: tuple[int, int], origin: tuple[int, int], blur: float, fill=(), lines=(), width: int = 1) -> np.ndarray:
+    """A soft mask ``(h, w, 1)`` float32 in [0, 1] of a box at ``origin``: polygons ``fill`` filled and
+    polylines ``lines`` drawn (sub-pixel, anti-aliased), blurred by ``blur`` pixels."""
     import cv2
 
+    mask = np.zeros(size, np.uint8)
+    shift = np.asarray(origin, np.float64)
+    for poly in fill:
+        cv2.fillPoly(mask, [np.round((poly - shift) * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
+    for line in lines:
+        cv2.polylines(mask, [np.round((line - shift) * 4).astype(np.int32)], False, 255, thickness=width,
+                      lineType=cv2.LINE_AA, shift=2)
+    return cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), blur)[..., None]
+
+
+def paint_cavity(image: np.ndarray, cp: ControlPoints, iod: float, rgb: np.ndarray = CAVITY_RGB) -> np.ndarray:
+    """Darken the inside of the desired inner-lip outline, in proportion to the opening (only the
+    mouth's box is touched)."""
     strength = float(np.clip((cp.mouth_gap - 0.02 * iod) / (0.06 * iod), 0.0, 1.0))
     if strength <= 0.0:
         return image
-    h, w = image.shape[:2]
-    scale = 4  # sub-pixel outline
-    mask = np.zeros((h, w), np.uint8)
-    poly = np.round(cp.inner_lips * scale).astype(np.int32)
-    cv2.fillPoly(mask, [poly], 255, lineType=cv2.LINE_AA, shift=2)
     soft = max(1.0, 0.02 * iod)
-    alpha = cv2.GaussianBlur(mask.astype(np.float32) / 255.0, (0, 0), soft)[..., None] * strength
+    x0, y0, x1, y1 = _region(cp.inner_lips, 3 * soft, *image.shape[:2])
+    if x1 <= x0 or y1 <= y0:
+        return image
+    alpha = _soft((y1 - y0, x1 - x0), (x0, y0), soft, fill=[cp.inner_lips]) * strength
+    box = image[y0:y1, x0:x1].astype(np.float32)
     # keep the texture a little (lit teeth edges, tongue) but mostly shadow
-    shade = 0.25 * image.astype(np.float32) + 0.75 * np.asarray(rgb, np.float32)
-    out = image.astype(np.float32) * (1 - alpha) + shade * alpha
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    shade = 0.25 * box + 0.75 * np.asarray(rgb, np.float32)
+    out = image.copy()
+    out[y0:y1, x0:x1] = np.clip(box * (1 - alpha) + shade * alpha + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 SHUT_BELOW = 0.45  # an eye opened less than this share of its own opening gets its lid painted over
@@ -242,32 +263,33 @@ SHUT_BELOW = 0.45  # an eye opened less than this share of its own opening gets 
 def paint_lids(image: np.ndarray, cp: ControlPoints, face: PortraitFace, iod: float) -> np.ndarray:
     """Cover what a shutting eye no longer shows (its opening now, less the opening it is to keep)
     with its own lid skin, and draw the lash line where the lid comes to rest, fading in as the eye
-    shuts (the warp alone leaves a squeezed sliver of eye white and iris)."""
+    shuts (the warp alone leaves a squeezed sliver of eye white and iris). Only the eyes' boxes are touched."""
     import cv2
 
     if face.lid_rgb is None or face.lash_rgb is None:
         return image
-    out = None
+    out = image
     soft = max(0.8, 0.012 * iod)
     for k, (now, kept) in enumerate(cp.eyes):
         strength = float(np.clip((SHUT_BELOW - cp.eye_open[k]) / (SHUT_BELOW - 0.1), 0.0, 1.0))
         if strength <= 0.0:
             continue
-        if out is None:
-            out = image.astype(np.float32)
-        opening, keep = np.zeros(image.shape[:2], np.uint8), np.zeros(image.shape[:2], np.uint8)
-        cv2.fillPoly(opening, [np.round(now * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
-        cv2.fillPoly(keep, [np.round(kept * 4).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=2)
-        cover = cv2.dilate(np.clip(opening.astype(np.int16) - keep, 0, 255).astype(np.uint8), np.ones((3, 3), np.uint8))
-        alpha = cv2.GaussianBlur(cover.astype(np.float32) / 255.0, (0, 0), soft)[..., None] * strength
-        out = out * (1 - alpha) + face.lid_rgb[k].astype(np.float32) * alpha
-        lash = np.zeros(image.shape[:2], np.uint8)
+        x0, y0, x1, y1 = _region(np.concatenate([now, kept]), 4 * soft + 2, *image.shape[:2])
+        if x1 <= x0 or y1 <= y0:
+            continue
+        size, origin = (y1 - y0, x1 - x0), (x0, y0)
+        opening = _soft(size, origin, 0.01, fill=[now])  # crisp: the difference is dilated and blurred below
+        keep = _soft(size, origin, 0.01, fill=[kept])
+        cover = cv2.dilate(np.clip(opening - keep, 0, 1)[..., 0], np.ones((3, 3), np.uint8))
+        alpha = cv2.GaussianBlur(cover, (0, 0), soft)[..., None] * strength
         lid_line = kept[: len(kept) - len(kept) // 2]  # the upper lid, where it is to be
-        cv2.polylines(lash, [np.round(lid_line * 4).astype(np.int32)], False, 255,
-                      thickness=max(1, int(round(0.015 * iod))), lineType=cv2.LINE_AA, shift=2)
-        beta = cv2.GaussianBlur(lash.astype(np.float32) / 255.0, (0, 0), soft * 0.7)[..., None] * strength
-        out = out * (1 - beta) + face.lash_rgb[k].astype(np.float32) * beta
-    return image if out is None else np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        beta = _soft(size, origin, soft * 0.7, lines=[lid_line], width=max(1, int(round(0.015 * iod)))) * strength
+        box = out[y0:y1, x0:x1].astype(np.float32)
+        box = box * (1 - alpha) + face.lid_rgb[k].astype(np.float32) * alpha
+        box = box * (1 - beta) + face.lash_rgb[k].astype(np.float32) * beta
+        out = out.copy() if out is image else out
+        out[y0:y1, x0:x1] = np.clip(box + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 class ExpressionTransfer:
