@@ -23,6 +23,8 @@ from typing import Optional
 
 import numpy as np
 
+from nets.media import facemesh as fm
+
 GROUPS: dict[str, tuple[int, ...]] = {
     "face_oval": (10, 21, 54, 58, 67, 93, 103, 109, 127, 132, 136, 148, 149, 150, 152, 162, 172, 176, 234, 251, 284,
                   288, 297, 323, 332, 338, 356, 361, 365, 377, 378, 379, 389, 397, 400, 454),
@@ -41,56 +43,29 @@ SUBSET: np.ndarray = np.array(sorted({i for g in GROUPS.values() for i in g}), d
 NUM_MESH_POINTS = 468
 
 
-class LandmarksUnavailable(RuntimeError):
-    """mediapipe (FaceMesh) cannot be used here; the message says why."""
+LandmarksUnavailable = fm.FaceMeshUnavailable  # mediapipe's FaceMesh cannot be used here; the message says why
 
 
 def unavailable_reason() -> Optional[str]:
     """None when FaceMesh can run, else why not."""
     try:
-        import mediapipe as mp
-        mp.solutions.face_mesh  # noqa: B018 - the legacy solution must be there
-    except Exception as e:  # noqa: BLE001 - ImportError, AttributeError on newer mediapipe
-        return f"mediapipe FaceMesh is not available ({type(e).__name__}: {e}); pip install mediapipe==0.10.21"
+        fm.FaceMesh().close()
+    except fm.FaceMeshUnavailable as e:
+        return str(e)
     return None
 
 
-class FaceMesh:
+class FaceMesh(fm.FaceMesh):
     """``landmarks(image)``: uint8 RGB ``(H, W, 3)`` -> ``(len(SUBSET), 2)`` float pixel coordinates (x, y), or None.
 
-    Use as a context manager (or call :meth:`close`): it holds a mediapipe graph.
+    The project's one FaceMesh (:class:`nets.media.facemesh.FaceMesh`) in static-image mode without
+    the refinement model, as the AKD figures have always been measured. Use as a context manager
+    (or call :meth:`close`): it holds a mediapipe graph.
     """
 
     def __init__(self, min_detection_confidence: float = 0.5):
-        reason = unavailable_reason()
-        if reason:
-            raise LandmarksUnavailable(reason)
-        import mediapipe as mp
-
-        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
-                                                     refine_landmarks=False,
-                                                     min_detection_confidence=min_detection_confidence)
-
-    def __call__(self, image: np.ndarray) -> Optional[np.ndarray]:
-        return self.landmarks(image)
+        super().__init__(tracking=False, refine=False, min_confidence=min_detection_confidence)
 
     def landmarks(self, image: np.ndarray, subset: bool = True) -> Optional[np.ndarray]:
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
-        result = self._mesh.process(np.ascontiguousarray(image))
-        if not result.multi_face_landmarks:
-            return None
-        h, w = image.shape[:2]
-        pts = np.array([(p.x * w, p.y * h) for p in result.multi_face_landmarks[0].landmark], dtype=np.float64)
-        return pts[SUBSET] if subset else pts
-
-    def close(self) -> None:
-        if self._mesh is not None:
-            self._mesh.close()
-            self._mesh = None
-
-    def __enter__(self) -> "FaceMesh":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        pts = super().landmarks(image)
+        return None if pts is None or not subset else pts[SUBSET]

@@ -180,8 +180,11 @@ def test_fps_runs_on_tiny_and_writes_rows(tmp_path, capsys):
     assert "not selected" in unavailable[("ort-trt-fp16", "cuda")]
     if not torch.cuda.is_available():
         assert "CUDA" in unavailable[("torch-cuda-bf16", "cuda")]
-    default = [r for r in rows if r["config"] != "tiny"]
+    default = [r for r in rows if r["config"] not in ("tiny", "expression")]
     assert default and all(r["available"] or r["reason"] for r in default)
+    expression = {r["stage"]: r for r in rows if r["config"] == "expression"}  # timed once, beside the engines
+    assert set(expression) == {"mesh", "warp", "per_frame"} and expression["per_frame"]["median_ms"] > 0
+    assert "engine + expression" in text
 
 
 def test_fps_rejects_unknown_names(capsys):
@@ -425,7 +428,8 @@ def test_fps_times_a_checkpoint_file(tmp_path):
     nets.save_model(model, path)
     out = tmp_path / "fps.json"
     assert run_cli(fps.main, ["--checkpoint", str(path), "--device", "cpu", "--frames", "2", "--warmup", "0", "--threads", "1",
-                              "--min-frames", "1", "--backends", "torch-eager", "--json", str(out)]) == 0
+                              "--min-frames", "1", "--backends", "torch-eager", "--no-expression", "--json",
+                              str(out)]) == 0
     rows = [r for r in json.loads(out.read_text()) if r["available"]]
     assert {r["config"] for r in rows} == {"tiny.pt"} and {r["backend"] for r in rows} == {"torch-eager"}
     assert {r["stage"] for r in rows} == set(rn.STAGES)
@@ -442,7 +446,8 @@ def test_fps_reports_a_failing_backend_and_goes_on(tmp_path, monkeypatch):
     monkeypatch.setattr(fps, "make_runner", broken)
     out = tmp_path / "fps.json"
     assert run_cli(fps.main, ["--config", "tiny", "--device", "cpu", "--frames", "2", "--warmup", "0", "--threads", "1",
-                              "--min-frames", "1", "--backends", "naive,torch-eager", "--json", str(out)]) == 0
+                              "--min-frames", "1", "--backends", "naive,torch-eager", "--no-expression", "--json",
+                              str(out)]) == 0
     rows = {(r["backend"], r["device"], r["stage"]): r for r in json.loads(out.read_text())}
     assert "kaboom" in rows[("torch-eager", "cpu", "per_frame")]["reason"]
     assert rows[("naive", "cpu", "per_frame")]["available"]
