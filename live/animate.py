@@ -271,9 +271,14 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     if info.fps_guessed and not options.fps:
         warnings.warn(f"the driving video {info.path.name} does not say its frame rate; assuming {float(fps):g} fps "
                       "(set --fps to choose)")
-    full = options.frame_size(src_rgb.shape[1], src_rgb.shape[0]) if options.full_frame else False
+    # the frames are made at the size the output is written at (mp4: even sides, rounded down), which
+    # is the size the result says
+    full = False
+    if options.full_frame:
+        full = FrameSize(*media.written_size(spec.kind, options.frame_size(src_rgb.shape[1], src_rgb.shape[0]).wh))
     src, paste = prepare_portrait(src_rgb, size, options.crop, detector, full, options.crop_settings)
-    out_size = paste.size if paste is not None else FrameSize(options.size or size, options.size or size)
+    side = options.size or size
+    out_size = paste.size if paste is not None else FrameSize(*media.written_size(spec.kind, (side, side)))
     avatar = engine.prepare_source(media.to_input(src[None]))
     del src_rgb
     face = ex.portrait_face(src) if options.expression > 0 else None
@@ -327,8 +332,8 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
         mesh.close()
         if express is not None:
             express.close()
-    return AnimateResult(output=path, kind=spec.kind, frames=done, fps=fps, size=out_size, has_audio=writer.has_audio,
-                         seconds=time.perf_counter() - t_start, reference=ref, notes=notes)
+    return AnimateResult(output=path, kind=spec.kind, frames=done, fps=fps, size=FrameSize(*writer.size),
+                         has_audio=writer.has_audio, seconds=time.perf_counter() - t_start, reference=ref, notes=notes)
 
 
 # ---------------------------------------------------------------------------------------------

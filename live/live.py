@@ -179,11 +179,16 @@ def _open_sinks(sinks: list, plan: Plan, fps: float, commands: "queue.Queue[str]
             sinks.append(FileSink(out, fps, size.width, size.height))
 
 
-def _announce(engine, args, capture, plan: Plan) -> None:
+def _announce(engine, args, capture, plan: Plan, sinks: list) -> None:
     """What runs, and how to drive it (stderr)."""
+    from .loop.sinks import FileSink
+
+    evened = [f"{s.path.name} at {s.size[0]}x{s.size[1]}" for s in sinks
+              if isinstance(s, FileSink) and s.size != plan.out_size.wh]
     print(f"mra-live: {engine.describe()}; camera {args.camera} ({capture.size[0]}x{capture.size[1]} @ "
           f"{capture.fps:g} fps) -> {', '.join(plan.outputs)} at {plan.out_size}"
-          f"{' (portrait pasted back)' if plan.paste_back else ' (face crop)'}", file=sys.stderr)
+          f"{' (portrait pasted back)' if plan.paste_back else ' (face crop)'}"
+          f"{'; ' + ', '.join(evened) + ' (H.264 needs even sides)' if evened else ''}", file=sys.stderr)
     if "window" not in plan.outputs:
         print("keys: " + ", ".join(f"{k} {v.split(' (')[0]}" for k, v in COMMANDS.items()) +
               " (type + Enter)", file=sys.stderr)
@@ -237,7 +242,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
                               max_frames=args.max_frames, overlay=args.overlay, expression=args.expression)
         check_mode(engine, args.mode)
         log = (lambda s: None) if args.quiet else (lambda s: print(f"\r{s}", end="", file=sys.stderr, flush=True))
-        _announce(engine, args, capture, plan)
+        _announce(engine, args, capture, plan, sinks)
         _stdin_keys(commands)
         pipe = LivePipeline(engine, capture, cropper, avatars, sinks, options, commands=commands, log=log)
         stats = pipe.run()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nets.errors import UserError
+from nets.media import even_size
 from nets.media.face import CropBox, CropSettings
 
 
@@ -75,12 +76,9 @@ def parse_frame_size(spec: str, option: str = "--output-size") -> FrameSize:
 
 def capped_size(width: int, height: int, long_side: int) -> FrameSize:
     """The size of a ``width`` x ``height`` image with its long side at most ``long_side`` (aspect
-    kept, even sides, as H.264 wants)."""
+    kept; even sides, as H.264 wants, rounded down: ``nets.media.even_size``)."""
     s = min(1.0, long_side / max(width, height))
-
-    def even(v: float) -> int:
-        return max(2, int(round(v / 2.0)) * 2)
-    return FrameSize(even(width * s), even(height * s))
+    return FrameSize(*even_size(round(width * s), round(height * s)))
 
 
 @dataclass(frozen=True)

@@ -492,6 +492,31 @@ def test_full_frame_output_sizes(files, drawn, tmp_path, capfd, extra, expect):
     assert count_frames(out) == 10
 
 
+@pytest.mark.parametrize("name,extra,expect", [
+    ("o.mp4", ("--output-size", "65x67"), (64, 66)),    # H.264 needs even sides: rounded down, never up
+    ("o.mp4", ("--output-size", "101"), (76, 100)),     # the cap 101: 100 (600x800 scaled: 75.75 -> 76)
+    ("o.mp4", ("--output-size", "103"), (76, 102)),     # the cap 103: 102, not 104
+    ("o.mp4", ("--no-paste-back", "--size", "65"), (64, 64)),
+    ("o.gif", ("--output-size", "65x67"), (65, 67)),    # a GIF takes odd sides as asked
+])
+def test_odd_output_sizes_are_rounded_down_and_said_as_written(files, drawn, tmp_path, capfd, name, extra, expect):
+    """Issue 21 item 11: the size in the result line is the size of the file, one rounding direction."""
+    out = tmp_path / name
+    code, said, err = cli(capfd, "--source", drawn / "portrait.png", "--driving", drawn / "talk.mp4", "--output", out,
+                          "--checkpoint", files / "tiny.pth", *extra)
+    assert code == 0, err
+    assert video_size(out) == expect
+    assert f"({expect[0]}x{expect[1]}, " in said, said
+
+
+def test_capped_sizes_never_exceed_the_cap_and_are_even():
+    from live.pasteback import capped_size
+    for w, h, cap in [(600, 800, 101), (600, 800, 103), (603, 803, 4096), (1, 3, 64), (4000, 30, 1281)]:
+        size = capped_size(w, h, cap)
+        assert size.width % 2 == 0 and size.height % 2 == 0
+        assert max(size.wh) <= max(cap, 2) and size.width <= max(w, 2) and size.height <= max(h, 2), (w, h, cap, size)
+
+
 def test_full_frame_keeps_the_portrait_outside_the_face(files, drawn, engine, tmp_path):
     """Pixels far from the face are the portrait's own (sharp, unchanged); the face region is animated."""
     res = animate_file(engine, drawn / "portrait.png", drawn / "talk.mp4", tmp_path / "frames", AnimateOptions())

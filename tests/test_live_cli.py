@@ -159,6 +159,20 @@ def test_full_frame_output_by_default(assets, drawn, tmp_path, extra, expect):
     assert "post" in json.loads(stats.read_text())["stages"]
 
 
+def test_an_odd_recording_size_is_said(assets, drawn, tmp_path):
+    """--output-size 641x481 into an mp4: the file is 640x480 (H.264's even sides, rounded down) and
+    the start line says so."""
+    d, ckpt, src, cam = assets
+    out = tmp_path / "o.mp4"
+    r = run_cli("--source", drawn / "portrait.png", "--camera", drawn / "talk.mp4", "--checkpoint", ckpt,
+                "--backend", "torch", "--output", out, "--max-frames", 3, "--quiet", "--output-size", "641x481")
+    assert r.returncode == 0, r.stderr
+    import av
+    with av.open(str(out)) as c:
+        assert (c.streams.video[0].width, c.streams.video[0].height) == (640, 480)
+    assert "at 641x481" in r.stderr and "o.mp4 at 640x480 (H.264 needs even sides)" in r.stderr, r.stderr
+
+
 def test_source_without_face_under_crop_auto(assets, tmp_path):
     d, ckpt, src, cam = assets
     r = run_cli("--source", src, "--camera", cam, "--checkpoint", ckpt, "--output", tmp_path / "o.mp4",

@@ -326,12 +326,16 @@ def test_writers_roundtrip(tmp_path):
     assert not [p for p in tmp_path.iterdir() if ".partial" in p.name or ".probe" in p.name]
 
 
-def test_mp4_odd_size_is_padded_even(tmp_path):
+def test_mp4_odd_size_is_rounded_down_to_even(tmp_path):
+    """H.264 needs even sides: an odd side loses its last column or row (never padded up), and the
+    writer says the size it writes."""
     with media.open_writer(tmp_path / "odd.mp4", Fraction(30000, 1001), (65, 33)) as w:
+        assert w.size == (64, 32) == media.written_size("mp4", (65, 33))
         w.write(_batches(3, (65, 33)))
     with av.open(str(tmp_path / "odd.mp4")) as c:
         s = c.streams.video[0]
-        assert (s.width, s.height) == (66, 34) and abs(float(s.average_rate) - 29.97) < 0.01
+        assert (s.width, s.height) == (64, 32) and abs(float(s.average_rate) - 29.97) < 0.01
+    assert media.written_size("gif", (65, 33)) == (65, 33)
 
 
 def test_failed_write_never_clobbers(tmp_path):

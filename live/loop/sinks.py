@@ -99,6 +99,7 @@ class FileSink(Sink):
         # preset costs 8 ms of CPU per 1280x720 frame here, medium (mra-animate's) 18 ms
         self.writer = media.open_writer(self.spec, Fraction(fps).limit_denominator(1001), (width, height),
                                         preset="veryfast")
+        self.size = self.writer.size  # (w, h) the file holds: an mp4's odd side loses its last row or column
         self.frames = 0
 
     def write(self, frame: np.ndarray) -> None:

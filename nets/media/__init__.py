@@ -47,7 +47,7 @@ from .video import (  # noqa: F401
     MAX_FPS, FALLBACK_FPS, VIDEO_DEMUXERS, VideoInfo, Frame, probe_video, VideoReader, resample)
 from .outputs import (  # noqa: F401
     OUTPUT_KINDS, STALE_AFTER_S, PNG_PATTERN, OutputSpec, output_kind, check_writable, check_output,
-    sweep_stale, sweep_partials, temp_name, ResultKept, FrameWriter, PngDirWriter, video_encoder, Mp4Writer,
+    sweep_stale, sweep_partials, temp_name, even_size, written_size, ResultKept, FrameWriter, PngDirWriter, video_encoder, Mp4Writer,
     GifWriter, open_writer)
 from .audio import (  # noqa: F401
     AudioCarrier)

@@ -176,6 +176,20 @@ def _place(tmp: Path, target: Path) -> None:
     raise ResultKept(f"cannot put the result at {target} ({reason}); it is kept at {kept}")
 
 
+def even_size(width: int, height: int) -> tuple[int, int]:
+    """``(width, height)`` with each side rounded down to an even number (at least 2), which H.264
+    in yuv420p (2x2 colour blocks) needs. Every size that is made even is made even here, always
+    downwards: a size the user asked for is never exceeded."""
+    return max(2, int(width) - int(width) % 2), max(2, int(height) - int(height) % 2)
+
+
+def written_size(kind: str, size: "tuple[int, int]") -> tuple[int, int]:
+    """The ``(width, height)`` an output of ``kind`` (mp4, gif, png) is written at for frames of
+    ``size``: :func:`even_size` for mp4, the frames' own size otherwise. Callers that render for an
+    output use it first, so the frames are made at that size and the tools can say it."""
+    return even_size(*size) if kind == "mp4" else (int(size[0]), int(size[1]))
+
+
 class FrameWriter(ABC):
     """Writes ``(B, H, W, 3)`` uint8 batches to a temporary path; ``close`` renames into place."""
 
@@ -184,7 +198,7 @@ class FrameWriter(ABC):
     def __init__(self, spec: OutputSpec, fps: Fraction, size: tuple[int, int]):
         self.spec = spec
         self.fps = Fraction(fps)
-        self.size = size  # (w, h)
+        self.size = written_size(self.kind, size)  # (w, h): what the file holds
         self.frames_written = 0
         self._closed = False
         self.has_audio = False
@@ -354,13 +368,11 @@ class Mp4Writer(_AvWriter):
                  audio_start: float = 0.0, crf: int = 18, preset: str = "medium"):
         super().__init__(spec, fps, size)
         av = pyav()
-        w, h = size
-        self.even = (w + (w % 2), h + (h % 2))
         self.container = av.open(str(self.tmp), mode="w", format="mp4", options={"movflags": "+faststart"})
         codec = video_encoder()
         self.codec = codec
         self.stream = self.container.add_stream(codec, rate=self.fps)
-        self.stream.width, self.stream.height = self.even
+        self.stream.width, self.stream.height = self.size
         self.stream.pix_fmt = "yuv420p"
         cc = self.stream.codec_context  # say what the RGB -> YUV conversion used (BT.601, limited range),
         cc.colorspace, cc.color_range, cc.color_primaries, cc.color_trc = 6, 1, 6, 6  # else HD players guess BT.709
@@ -375,8 +387,11 @@ class Mp4Writer(_AvWriter):
 
     def _write_one(self, rgb: np.ndarray) -> None:
         av = pyav()
-        if rgb.shape[1] != self.even[0] or rgb.shape[0] != self.even[1]:
-            rgb = np.pad(rgb, ((0, self.even[1] - rgb.shape[0]), (0, self.even[0] - rgb.shape[1]), (0, 0)), mode="edge")
+        w, h = self.size
+        if rgb.shape[1] != w or rgb.shape[0] != h:  # an odd side: its last column or row is left out
+            rgb = np.ascontiguousarray(rgb[:h, :w])
+            if rgb.shape[1] < w or rgb.shape[0] < h:  # (frames smaller than announced)
+                rgb = np.pad(rgb, ((0, h - rgb.shape[0]), (0, w - rgb.shape[1]), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts = self.frames_written
         frame.time_base = Fraction(1) / self.fps
