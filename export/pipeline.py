@@ -101,6 +101,8 @@ def check_export_dir(out_dir: "str | os.PathLike") -> Path:
     """The export directory ``out_dir`` as an absolute path (symbolic links resolved), checked before
     any work: it is new, or an existing folder that holds an export (or nothing), which a finished
     export replaces as a whole; anything else is a :class:`UserError`."""
+    if not str(out_dir).strip():  # (Path("") would be the current folder)
+        raise UserError("--out is empty; give the export folder, e.g. --out exports/vox256")
     target = Path(os.path.realpath(Path(out_dir).expanduser()))
     if target.exists() or target.is_symlink():
         if not target.is_dir():

@@ -37,7 +37,7 @@ from nets.media.face import CropBox, CropSettings, FaceDetector, FaceTracker, Tr
 
 from . import expression as ex
 from .engines import EngineSpec, add_engine_arguments, build_engine, check_mode, check_mode_and_crop
-from .pasteback import FrameSize, capped_size, parse_frame_size
+from .pasteback import FrameSize, capped_size, check_sides, parse_frame_size
 from .portrait import CROPS, prepare_portrait, source_box
 
 WORKING_SIDE = 1280  # driving frames are decoded at most this large for face tracking
@@ -78,8 +78,8 @@ class AnimateOptions:
         check_mode_and_crop(self.mode, self.crop)
         if self.size is not None and not 16 <= self.size <= 4096:
             raise UserError(f"--size must be between 16 and 4096 pixels, got {self.size}")
-        if isinstance(self.output_size, int) and not 64 <= self.output_size <= 4096:
-            raise UserError(f"--output-size must be between 64 and 4096 pixels, got {self.output_size}")
+        if isinstance(self.output_size, int):
+            check_sides("--output-size", self.output_size)
         if self.full_frame and self.size is not None:
             raise UserError("--size sets the side of the square crop output; the full-frame output takes "
                             "--output-size (or add --no-paste-back for the crop)")

@@ -69,9 +69,15 @@ def parse_frame_size(spec: str, option: str = "--output-size") -> FrameSize:
         raise UserError(f"{option} must look like 1280x720 (width x height) or 512 (a square), got {spec!r}")
     w = int(m.group(1))
     h = int(m.group(2)) if m.group(2) else w
-    if not (MIN_SIDE <= w <= MAX_SIDE and MIN_SIDE <= h <= MAX_SIDE):
-        raise UserError(f"{option} sides must be between {MIN_SIDE} and {MAX_SIDE} pixels, got {w}x{h}")
+    check_sides(option, w, h)
     return FrameSize(w, h)
+
+
+def check_sides(option: str, *sides: int) -> None:
+    """Output frame sides within :data:`MIN_SIDE` .. :data:`MAX_SIDE` pixels; the one message otherwise."""
+    if not all(MIN_SIDE <= s <= MAX_SIDE for s in sides):
+        got = "x".join(str(s) for s in sides)
+        raise UserError(f"{option} must be between {MIN_SIDE} and {MAX_SIDE} pixels a side, got {got}")
 
 
 def capped_size(width: int, height: int, long_side: int) -> FrameSize:

@@ -509,6 +509,16 @@ def test_odd_output_sizes_are_rounded_down_and_said_as_written(files, drawn, tmp
     assert f"({expect[0]}x{expect[1]}, " in said, said
 
 
+@pytest.mark.parametrize("value", ["10", "5000", "640x10", "5000x480"])
+def test_output_size_limits_are_one_message(files, drawn, tmp_path, capfd, value):
+    """--output-size N and WxH are held to the same limits, quoted by one message."""
+    from live.pasteback import MAX_SIDE, MIN_SIDE
+    code, _, err = cli(capfd, "--source", drawn / "portrait.png", "--driving", drawn / "talk.mp4", "--output",
+                       tmp_path / "o.mp4", "--checkpoint", files / "tiny.pth", "--output-size", value)
+    assert_one_error_line(code, err, f"--output-size must be between {MIN_SIDE} and {MAX_SIDE} pixels a side, got "
+                                     f"{value}")
+
+
 def test_capped_sizes_never_exceed_the_cap_and_are_even():
     from live.pasteback import capped_size
     for w, h, cap in [(600, 800, 101), (600, 800, 103), (603, 803, 4096), (1, 3, 64), (4000, 30, 1281)]:

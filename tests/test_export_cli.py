@@ -108,6 +108,14 @@ def test_errors_are_one_line_exit_2(checkpoints, tmp_path, capsys, args, message
     assert message in one_error_line(capsys)
 
 
+def test_an_empty_out_is_refused(checkpoints, tmp_path, capsys, monkeypatch):
+    """Issue 21 item 12: ``--out ''`` is an error line, not the current folder."""
+    monkeypatch.chdir(tmp_path)
+    assert main([str(checkpoints / "own.pth"), "--out", "", "--quiet"]) == 2
+    assert "--out is empty" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_argparse_error_and_module_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "export.cli", "model.pth"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 2

@@ -108,6 +108,31 @@ def test_image_too_large_is_a_user_error(tmp_path, monkeypatch):
         media.read_image(tmp_path / "a.png")
 
 
+def test_size_limits_are_quoted_from_one_constant_each(tmp_path):
+    """Issue 21 item 12: every too-large picture quotes the one limit (64 megapixels), whether the
+    header check or PIL's own bomb check (at 178 megapixels) refuses it; a long thin picture is
+    called by its own size, not by what downscaling made of it."""
+    limit = f"at most {media.MAX_DECODED_PIXELS // 1_000_000} megapixels"
+    Image.new("1", (9000, 9000)).save(tmp_path / "big.png")      # 81 megapixels, a 10 kB file
+    Image.new("1", (20000, 20000)).save(tmp_path / "huge.png")   # 400: PIL's own check refuses it first
+    messages = {}
+    for name in ("big.png", "huge.png"):
+        with pytest.raises(UserError) as e:
+            media.read_image(tmp_path / name)
+        messages[name] = str(e.value)
+    assert "big.png is 9000x9000 pixels, too large to decode (" + limit in messages["big.png"]
+    assert "huge.png is too large to decode (" + limit in messages["huge.png"], messages
+    assert "178" not in " ".join(messages.values())
+    save_image(tmp_path / "strip.png", np.full((20, 20000, 3), 128, np.uint8))
+    with pytest.raises(UserError) as e:
+        media.read_image(tmp_path / "strip.png")
+    assert "strip.png is 20000x20 pixels, too narrow" in str(e.value) and "2048x2" in str(e.value)
+    assert "only" not in str(e.value)
+    save_image(tmp_path / "tiny.png", np.full((300, 5, 3), 128, np.uint8))
+    with pytest.raises(UserError, match="tiny.png is only 5x300 pixels; use an image at least 8 pixels"):
+        media.read_image(tmp_path / "tiny.png")
+
+
 # ---------------------------------------------------------------------------------------------
 # Images: broken input
 # ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from .files import IMAGE_EXTS, IMAGE_HINT, check_input_file, short_error
 
 DEFAULT_MAX_IMAGE_SIDE = 2048
 MAX_DECODED_PIXELS = 64_000_000  # an image is refused (from its header) when decoding would take more
+MIN_IMAGE_SIDE = 8  # pixels a side an image must have, as read (after downscaling to max_side)
 
 
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, Image.DecompressionBombError)
@@ -66,13 +67,13 @@ def read_image(path: "str | os.PathLike", max_side: int = DEFAULT_MAX_IMAGE_SIDE
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(p) as im:
+                header = im.size  # the picture's own size, from the file's header
                 if im.format == "JPEG" and max(im.size) > max_side:
                     # decode at 1/2, 1/4 or 1/8 scale (DCT scaling) while keeping the long side >= max_side
                     s = max_side / max(im.size)
                     im.draft("RGB", (math.ceil(im.size[0] * s), math.ceil(im.size[1] * s)))
-                if im.size[0] * im.size[1] > MAX_DECODED_PIXELS:  # checked before the pixels are decoded
-                    raise UserError(f"{what} {p.name} is {im.size[0]}x{im.size[1]} pixels, too large to decode "
-                                    f"(at most {MAX_DECODED_PIXELS // 1_000_000} megapixels); downscale it")
+                if im.size[0] * im.size[1] > MAX_DECODED_PIXELS:  # what decoding costs (a JPEG draft: less),
+                    raise image_too_large(what, p.name, header)   # checked before the pixels are decoded
                 im.load()
                 ImageOps.exif_transpose(im, in_place=True)  # (a copy otherwise)
                 if max(im.size) > max_side:
@@ -82,18 +83,39 @@ def read_image(path: "str | os.PathLike", max_side: int = DEFAULT_MAX_IMAGE_SIDE
                         im = Image.fromarray(image_to_rgb(im))
                     im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
                 rgb = image_to_rgb(im)
-    except Image.DecompressionBombError:
-        raise UserError(f"{what} {p.name} is too large to decode safely; downscale it below "
-                        f"{Image.MAX_IMAGE_PIXELS * 2 // 1_000_000} megapixels") from None
+    except Image.DecompressionBombError:  # PIL's own limit (above ours) refused it before telling the size
+        raise image_too_large(what, p.name) from None
     except Image.UnidentifiedImageError:
         raise UserError(f"cannot read {what} {p.name}: not a valid image (corrupted, or not {IMAGE_HINT}); "
                         "re-export it as PNG or JPEG") from None
     except _DECODE_ERRORS as e:
         raise UserError(f"cannot read {what} {p.name}: the file is corrupted or truncated ({short_error(e)}); "
                         "re-export or re-download it") from None
-    if rgb.shape[0] < 8 or rgb.shape[1] < 8:
-        raise UserError(f"{what} {p.name} is only {rgb.shape[1]}x{rgb.shape[0]} pixels; use a larger image")
+    if min(rgb.shape[:2]) < MIN_IMAGE_SIDE:
+        read = (rgb.shape[1], rgb.shape[0])
+        if (header[0] > header[1]) != (read[0] > read[1]):  # turned upright by its EXIF orientation
+            header = header[::-1]
+        raise image_too_small(what, p.name, header, read, max_side)
     return np.ascontiguousarray(rgb)
+
+
+def image_too_large(what: str, name: str, size: "tuple[int, int] | None" = None) -> UserError:
+    """The one message for a picture over :data:`MAX_DECODED_PIXELS` (``size`` from its header, when
+    known)."""
+    has = f"is {size[0]}x{size[1]} pixels, " if size else "is "
+    return UserError(f"{what} {name} {has}too large to decode (at most {MAX_DECODED_PIXELS // 1_000_000} "
+                     "megapixels); downscale it")
+
+
+def image_too_small(what: str, name: str, size: "tuple[int, int]", read: "tuple[int, int]", max_side: int
+                    ) -> UserError:
+    """The one message for a picture with a side under :data:`MIN_IMAGE_SIDE` pixels: its own size,
+    and what it became when its long side was brought down to ``max_side``."""
+    if min(size) < MIN_IMAGE_SIDE:
+        return UserError(f"{what} {name} is only {size[0]}x{size[1]} pixels; use an image at least "
+                         f"{MIN_IMAGE_SIDE} pixels on each side")
+    return UserError(f"{what} {name} is {size[0]}x{size[1]} pixels, too narrow: with its long side brought down "
+                     f"to {max_side} it is {read[0]}x{read[1]}, under {MIN_IMAGE_SIDE} pixels on a side; crop it")
 
 
 def resize_rgb(rgb: np.ndarray, size: "int | tuple[int, int]") -> np.ndarray:
