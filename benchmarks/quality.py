@@ -7,7 +7,7 @@ it runs through the tools' engine factory (``live.engines.build_engine``; backen
 ONNX Runtime for the shipped model on the CPU, PyTorch otherwise), frames are read and cropped by
 mra-animate's own reader (``benchmarks.clips``: ``--crop auto`` is its face tracker, ``--crop
 none`` a plain resize for prepared square crops), every transfer is the engine's ``transfer``
-from the most neutral driving frame of the first second (mouth closed, eyes open), and every output
+from the driving frame of the first second whose mouth and eyes are most like the portrait's, and every output
 gets the tools' expression path (``live.expression``, strength ``--expression``, 0 = off), as in
 mra-animate.
 
@@ -386,8 +386,9 @@ class ClipRun:
     regions: list[RegionParams]  # per batch, as the engine returned them
     landmarks: list[Optional[np.ndarray]]  # of the sampled real frames
     block: Optional[sh.Block]
-    initial: RegionParams  # the reference frame's regions (the most neutral of the first second)
+    initial: RegionParams  # the reference frame's regions (of the first second, the face most like the portrait's)
     reference: int  # its index
+    fps: float  # of the clip (the reference window of cross pairs)
     marks: list[Optional[np.ndarray]]  # the driver's face mesh on every frame, gaps held (the tools' expression input)
     ref_marks: Optional[np.ndarray]
     openness: list[Openness]  # of every EXPRESSION_EVERY-th real frame
@@ -407,10 +408,20 @@ class Options:
     fps: float = 25.0  # of the clips, for the reference window (set per clip)
 
 
-def expression_transfer(portrait: np.ndarray, opt: Options) -> "ex.ExpressionTransfer | None":
-    """The tools' expression path for this portrait (None when off or when the portrait has no face mesh)."""
-    face = ex.portrait_face(portrait) if opt.expression > 0 else None
-    return ex.ExpressionTransfer(face, ex.ExpressionSettings(gain=opt.expression)) if face else None
+def expression_transfer(face: "ex.PortraitFace | None", opt: Options) -> "ex.ExpressionTransfer | None":
+    """The tools' expression path for this portrait face (None when off or when the portrait has no face mesh)."""
+    if face is None or opt.expression <= 0:
+        return None
+    return ex.ExpressionTransfer(face, ex.ExpressionSettings(gain=opt.expression))
+
+
+def regions_row(batches: Sequence[RegionParams], i: int) -> RegionParams:
+    """Frame ``i``'s region parameters (batch 1) out of the per-batch parameters of a clip."""
+    for r in batches:
+        if i < r.batch_size:
+            return RegionParams(*(None if a is None else a[i:i + 1].copy() for a in (r.shift, r.covar, r.affine)))
+        i -= r.batch_size
+    raise IndexError("frame index beyond the clip")
 
 
 def with_expression(outs: np.ndarray, transfer: "ex.ExpressionTransfer | None", marks: Sequence[Optional[np.ndarray]],
@@ -425,7 +436,7 @@ def self_reenactment(path: Path, engine, mesh: FaceMesh, opt: Options, detector=
                      progress=lambda n: None, expr_mesh: "fm.FaceMesh | None" = None) -> ClipRun:
     """Animate the clip's first frame with the whole clip in every mode and score it against the clip.
 
-    As the tools do: relative motion from the most neutral frame of the first second, and the
+    As the tools do: relative motion from the frame of the first second most like the portrait, and the
     expression path (:mod:`live.expression`) on every output unless ``opt.expression`` is 0.
     """
     frames = cl.read_clip(path, opt.size, opt.crop, opt.max_frames, detector)
@@ -449,10 +460,11 @@ def self_reenactment(path: Path, engine, mesh: FaceMesh, opt: Options, detector=
     drv_open: list[Openness] = []
     out_open: list[Openness] = []
     scored = "relative" if "relative" in opt.modes else opt.modes[0]
-    transfers = {m: expression_transfer(first, opt) for m in opt.modes}
+    face = ex.portrait_face(first)
+    transfers = {m: expression_transfer(face, opt) for m in opt.modes}
     track = fm.FaceMesh(tracking=True)
     try:
-        start = ex.neutral_start(((f, track(f)) for f in itertools.chain([first], frames)), opt.fps)
+        start = ex.neutral_start(((f, track(f)) for f in itertools.chain([first], frames)), opt.fps, face)
         initial = engine.regions(media.to_input(start.frame[None]))
         last = start.marks
         t = 0
@@ -495,7 +507,7 @@ def self_reenactment(path: Path, engine, mesh: FaceMesh, opt: Options, detector=
                 tr.close()
     scores = [clip_score(path.name, m, tallies[m], still) for m in opt.modes]
     run = ClipRun(path.name, first, scores, identity, regions, landmarks, block, initial=initial, reference=start.index,
-                  marks=marks, ref_marks=start.marks, openness=drv_open)
+                  fps=opt.fps, marks=marks, ref_marks=start.marks, openness=drv_open)
     if expr_mesh is not None:
         run.expression = expression_score("self", f"{path.name}[0]", path.name, drv_open, out_open)
     return run
@@ -513,12 +525,16 @@ def cross_identity(portrait: np.ndarray, portrait_name: str, driving: ClipRun, e
                       sh.Strip("output")]) if opt.sheet else None
     lm_out: list[Optional[np.ndarray]] = []
     out_open: list[Openness] = []
-    transfer = expression_transfer(portrait, opt)
+    face = ex.portrait_face(portrait)
+    transfer = expression_transfer(face, opt)
+    # the reference for this portrait: the clip's face of the first second most like the portrait's
+    ref = ex.best_reference(driving.marks[:max(1, round(driving.fps * ex.REFERENCE_WINDOW_S))], face)
+    initial = regions_row(driving.regions, ref)
     t = 0
     try:
         for r in driving.regions:
-            outs = media.to_uint8(engine.animate(avatar, engine.transfer(avatar, r, driving.initial, mode="relative")))
-            outs = with_expression(outs, transfer, driving.marks[t:t + len(outs)], driving.ref_marks)
+            outs = media.to_uint8(engine.animate(avatar, engine.transfer(avatar, r, initial, mode="relative")))
+            outs = with_expression(outs, transfer, driving.marks[t:t + len(outs)], driving.marks[ref])
             for out in outs:
                 if t % opt.akd_every == 0:
                     lm_out.append(mesh(out))

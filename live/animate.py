@@ -60,7 +60,8 @@ class AnimateOptions:
     outputs are upscaled). ``fps``: output frame rate (default: the driving video's; frames are
     picked by timestamp, so the duration and the audio are kept). ``expression``: the strength of the
     mouth, eye and brow motion (:mod:`live.expression`; 0 = head pose only, 1 = as the driver, up to 2).
-    Relative motion is measured from the most neutral driving frame of the first second.
+    Relative motion is measured from the driving frame of the first second whose mouth and eyes are
+    most like the portrait's (for a neutral portrait: the most neutral one).
     """
 
     mode: str = "relative"
@@ -120,7 +121,8 @@ class AnimateResult:
     def describe(self) -> str:
         what = "PNG frames in" if self.kind == "png" else "frames to"
         audio = ", with the driving video's audio" if self.has_audio else ""
-        ref = f"; motion measured from driving frame {self.reference} (the most neutral of the first second)"
+        ref = (f"; motion measured from driving frame {self.reference} (of the first second, the one most like the "
+               "portrait: mouth and eyes)")
         return (f"wrote {self.frames} {what} {self.output} ({self.size}, {float(self.fps):.3g} fps{audio}) "
                 f"in {self.seconds:.1f} s ({self.frames / max(self.seconds, 1e-9):.1f} frames/s){ref}")
 
@@ -297,7 +299,7 @@ def _animate(engine, src_rgb, info, spec, options, progress, detector, t_start) 
     done = 0
     batches = None
     try:
-        start = ex.neutral_start(marked, float(fps))
+        start = ex.neutral_start(marked, float(fps), face)
         if start is None:
             raise UserError(f"the driving video {info.path.name} has no frames")
         ref = start.index

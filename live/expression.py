@@ -360,9 +360,21 @@ def neutral_score(marks: np.ndarray) -> float:
     return float(fm.mouth_openness(marks) - fm.eye_openness(marks))
 
 
-def most_neutral(marks: "list[Optional[np.ndarray]]") -> int:
-    """Index of the most neutral face among ``marks`` (mouth closed, eyes open); 0 when none has a face."""
-    scores = [neutral_score(m) if m is not None else np.inf for m in marks]
+def reference_score(marks: np.ndarray, like: "PortraitFace | None" = None) -> float:
+    """How poor a reference a driving face makes (lower is better): how far its mouth and eye openness
+    are from the portrait's own (the portrait's expression is taken to match the reference's), or,
+    without a portrait face, how far it is from neutral (:func:`neutral_score`)."""
+    if like is None:
+        return neutral_score(marks)
+    p = like.landmarks
+    return float(abs(fm.mouth_openness(marks) - fm.mouth_openness(p)) + abs(fm.eye_openness(marks) - fm.eye_openness(p)))
+
+
+def best_reference(marks: "list[Optional[np.ndarray]]", like: "PortraitFace | None" = None) -> int:
+    """Index of the face among ``marks`` most like the portrait's expression (``like``; None: the most
+    neutral one: mouth closed, eyes open); 0 when none has a face. A neutral portrait gets the most
+    neutral driving face; a clip's own first frame as portrait gets that frame."""
+    scores = [reference_score(m, like) if m is not None else np.inf for m in marks]
     return int(np.argmin(scores)) if scores and np.isfinite(min(scores)) else 0
 
 
@@ -416,8 +428,8 @@ NO_PORTRAIT_MESH = "no face mesh found in the portrait: its mouth and eyes will 
 
 @dataclass
 class NeutralStart:
-    """A driving stream with its reference chosen: ``index`` of the most neutral frame of the first
-    :data:`REFERENCE_WINDOW_S` s, that frame and its landmarks, and ``stream``: every ``(frame, landmarks)``
+    """A driving stream with its reference chosen: ``index`` of the frame of the first
+    :data:`REFERENCE_WINDOW_S` s most like the portrait (:func:`best_reference`), that frame and its landmarks, and ``stream``: every ``(frame, landmarks)``
     from the first one on (the window's frames are buffered, nothing is read twice)."""
 
     index: int
@@ -426,13 +438,15 @@ class NeutralStart:
     stream: "Iterator[tuple[np.ndarray, Optional[np.ndarray]]]"
 
 
-def neutral_start(marked: "Iterable[tuple[np.ndarray, Optional[np.ndarray]]]", fps: float) -> Optional[NeutralStart]:
-    """Buffer the first second of ``(frame, landmarks)`` and choose its most neutral frame (None: no frames)."""
+def neutral_start(marked: "Iterable[tuple[np.ndarray, Optional[np.ndarray]]]", fps: float,
+                  like: "PortraitFace | None" = None) -> Optional[NeutralStart]:
+    """Buffer the first second of ``(frame, landmarks)`` and choose its reference: the face most like
+    the portrait's expression ``like`` (:func:`best_reference`; None: no frames)."""
     it = iter(marked)
     head = list(itertools.islice(it, max(1, round(fps * REFERENCE_WINDOW_S))))
     if not head:
         return None
-    i = most_neutral([m for _, m in head])
+    i = best_reference([m for _, m in head], like)
     return NeutralStart(index=i, frame=head[i][0], marks=head[i][1], stream=itertools.chain(head, it))
 
 

@@ -36,7 +36,7 @@ LABEL = 22
 
 def pick_frames(marks: list) -> list[int]:
     """Reference (most neutral of the first second), widest mouth, widest smile (mouth corners apart), most shut eyes."""
-    ref = ex.most_neutral(marks[:25])
+    ref = ex.best_reference(marks[:25])  # the drawn portraits are neutral: the most neutral face
     ok = [i for i, m in enumerate(marks) if m is not None]
     mouth = max(ok, key=lambda i: fm.mouth_openness(marks[i]))
     smile = max(ok, key=lambda i: float(np.linalg.norm(marks[i][61] - marks[i][291]) / fm.inter_ocular(marks[i]))

@@ -211,8 +211,19 @@ def test_the_most_neutral_frame_has_the_mouth_shut_and_the_eyes_open(portrait):
     iod = float(fm.inter_ocular(marks))
     frames = [_open_mouth(marks, 0.2 * iod), _shut_eye(marks, fm.LEFT_EYE_UPPER, fm.LEFT_EYE_LOWER), marks,
               _open_mouth(marks, 0.05 * iod), None]
-    assert ex.most_neutral(frames) == 2
-    assert ex.most_neutral([None, None]) == 0
+    assert ex.best_reference(frames) == 2
+    assert ex.best_reference([None, None]) == 0
+
+
+def test_the_reference_is_the_face_most_like_the_portraits(portrait):
+    """A neutral portrait takes the most neutral driving face; a portrait with an open mouth takes the driving face
+    whose mouth is as open (a clip's own first frame as portrait: that frame), so nothing is added twice."""
+    _, marks = portrait
+    iod = float(fm.inter_ocular(marks))
+    talking = _open_mouth(marks, 0.12 * iod)
+    frames = [_open_mouth(marks, 0.25 * iod), marks, talking, _shut_eye(marks, fm.LEFT_EYE_UPPER, fm.LEFT_EYE_LOWER)]
+    assert ex.best_reference(frames, ex.PortraitFace(marks)) == 1
+    assert ex.best_reference(frames, ex.PortraitFace(talking)) == 2
 
 
 def test_a_blink_shuts_the_portraits_eyes(portrait):

@@ -96,3 +96,16 @@ def test_a_new_avatar_searches_the_first_second_for_the_most_neutral_face():
         m.update(params(float(i)), f, 1.0 + 0.2 * i)
     best = 1 + int(np.argmin(scores[1:]))
     assert m.reference_marks is faces[best] and np.allclose(m.reference.shift, float(best))
+
+
+def test_with_a_portrait_face_the_reference_is_the_face_most_like_it():
+    from live.expression import PortraitFace, reference_score
+
+    m = MotionState(RAW)
+    rng = np.random.default_rng(1)
+    faces = [rng.random((468, 2)).astype(np.float32) * 100 for _ in range(5)]
+    m.like = PortraitFace(faces[4])  # a portrait shaped like the last one
+    for i, f in enumerate(faces):
+        m.update(params(float(i)), f, 0.2 * i)
+    scores = [reference_score(f, m.like) for f in faces]
+    assert int(np.argmin(scores)) == 4 and m.reference_marks is faces[4] and np.allclose(m.reference.shift, 4.0)

@@ -8,8 +8,9 @@ neutral face.
         new = engine.transfer(avatar, m.driving, m.reference, mode)
         crop = expression.apply(crop, m.marks, m.reference_marks)   # when both are known
 
-It smooths the parameters and the landmarks (One-Euro); takes as neutral the most neutral face
-(mouth closed, eyes open: :func:`live.expression.neutral_score`) of the first
+It smooths the parameters and the landmarks (One-Euro); takes as neutral the face most like the
+portrait's expression (``like``, the current avatar's face mesh; without one, the most neutral face:
+mouth closed, eyes open; :func:`live.expression.reference_score`) of the first
 :data:`~live.expression.REFERENCE_WINDOW_S` after the start or :meth:`MotionState.recalibrate`
 (``at_once``: the next face, however it looks: hot key r); holds the last pose when the face is
 lost and then eases back to neutral (:class:`~live.loop.smoothing.LostFacePolicy`). Pure: no
@@ -23,7 +24,7 @@ import numpy as np
 
 from export.engine import RegionParams
 
-from ..expression import REFERENCE_WINDOW_S, neutral_score
+from ..expression import REFERENCE_WINDOW_S, PortraitFace, reference_score
 from .smoothing import LostFacePolicy, OneEuroConfig, OneEuroFilter, RegionSmoother, blend
 
 
@@ -61,7 +62,8 @@ class MotionState:
         self.reference: "RegionParams | None" = None
         self.reference_marks: "np.ndarray | None" = None
         self._reference_score = np.inf
-        self._choose_until: "float | None" = None  # choosing the most neutral face until then
+        self._choose_until: "float | None" = None  # choosing the reference face until then
+        self.like: "PortraitFace | None" = None  # the portrait whose expression the reference should match
         self._recalibrate = True
         self._at_once = False
         self._last: "RegionParams | None" = None
@@ -70,7 +72,7 @@ class MotionState:
 
     def recalibrate(self, at_once: bool = True) -> None:
         """A new neutral face: with ``at_once`` the face of the next frame that has one (hot key r),
-        else the most neutral one of the first second from then on (a new avatar)."""
+        else the face of the first second from then on most like the portrait's (a new avatar)."""
         self._recalibrate = True
         self._at_once = at_once
 
@@ -114,11 +116,11 @@ class MotionState:
             self._choose_until = None if self._at_once else t + REFERENCE_WINDOW_S
             self._at_once = False
             self.reference, self.reference_marks = params.copy(), marks
-            self._reference_score = np.inf if marks is None else neutral_score(marks)
+            self._reference_score = np.inf if marks is None else reference_score(marks, self.like)
         elif self._choose_until is not None:
             if t > self._choose_until:
                 self._choose_until = None
-            elif marks is not None and neutral_score(marks) < self._reference_score:
-                self._reference_score = neutral_score(marks)
+            elif marks is not None and reference_score(marks, self.like) < self._reference_score:
+                self._reference_score = reference_score(marks, self.like)
                 self.reference, self.reference_marks = params.copy(), marks
         return self.reference

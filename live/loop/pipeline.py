@@ -14,7 +14,8 @@ each at its capture time + the delay (a constant latency to match a delayed micr
 delay costs no frames.
 
 Everything that depends only on the source is computed once per avatar (``Engine.prepare_source``,
-the portrait's face mesh). The reference of relative motion is the most neutral face (mouth closed,
+the portrait's face mesh). The reference of relative motion is the driver's face most like the portrait's (mouth and eye
+openness; without a portrait face mesh: the most neutral face, mouth closed,
 eyes open) of the first second after the start or an avatar switch; ``r`` takes the current face
 at once. Commands (hot keys, :mod:`.keys`) arrive through one queue, from the window, stdin or tests.
 
@@ -428,6 +429,7 @@ class LivePipeline:
                     continue
                 if item.params is None:
                     self.stats.face_lost_frames += 1
+                self.motion.like = self.avatars.face  # the reference is the driver's face most like the portrait's
                 motion = self.motion.update(item.params, item.marks, item.frame.timestamp)
                 if motion is None:
                     continue  # nothing seen yet: keep showing what we have
