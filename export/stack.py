@@ -16,7 +16,8 @@ from .engine import Avatar, Engine, RegionParams
 from .runtime import SourceTensors
 
 
-def _cat_params(ps: list[RegionParams]) -> RegionParams:
+def cat_params(ps: list[RegionParams]) -> RegionParams:
+    """Region parameters of several calls as one batch (in order); covar / affine None when the first has none."""
     cat = lambda k: None if getattr(ps[0], k) is None else np.concatenate([getattr(p, k) for p in ps])  # noqa: E731
     return RegionParams(shift=cat("shift"), covar=cat("covar"), affine=cat("affine"))
 
@@ -60,7 +61,7 @@ def stack_avatars(engine: Engine, avatars: list[Avatar]) -> Avatar:
     """One avatar of batch ``len(avatars)`` (row i = ``avatars[i]``) for ``engine``'s backend
     (``torch``: the :class:`~nets.model.SourceCache` tensors; ``onnx``: the source graph's outputs)."""
     image = np.concatenate([a.image for a in avatars])
-    regions = _cat_params([a.regions for a in avatars])
+    regions = cat_params([a.regions for a in avatars])
     if engine.backend == "torch":
         return Avatar(image=image, regions=regions, cache=_cat_tensors([a.cache for a in avatars]))
     if engine.backend == "onnx":

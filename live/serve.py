@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import os
 import secrets
 import signal
@@ -37,15 +36,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from export.engine import Avatar, Engine, EngineError, RegionParams
-from export.stack import AvatarStacks
+from export.stack import AvatarStacks, cat_params
 from nets.errors import ArgumentParser, UserError
 from nets.media import to_input, to_uint8
 
 from .remote import protocol as wp
 from .engines import add_engine_arguments
 
-DEFAULT_PORT = 8765
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 TLS_HINT = ("put TLS in front: --tls-cert cert.pem --tls-key key.pem (clients then use wss://HOST:PORT and "
             "--worker-ca cert.pem for a self-signed certificate), or a reverse proxy that terminates TLS "
             "(nginx, HAProxy, Caddy; see the README)")
@@ -57,7 +54,7 @@ class ServeOptions:
     any address but loopback)."""
 
     host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
+    port: int = wp.DEFAULT_PORT
     token: "str | None" = None
     max_sessions: int = 8
     max_avatars: int = 4  # per session (least recently used is forgotten; the client re-sends it)
@@ -224,7 +221,7 @@ class Batcher:
                 parts = _split(p, [j.size for j in jobs])
             else:
                 avatars = [j.payload[0] for j in jobs for _ in range(j.size)]
-                params = _cat([j.payload[1] for j in jobs])
+                params = cat_params([j.payload[1] for j in jobs])
                 frames = self.stacks.animate_many(avatars, params)
                 parts = np.split(frames, np.cumsum([j.size for j in jobs])[:-1])
         except Exception as e:  # reported to each client; the worker keeps serving
@@ -232,11 +229,6 @@ class Batcher:
         self.stats.calls[kind] += 1
         self.stats.frames[kind] += sum(j.size for j in jobs)
         return list(zip(jobs, parts))
-
-
-def _cat(ps: list[RegionParams]) -> RegionParams:
-    cat = lambda k: None if getattr(ps[0], k) is None else np.concatenate([getattr(p, k) for p in ps])  # noqa: E731
-    return RegionParams(shift=cat("shift"), covar=cat("covar"), affine=cat("affine"))
 
 
 def _split(p: RegionParams, sizes: list[int]) -> list[RegionParams]:
@@ -283,9 +275,13 @@ class Worker:
         self._stopped: "asyncio.Event | None" = None
         self._ready = threading.Event()
         self._thread: "threading.Thread | None" = None
+        # what answers each request the protocol has (wp.REPLIES); anything else is refused
+        self._handlers = {wp.DetectRegions: self._detect_regions, wp.Animate: self._animate,
+                          wp.PrepareSource: self._prepare_source, wp.Transfer: self._transfer}
 
     # -- server ----------------------------------------------------------------------------------
-    async def serve(self) -> None:
+    async def serve(self, on_listening: "Callable[[int], None] | None" = None) -> None:
+        """Serve until :meth:`stop`; ``on_listening(port)`` is called once the socket is bound."""
         from websockets.asyncio.server import serve
 
         self._loop = asyncio.get_running_loop()
@@ -299,6 +295,8 @@ class Worker:
                              max_queue=4, logger=_quiet_logger()) as server:
                 self.port = next(iter(server.sockets)).getsockname()[1]
                 self._ready.set()
+                if on_listening is not None:
+                    on_listening(self.port)
                 await self._stopped.wait()
         finally:
             batch_task.cancel()
@@ -310,6 +308,13 @@ class Worker:
                 self._loop.call_soon_threadsafe(self._stopped.set)
             except RuntimeError:  # the loop closed meanwhile: already stopped
                 pass
+
+    def close_sessions(self) -> None:
+        """Close every session's connection now (from any thread); their clients reconnect."""
+        async def close_all():
+            await asyncio.gather(*(s.ws.close() for s in list(self.sessions.values())), return_exceptions=True)
+        if self._loop is not None and not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(10)
 
     def start_thread(self) -> "Worker":
         """Serve on a background thread; returns once listening (``self.port`` is the bound port)."""
@@ -471,46 +476,54 @@ class Worker:
         return await asyncio.get_running_loop().run_in_executor(self.executors["animate"], fn, *args)
 
     async def _reply(self, session: Session, msg):
-        if isinstance(msg, wp.DetectRegions):
-            frames = await asyncio.to_thread(self._frames, msg.images)
-            params = await self.batcher.submit("regions", session.id, frames, len(frames))
-            _check_finite(params, "the regions found")
-            return wp.RegionsFound(msg.id, params)
-        if isinstance(msg, wp.Animate):
-            self._check_params(msg.params, "Animate")
-            if self.model.num_regions and (msg.params.covar is None or msg.params.affine is None):
-                raise RequestFailed(wp.BAD_MESSAGE, "Animate: region parameters need covar and affine")
-            avatar = self._avatar(session, msg.avatar)
-            frames = await self.batcher.submit("animate", session.id, (avatar, msg.params), msg.params.batch_size)
-            if not np.isfinite(frames).all():  # degenerate parameters (a singular or huge covar or affine)
-                raise RequestFailed(wp.BAD_MESSAGE, "Animate: these region parameters give no picture (NaN or "
-                                    "infinite values): covar and affine must be invertible 2x2 matrices of "
-                                    "moderate size")
-            session.frames += len(frames)
-            images = await asyncio.to_thread(lambda: [session.codec.encode(to_uint8(f)) for f in frames])
-            return wp.Animated(msg.id, images)
-        if isinstance(msg, wp.PrepareSource):
-            frames = await asyncio.to_thread(self._frames, [msg.image])
-            avatar = await self._engine(self.engine.prepare_source, frames)
-            _check_finite(avatar.regions, "the portrait's regions")
-            session.avatars[msg.avatar] = avatar
-            session.avatars.move_to_end(msg.avatar)
-            while len(session.avatars) > self.opt.max_avatars:
-                session.avatars.popitem(last=False)
-            return wp.SourceReady(msg.id, msg.avatar, avatar.regions)
-        if isinstance(msg, wp.Transfer):
-            self._check_params(msg.driving, "Transfer")
-            if msg.initial is not None:
-                self._check_params(msg.initial, "Transfer")
-            avatar = self._avatar(session, msg.avatar)
-            try:
-                self.engine.check_mode(msg.mode)
-            except EngineError as e:
-                raise RequestFailed(wp.BAD_MESSAGE, str(e)) from None
-            new = await self._engine(self.engine.transfer, avatar, msg.driving, msg.initial, msg.mode)
-            _check_finite(new, "Transfer: the transferred regions (degenerate driving regions?)")
-            return wp.Transferred(msg.id, new)
-        raise RequestFailed(wp.BAD_MESSAGE, f"a client does not send {type(msg).__name__}")
+        """The reply to one request (or RequestFailed, Superseded, FrameError, an engine error)."""
+        handler = self._handlers.get(type(msg))
+        if handler is None:
+            raise RequestFailed(wp.BAD_MESSAGE, f"a client does not send {type(msg).__name__}")
+        return await handler(session, msg)
+
+    async def _detect_regions(self, session: Session, msg: wp.DetectRegions) -> wp.RegionsFound:
+        frames = await asyncio.to_thread(self._frames, msg.images)
+        params = await self.batcher.submit("regions", session.id, frames, len(frames))
+        _check_finite(params, "the regions found")
+        return wp.RegionsFound(msg.id, params)
+
+    async def _animate(self, session: Session, msg: wp.Animate) -> wp.Animated:
+        self._check_params(msg.params, "Animate")
+        if self.model.num_regions and (msg.params.covar is None or msg.params.affine is None):
+            raise RequestFailed(wp.BAD_MESSAGE, "Animate: region parameters need covar and affine")
+        avatar = self._avatar(session, msg.avatar)
+        frames = await self.batcher.submit("animate", session.id, (avatar, msg.params), msg.params.batch_size)
+        if not np.isfinite(frames).all():  # degenerate parameters (a singular or huge covar or affine)
+            raise RequestFailed(wp.BAD_MESSAGE, "Animate: these region parameters give no picture (NaN or "
+                                "infinite values): covar and affine must be invertible 2x2 matrices of "
+                                "moderate size")
+        session.frames += len(frames)
+        images = await asyncio.to_thread(lambda: [session.codec.encode(to_uint8(f)) for f in frames])
+        return wp.Animated(msg.id, images)
+
+    async def _prepare_source(self, session: Session, msg: wp.PrepareSource) -> wp.SourceReady:
+        frames = await asyncio.to_thread(self._frames, [msg.image])
+        avatar = await self._engine(self.engine.prepare_source, frames)
+        _check_finite(avatar.regions, "the portrait's regions")
+        session.avatars[msg.avatar] = avatar
+        session.avatars.move_to_end(msg.avatar)
+        while len(session.avatars) > self.opt.max_avatars:
+            session.avatars.popitem(last=False)
+        return wp.SourceReady(msg.id, msg.avatar, avatar.regions)
+
+    async def _transfer(self, session: Session, msg: wp.Transfer) -> wp.Transferred:
+        self._check_params(msg.driving, "Transfer")
+        if msg.initial is not None:
+            self._check_params(msg.initial, "Transfer")
+        avatar = self._avatar(session, msg.avatar)
+        try:
+            self.engine.check_mode(msg.mode)
+        except EngineError as e:
+            raise RequestFailed(wp.BAD_MESSAGE, str(e)) from None
+        new = await self._engine(self.engine.transfer, avatar, msg.driving, msg.initial, msg.mode)
+        _check_finite(new, "Transfer: the transferred regions (degenerate driving regions?)")
+        return wp.Transferred(msg.id, new)
 
 
 def _check_finite(p: RegionParams, what: str) -> None:
@@ -558,7 +571,7 @@ def build_parser() -> ArgumentParser:
                    "the cores each, as mra-live)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                    "only; any other needs --token-file)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--port", type=int, default=wp.DEFAULT_PORT, help=f"port (default {wp.DEFAULT_PORT})")
     p.add_argument("--token-file", type=Path, help="file holding the secret clients must present (one line)")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate (PEM): serve wss://")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
@@ -572,15 +585,6 @@ def build_parser() -> ArgumentParser:
                    help="how long a batch waits for the other clients' frames (default 3 ms)")
     p.add_argument("--quiet", action="store_true", help="no log lines about sessions")
     return p
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def tls_context(cert: "Path | None", key: "Path | None") -> "ssl.SSLContext | None":
@@ -598,7 +602,7 @@ def tls_context(cert: "Path | None", key: "Path | None") -> "ssl.SSLContext | No
 
 def options_from_args(args) -> ServeOptions:
     token = wp.read_token(args.token_file) if args.token_file else None
-    if not is_loopback(args.host) and token is None:
+    if not wp.is_loopback(args.host) and token is None:
         raise UserError(f"--host {args.host} lets other machines in: give --token-file FILE (a secret of 16+ "
                         "characters; make one with: python -c \"import secrets; print(secrets.token_urlsafe(32))\" "
                         "> token.txt)")
@@ -625,6 +629,17 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
     log = (lambda s: None) if args.quiet else (lambda s: print(f"mra-serve: {s}", file=sys.stderr, flush=True))
     worker = Worker(engine, info, options, log=log)
 
+    def announce(port: int) -> None:
+        scheme = "wss" if options.ssl else "ws"
+        print(f"mra-serve: {engine.describe()}; model sha256 {info.sha256[:12]}; listening on {scheme}://"
+              f"{options.host}:{port} ({'token required' if options.token else 'no token'}, at most "
+              f"{options.max_sessions} clients). Clients: mra-live --source face.png --worker "
+              f"{options.host if options.host not in ('0.0.0.0', '::') else 'THIS_HOST'}:{port}"
+              f"{' --token-file FILE' if options.token else ''}", file=sys.stderr, flush=True)
+        if not options.ssl and not wp.is_loopback(options.host):
+            print(f"mra-serve: note: frames and the token cross the network unencrypted; {TLS_HINT}",
+                  file=sys.stderr, flush=True)
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM,):
@@ -632,21 +647,7 @@ def cli(argv: "Sequence[str] | None" = None) -> int:
                 loop.add_signal_handler(sig, worker.stop)
             except (NotImplementedError, RuntimeError):
                 pass
-        task = asyncio.create_task(worker.serve())
-        while not worker._ready.is_set() and not task.done():
-            await asyncio.sleep(0.05)
-        if task.done():
-            await task
-        scheme = "wss" if options.ssl else "ws"
-        print(f"mra-serve: {engine.describe()}; model sha256 {info.sha256[:12]}; listening on {scheme}://"
-              f"{options.host}:{worker.port} ({'token required' if options.token else 'no token'}, at most "
-              f"{options.max_sessions} clients). Clients: mra-live --source face.png --worker "
-              f"{options.host if options.host not in ('0.0.0.0', '::') else 'THIS_HOST'}:{worker.port}"
-              f"{' --token-file FILE' if options.token else ''}", file=sys.stderr, flush=True)
-        if not options.ssl and not is_loopback(options.host):
-            print(f"mra-serve: note: frames and the token cross the network unencrypted; {TLS_HINT}",
-                  file=sys.stderr, flush=True)
-        await task
+        await worker.serve(on_listening=announce)
 
     try:
         asyncio.run(main())

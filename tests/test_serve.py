@@ -307,6 +307,15 @@ def test_deeply_nested_json_is_a_strike_not_a_crash(worker):
                                                 "bad message: header over 64 KiB"]
 
 
+def test_a_message_only_a_worker_sends_is_refused(worker):
+    """The worker answers the four requests of the protocol and refuses any other message (not a strike)."""
+    replies = asyncio.run(_raw_session(worker.port, TOKEN, wp.encode(wp.Superseded(4)),
+                                       wp.encode(wp.Failure(5, wp.ENGINE, "?"))))
+    assert [(r.id, r.code, r.message, r.fatal) for r in replies[1:]] == [
+        (4, wp.BAD_MESSAGE, "a client does not send Superseded", False),
+        (5, wp.BAD_MESSAGE, "a client does not send Failure", False)]
+
+
 def test_a_malformed_reply_makes_the_client_reconnect():
     """issue 21 item 5: the client's receive task reconnects after any malformed reply (it used to end
     for good on a RecursionError, and treat a ProtocolError as fatal)."""
@@ -682,8 +691,7 @@ def test_behind_haproxy_sticky_per_client_and_failover(checkpoint):
         first = r.animate(av, r.transfer(av, init, init, "relative"))
         home = next(i for i, w in enumerate(workers) if w.sessions)
         for _ in range(2):  # the worker drops the connection: the client comes back to the same worker
-            session = next(iter(workers[home].sessions.values()))
-            asyncio.run_coroutine_threadsafe(session.ws.close(), workers[home]._loop).result(5)
+            workers[home].close_sessions()
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline and not (r.connected and workers[home].sessions):
                 time.sleep(0.05)

@@ -44,7 +44,7 @@ from nets.media import to_input, to_uint8
 
 from . import protocol as wp
 
-DEFAULT_PORT = 8765
+DEFAULT_PORT = wp.DEFAULT_PORT
 REQUEST_TIMEOUT_S = 10.0  # how long a request waits for its answer (--worker-timeout)
 FATAL_CODES = (wp.BAD_TOKEN, wp.VERSION, wp.MODEL, wp.BAD_MESSAGE)
 

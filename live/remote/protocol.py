@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import ipaddress
 import json
 import os
 import re
@@ -39,6 +40,7 @@ from export.engine import RegionParams
 from nets.errors import UserError
 
 PROTOCOL_VERSION = 1
+DEFAULT_PORT = 8765  # where mra-serve listens and mra-live --worker HOST looks, unless told otherwise
 IMAGE_FORMATS = ("jpeg", "webp", "png")
 MAX_REGIONS = 128
 MAX_BATCH = 16
@@ -479,6 +481,17 @@ def model_digest(checkpoint: "str | os.PathLike | None") -> str:
     if path.is_dir():
         path = path / "manifest.json"
     return sha256_file(path)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether an address to listen on is this machine only (``localhost``, ``127.x.x.x``, ``::1``,
+    ``[::1]``): the servers ask for a token (mra-serve) or warn (mra-web) for any other."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def read_token(path: Path) -> str:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import os
 import secrets
@@ -58,6 +57,7 @@ from ..engines import EngineSpec, add_engine_arguments, build_engine, check_mode
 from .guard import TOKEN_PARAM, Door, Guard, new_token
 from .jobs import Job, JobQueue, QueueFull
 from ..loop.stats import to_json
+from ..remote.protocol import is_loopback
 from .session import LivePlace, LivePlaces, LiveSession
 from .upload import MB, UploadTooLarge, limit_text, error_text, receive_form, safe_name, server_disk_text
 
@@ -91,15 +91,6 @@ class WebConfig:
 def examples() -> list[str]:
     """Names of the bundled example portraits (``live/web/static/examples/*.png``)."""
     return sorted(p.stem for p in EXAMPLES.glob("*.png"))
-
-
-def is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class SerializedEngine:
