@@ -129,14 +129,13 @@ def run_client(args) -> int:
     from live.portrait import source_crop
     from live.loop.capture import open_capture
     from live.loop.pipeline import Avatars, CenterCropper, FaceCropper, LiveOptions, LivePipeline
-    from live.remote.client import RemoteEngine
-    from live.remote.protocol import ImageCodec
+    from live.remote.client import RemoteEngine, WorkerSpec
 
     if args.client == "local":  # the baseline: the same pipeline with the engine in this process
         from live.engines import engine_from_args
         engine = engine_from_args(args)
     else:
-        engine = RemoteEngine(args.client, codec=ImageCodec(args.format, args.quality), log=lambda s: None)
+        engine = RemoteEngine(WorkerSpec(args.client, image_format=args.format, quality=args.quality), log=lambda s: None)
     detector = None
     if args.crop == "auto":
         from nets.media.face import FaceDetector, FaceTracker, TrackerSettings

@@ -206,14 +206,8 @@ def _remote_engine(spec: EngineSpec) -> Engine:
         if not path.exists():
             raise UserError(f"checkpoint not found: {path} (with --worker it names the model the worker must run)")
         expect_sha256 = wp.model_digest(path)
-    w = spec.worker
-    try:
-        codec = wp.ImageCodec(w.image_format, w.quality)
-    except ValueError as e:
-        raise UserError(f"--worker-format / --worker-quality: {e}") from None
-    return RemoteEngine(w.address, w.token, codec=codec, max_in_flight=w.max_in_flight, expect_config=spec.config,
-                        expect_sha256=expect_sha256, ca_file=w.ca_file, wait_s=w.wait_s, client=w.client,
-                        timeout_s=w.timeout_s)
+    # the model given here is the one the worker must run (checked at every connection)
+    return RemoteEngine(replace(spec.worker, expect_config=spec.config, expect_sha256=expect_sha256))
 
 
 def _onnx_engine(checkpoint: Path, spec: EngineSpec) -> Engine:

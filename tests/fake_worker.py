@@ -1,7 +1,7 @@
 """A scripted stand-in for mra-serve: the client's side of the protocol tested without an engine.
 
     fake = FakeWorker(lambda session, msg: wp.encode(wp.RegionsFound(msg.id, params)))
-    engine = RemoteEngine(fake.address, log=lambda s: None)
+    engine = RemoteEngine(WorkerSpec(fake.address), log=lambda s: None)
     ...
     fake.close()
 
@@ -29,6 +29,7 @@ class FakeWorker:
         self.welcome = welcome or (lambda n: wp.encode(wp.Welcome(wp.PROTOCOL_VERSION, f"s{n}", MODEL, LIMITS)))
         self.sessions = 0
         self.received: list = []
+        self._open: set = set()
         self.port: "int | None" = None
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -56,6 +57,7 @@ class FakeWorker:
 
         self.sessions += 1
         n = self.sessions
+        self._open.add(ws)
         try:
             wp.decode(await ws.recv())  # the Hello
             await ws.send(self.welcome(n))
@@ -67,6 +69,15 @@ class FakeWorker:
                     await ws.send(reply)
         except ConnectionClosed:
             pass
+        finally:
+            self._open.discard(ws)
+
+    def drop(self) -> None:
+        """Close every open connection (a worker restarting, a proxy timing out)."""
+        async def close_all():
+            for ws in list(self._open):
+                await ws.close()
+        asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(10)
 
     def close(self) -> None:
         if self._stop is not None:

@@ -40,7 +40,8 @@ def test_the_contract_catches_an_upward_import_and_a_circle(tmp_path):
              "live/live.py": "def main():\n    import live.web.app\n",  # one app importing another
              "live/web/app.py": "import live.loop.pipeline\n", "live/serve.py": "import live.engines\n",
              "live/animate.py": "import live.engines\n", "live/loop/pipeline.py": "import live.pasteback\n",
-             "live/engines.py": "import live.remote.client\n", "live/remote/client.py": "import live.remote.protocol\n",
+             "live/engines.py": "import live.remote.client\n", "live/remote/client.py": "import live.remote.connection\n",
+             "live/remote/connection.py": "import live.remote.protocol\n",
              "live/remote/protocol.py": "import live.default_model\n", "live/portrait.py": "import live.pasteback\n",
              "live/pasteback.py": "", "live/default_model.py": "",
              "nets/media/video.py": "import nets.model\n", "nets/model.py": ""}  # media importing a network

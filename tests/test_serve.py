@@ -20,7 +20,7 @@ from live.remote import protocol as wp
 from live.loop.capture import IteratorSource
 from live.loop.pipeline import Avatars, CenterCropper, LiveOptions, LivePipeline
 from live.serve import ServeOptions, Worker, model_info
-from live.remote.client import Backoff, RemoteEngine, WorkerError, worker_url
+from live.remote.client import Backoff, RemoteEngine, WorkerError, WorkerSpec, worker_url
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "correct-horse-battery-staple-42"
@@ -70,8 +70,8 @@ def moving_frames(n, h=96, w=128):
 
 
 def remote(worker, **kw) -> RemoteEngine:
-    kw.setdefault("codec", wp.ImageCodec("png"))
-    return RemoteEngine(f"127.0.0.1:{worker.port}", kw.pop("token", TOKEN), log=lambda s: None, **kw)
+    kw.setdefault("image_format", "png")
+    return RemoteEngine(WorkerSpec(f"127.0.0.1:{worker.port}", kw.pop("token", TOKEN), **kw), log=lambda s: None)
 
 
 # -- protocol ---------------------------------------------------------------------------------------
@@ -336,7 +336,7 @@ def test_a_malformed_reply_makes_the_client_reconnect():
 
     fake = FakeWorker(answer)
     logged = []
-    r = RemoteEngine(fake.address, log=logged.append, backoff=Backoff(first=0.05, most=0.1), timeout_s=5)
+    r = RemoteEngine(WorkerSpec(fake.address, backoff=Backoff(first=0.05, most=0.1), timeout_s=5), log=logged.append)
     try:
         frames = np.zeros((1, 3, 64, 64), np.float32)
         for n in (1, 2, 3):
@@ -376,7 +376,7 @@ def test_the_client_name_is_logged_escaped(engine, checkpoint):
     fake = FakeWorker(lambda n, msg: None, welcome=lambda n: wp.encode(wp.Failure(0, wp.MODEL, "no\n\x1b[2Jmodel", True)))
     try:
         with pytest.raises(WorkerError) as e:
-            RemoteEngine(fake.address, log=lambda s: None)
+            RemoteEngine(WorkerSpec(fake.address), log=lambda s: None)
         assert str(e.value).endswith(": no\\n\\x1b[2Jmodel")
     finally:
         fake.close()
@@ -484,12 +484,82 @@ def test_wire_messages_say_what_is_wrong(worker, capfd):
     assert lines and all(line.startswith("mra-animate: worker ") for line in lines), lines
 
 
+def test_the_connection_on_its_own_against_a_scripted_worker():
+    """issue 19: the reconnecting request/reply connection, without an engine: replies by id, the
+    connection generation, reconnection after a drop, refusals, and a worker back with another model."""
+    import dataclasses
+
+    from export.engine import RegionParams
+    from live.remote.connection import Connection, UnknownAvatar
+    from tests.fake_worker import LIMITS, MODEL, FakeWorker
+    k = MODEL.num_regions
+    params = RegionParams(np.zeros((1, k, 2), np.float32), np.zeros((1, k, 2, 2), np.float32),
+                          np.zeros((1, k, 2, 2), np.float32))
+
+    def answer(n, msg):
+        if isinstance(msg, wp.Animate):  # avatar 1 is unknown, 2 refused, 3 never answered
+            if msg.avatar == 1:
+                return wp.encode(wp.Failure(msg.id, wp.UNKNOWN_AVATAR, "no avatar 1"))
+            if msg.avatar == 2:
+                return wp.encode(wp.Failure(msg.id, wp.ENGINE, "boom\x1b[2J"))
+            return None
+        return wp.encode(wp.RegionsFound(msg.id, params))
+
+    other = dataclasses.replace(MODEL, sha256="1" * 64, config_name="other")
+    fake = FakeWorker(answer, welcome=lambda n: wp.encode(wp.Welcome(wp.PROTOCOL_VERSION, f"s{n}",
+                                                                       other if n >= 3 else MODEL, LIMITS)))
+    logged = []
+    conn = Connection(WorkerSpec(fake.address, client="probe", timeout_s=5, backoff=Backoff(first=0.05, most=0.1)),
+                      log=logged.append)
+    try:
+        assert conn.model == MODEL and conn.limits == LIMITS and conn.generation == 1 and conn.connected
+        reply, generation = conn.request(wp.DetectRegions(conn.next_id(), [b"jpeg"]))
+        assert isinstance(reply, wp.RegionsFound) and generation == 1
+        assert [type(m).__name__ for _, m in fake.received] == ["DetectRegions"]
+        with pytest.raises(UnknownAvatar):
+            conn.request(wp.Animate(conn.next_id(), 1, params))
+        with pytest.raises(WorkerError, match=r"boom\\x1b\[2J$"):
+            conn.request(wp.Animate(conn.next_id(), 2, params))
+
+        # a drop while a request waits: that call fails at once, the connection comes back by itself
+        outcome = []
+        waiting = threading.Thread(target=lambda: outcome.append(
+            pytest.raises(EngineUnavailable, conn.request, wp.Animate(conn.next_id(), 3, params))))
+        waiting.start()
+        time.sleep(0.3)
+        assert not conn.health(late_s=0.2).answering
+        t0 = time.monotonic()
+        fake.drop()
+        waiting.join(10)
+        assert outcome and time.monotonic() - t0 < 3 and "connection lost" in str(outcome[0].value)
+        deadline = time.monotonic() + 10
+        while not (conn.connected and conn.generation == 2) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert conn.generation == 2 and conn.reconnects == 1 and conn.health().answering
+        assert conn.request(wp.DetectRegions(conn.next_id(), [b"jpeg"]))[1] == 2
+
+        # the worker comes back with another model: refused for good
+        fake.drop()
+        deadline = time.monotonic() + 10
+        while conn.fatal is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert "now runs another model (other" in str(conn.fatal) and "restart probe" in str(conn.fatal)
+        with pytest.raises(WorkerError, match="another model"):
+            conn.request(wp.DetectRegions(conn.next_id(), [b"jpeg"]))
+        assert conn.health().reason == "worker refused the session"
+    finally:
+        conn.close()
+        fake.close()
+    assert [line.split(": ", 1)[1] for line in logged] == ["connection lost; reconnecting", "reconnected",
+                                                           "connection lost; reconnecting"]
+
+
 def test_limits_sessions_and_idle_time(engine, checkpoint):
     w = start_worker(engine, checkpoint, max_sessions=1, idle_timeout_s=0.5)
     try:
-        a = RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None, backoff=Backoff(first=5))
+        a = RemoteEngine(WorkerSpec(f"127.0.0.1:{w.port}", backoff=Backoff(first=5)), log=lambda s: None)
         with pytest.raises(WorkerError, match="full"):
-            RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None)
+            RemoteEngine(WorkerSpec(f"127.0.0.1:{w.port}"), log=lambda s: None)
         time.sleep(1.5)  # idle: the worker closes the session; the client notices
         assert not a.connected
         with pytest.raises(EngineUnavailable):
@@ -505,17 +575,18 @@ def test_a_full_worker_is_called_full_and_waited_for_by_offline_jobs(engine, che
     w = start_worker(engine, checkpoint, max_sessions=1)
     a = b = None
     try:
-        a = RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None)
+        a = RemoteEngine(WorkerSpec(f"127.0.0.1:{w.port}"), log=lambda s: None)
         with pytest.raises(WorkerError) as e:  # mra-live: one clear error line
-            RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None)
+            RemoteEngine(WorkerSpec(f"127.0.0.1:{w.port}"), log=lambda s: None)
         assert str(e.value) == (f"worker ws://127.0.0.1:{w.port}/: the worker is full (it serves 1 at once, mra-serve "
                                 "--max-sessions); try again later or another worker")
         with pytest.raises(WorkerError, match=r"is full .*\(waited 0.5 s\)$"):
-            RemoteEngine(f"127.0.0.1:{w.port}", log=lambda s: None, wait_s=0.5, backoff=Backoff(first=0.1))
+            RemoteEngine(WorkerSpec(f"127.0.0.1:{w.port}", wait_s=0.5, backoff=Backoff(first=0.1)), log=lambda s: None)
         threading.Timer(1.0, a.close).start()  # a session ends meanwhile
         logged = []
         t0 = time.monotonic()
-        b = RemoteEngine(f"127.0.0.1:{w.port}", log=logged.append, wait_s=30, backoff=Backoff(first=0.1, most=0.3))
+        b = RemoteEngine(WorkerSpec(f"127.0.0.1:{w.port}", wait_s=30, backoff=Backoff(first=0.1, most=0.3)),
+                         log=logged.append)
         assert b.connected and 0.9 < time.monotonic() - t0 < 20
         assert len(logged) == 1 and "is full" in logged[0] and "waiting up to 30 s" in logged[0]
     finally:
@@ -606,7 +677,7 @@ def spawn_server(checkpoint, port):
 def test_a_killed_and_restarted_worker_is_reconnected_to(checkpoint):
     port = free_port()
     server = spawn_server(checkpoint, port)
-    r = RemoteEngine(f"127.0.0.1:{port}", log=lambda s: None, backoff=Backoff(first=0.1, most=0.5))
+    r = RemoteEngine(WorkerSpec(f"127.0.0.1:{port}", backoff=Backoff(first=0.1, most=0.5)), log=lambda s: None)
 
     class Sink:
         def __init__(self):
@@ -683,8 +754,8 @@ def test_behind_haproxy_sticky_per_client_and_failover(checkpoint):
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-        r = RemoteEngine(f"127.0.0.1:{port}", log=lambda s: None, codec=wp.ImageCodec("png"),
-                         backoff=Backoff(first=0.1, most=0.5))
+        r = RemoteEngine(WorkerSpec(f"127.0.0.1:{port}", image_format="png", backoff=Backoff(first=0.1, most=0.5)),
+                         log=lambda s: None)
         src, drv = portrait(20), portrait(21)
         av = r.prepare_source(src)
         init = r.regions(drv)
@@ -727,8 +798,8 @@ def test_tls_worker_with_a_self_signed_certificate(engine, checkpoint, tmp_path)
     w = start_worker(engine, checkpoint, ssl=tls_context(cert, key), token=TOKEN)
     try:
         with pytest.raises(WorkerError, match="not trusted.*--worker-ca"):
-            RemoteEngine(f"wss://127.0.0.1:{w.port}", TOKEN, log=lambda s: None)
-        r = RemoteEngine(f"wss://127.0.0.1:{w.port}", TOKEN, ca_file=cert, log=lambda s: None)
+            RemoteEngine(WorkerSpec(f"wss://127.0.0.1:{w.port}", TOKEN), log=lambda s: None)
+        r = RemoteEngine(WorkerSpec(f"wss://127.0.0.1:{w.port}", TOKEN, ca_file=cert), log=lambda s: None)
         av = r.prepare_source(portrait(30))
         p = r.regions(portrait(31))
         assert r.animate(av, r.transfer(av, p, p, "relative")).shape == (1, 3, 64, 64)
@@ -811,7 +882,7 @@ def test_the_engine_factory_builds_the_remote_engine(worker, checkpoint):
 def test_a_message_over_the_workers_limit_is_one_clear_error(engine, checkpoint):
     w = start_worker(engine, checkpoint, max_message_bytes=8 << 10)
     try:
-        r = RemoteEngine(f"127.0.0.1:{w.port}", codec=wp.ImageCodec("png"), log=lambda s: None)
+        r = RemoteEngine(WorkerSpec(f"127.0.0.1:{w.port}", image_format="png"), log=lambda s: None)
         noise = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)  # about 12 kB as PNG
         with pytest.raises(WorkerError, match="over the worker's limit.*--max-message-mb"):
             r.prepare_source(noise)
