@@ -118,6 +118,8 @@ class ControlPoints:
     sigma: np.ndarray  # (N + M,) pixels
     mouth_gap: float  # desired inner-lip gap in pixels (for the cavity)
     inner_lips: np.ndarray  # desired inner-lip outline (for the cavity)
+    inner_lips_now: "np.ndarray | None" = None  # the portrait's own inner-lip outline in the crop (its open mouth)
+    own_gap: float = 0.0  # the portrait's own inner-lip gap in pixels of the crop
     eyes: tuple[tuple[np.ndarray, np.ndarray], ...] = ()  # each eye's opening outline (upper lid, then lower
     # lid back) as it is in the crop and as it is to be
     eye_open: np.ndarray = field(default_factory=lambda: np.ones(2))  # each eye's desired / own opening (0 = shut)
@@ -170,7 +172,10 @@ def control_points(portrait: PortraitFace, driver: np.ndarray, reference: np.nda
     iod = portrait.inter_ocular * np.sqrt(abs(np.linalg.det(a)))
     sigma = np.concatenate([np.where(_WARP_EYE, settings.eye_sigma, settings.sigma),
                             np.where(_ANCHOR_EYE, settings.eye_sigma, settings.sigma)]) * iod
-    gap = float(np.max((desired[_LIP_ROWS[1]] - desired[_LIP_ROWS[0]]) @ face_down(apply(a, t, p))))
+    down_now = face_down(apply(a, t, p))
+    gap = float(np.max((desired[_LIP_ROWS[1]] - desired[_LIP_ROWS[0]]) @ down_now))
+    lips_now = apply(a, t, p[_EXPR[_INNER_LIPS]])
+    own_gap = float(max(0.0, np.max((apply(a, t, p[_EXPR[_LIP_ROWS[1]]]) - apply(a, t, p[_EXPR[_LIP_ROWS[0]]])) @ down_now)))
     own = [np.linalg.norm(p[_EXPR[up]] - p[_EXPR[lo]], axis=-1).mean() for up, lo in _EYE_ROWS]
     now = [np.linalg.norm(desired[up] - desired[lo], axis=-1).mean() / np.sqrt(abs(np.linalg.det(a)))
            for up, lo in _EYE_ROWS]
@@ -182,7 +187,8 @@ def control_points(portrait: PortraitFace, driver: np.ndarray, reference: np.nda
         steer[rows] += shift * down
         current[rows] += shift * down
     return ControlPoints(current=current, desired=steer, anchors=apply(a, t, p[_ANCHORS]),
-                         sigma=sigma, mouth_gap=gap, inner_lips=desired[_INNER_LIPS],
+                         sigma=sigma, mouth_gap=gap, inner_lips=desired[_INNER_LIPS], inner_lips_now=lips_now,
+                         own_gap=own_gap,
                          eyes=tuple((apply(a, t, np.concatenate([p[_EXPR[up]], p[_EXPR[lo]][::-1]])),
                                      np.concatenate([desired[up], desired[lo][::-1]])) for up, lo in _EYE_ROWS),
                          eye_open=np.array([n / max(o, 1e-6) for n, o in zip(now, own)]))
@@ -239,16 +245,21 @@ def _soft(size: tuple[int, int], origin: tuple[int, int], blur: float, fill=(), 
 
 
 def paint_cavity(image: np.ndarray, cp: ControlPoints, iod: float, rgb: np.ndarray = CAVITY_RGB) -> np.ndarray:
-    """Darken the inside of the desired inner-lip outline, in proportion to the opening (only the
-    mouth's box is touched)."""
-    strength = float(np.clip((cp.mouth_gap - 0.02 * iod) / (0.06 * iod), 0.0, 1.0))
+    """Darken what the mouth opens beyond the portrait's own opening (the desired inner-lip outline
+    less the portrait's: a smiling portrait keeps its teeth), in proportion to the extra opening
+    (only the mouth's box is touched)."""
+    strength = float(np.clip((cp.mouth_gap - cp.own_gap - 0.02 * iod) / (0.06 * iod), 0.0, 1.0))
     if strength <= 0.0:
         return image
     soft = max(1.0, 0.02 * iod)
     x0, y0, x1, y1 = _region(cp.inner_lips, 3 * soft, *image.shape[:2])
     if x1 <= x0 or y1 <= y0:
         return image
-    alpha = _soft((y1 - y0, x1 - x0), (x0, y0), soft, fill=[cp.inner_lips]) * strength
+    size, origin = (y1 - y0, x1 - x0), (x0, y0)
+    alpha = _soft(size, origin, soft, fill=[cp.inner_lips])
+    if cp.inner_lips_now is not None and cp.own_gap > 0.02 * iod:
+        alpha = np.clip(alpha - _soft(size, origin, soft, fill=[cp.inner_lips_now]), 0.0, 1.0)
+    alpha = alpha * strength
     box = image[y0:y1, x0:x1].astype(np.float32)
     # keep the texture a little (lit teeth edges, tongue) but mostly shadow
     shade = 0.25 * box + 0.75 * np.asarray(rgb, np.float32)

@@ -237,3 +237,18 @@ def test_a_blink_shuts_the_portraits_eyes(portrait):
     assert got is not None
     assert float(fm.eye_openness(got)) < 0.5 * float(fm.eye_openness(marks))
     assert abs(float(fm.mouth_openness(got) - fm.mouth_openness(marks))) < 0.05  # the mouth is left alone
+
+
+def test_a_mouth_already_open_keeps_its_inside_and_only_the_new_opening_darkens():
+    """A smiling portrait's teeth stay: the cavity is the desired opening less the portrait's own."""
+    img = np.full((S, S, 3), 200, np.uint8)
+    box = lambda x0, y0, x1, y1: np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)  # noqa: E731
+    cp = ex.ControlPoints(current=np.zeros((1, 2)), desired=np.zeros((1, 2)), anchors=np.zeros((1, 2)),
+                          sigma=np.ones(2), mouth_gap=60.0, inner_lips=box(80, 100, 180, 180),
+                          inner_lips_now=box(100, 120, 160, 150), own_gap=30.0)
+    out = ex.paint_cavity(img, cp, iod=100.0)
+    assert (out[135, 130] == 200).all()  # inside the portrait's own opening: untouched
+    assert out[170, 130].max() < 120  # the new opening below it: dark
+    assert (out[20, 20] == 200).all()  # far away: untouched
+    closed = ex.paint_cavity(img, ex.ControlPoints(**{**cp.__dict__, "inner_lips_now": None, "own_gap": 0.0}), 100.0)
+    assert closed[135, 130].max() < 120  # a closed portrait mouth: the whole opening is dark
