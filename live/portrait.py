@@ -7,7 +7,7 @@ import numpy as np
 
 from nets import media
 from nets.errors import UserError
-from nets.media.face import CropBox, CropSettings, FaceDetector, crop_resize, face_crop
+from nets.media.face import CropBox, CropSettings, FaceDetector, crop_resize, face_crop, plausible_faces
 
 from .pasteback import FrameSize, PasteBack
 
@@ -16,8 +16,9 @@ CROPS = ("auto", "none")
 
 def source_box(rgb: np.ndarray, detector: "FaceDetector | None" = None, settings: CropSettings = CropSettings(),
                name: str = "the source image") -> CropBox:
-    """The square face crop of the source, in its pixels (``UserError`` when it has no face)."""
-    faces = [f for f in (detector or FaceDetector()).detect(rgb) if f.score >= settings.min_score]
+    """The square face crop of the source, in its pixels (``UserError`` when it has no face, also
+    when what the detector took for one is noise: :func:`nets.media.face.plausible_faces`)."""
+    faces = plausible_faces(rgb, (detector or FaceDetector()).detect(rgb), settings.min_score)
     if not faces:
         raise UserError(f"no face found in {name}; use a photo where the face is clearly visible, or --crop none "
                         "to animate the whole image (resized to the model's size)")

@@ -313,6 +313,17 @@ def test_no_face(files, tmp_path, capfd):
         animate.first_face_crop(info, FaceDetector(), AnimateOptions().crop_settings)
 
 
+def test_a_noise_portrait_has_no_face(files, drawn, tmp_path, capfd):
+    """Issue 21 item 13: a portrait of pure noise in which the detector "finds" a face (seed 1: score
+    0.69) is refused with "no face found", not animated as a blurry disc pasted into the noise."""
+    from test_face import noise_portrait
+    save_image(tmp_path / "noise.png", noise_portrait(1))
+    code, _, err = cli(capfd, "--source", tmp_path / "noise.png", "--driving", drawn / "talk.mp4", "--output",
+                       tmp_path / "o.mp4", "--checkpoint", files / "tiny.pth")
+    assert_one_error_line(code, err, "no face found in the source image", "--crop none")
+    assert not (tmp_path / "o.mp4").exists()
+
+
 def test_bad_checkpoints_and_config(files, tmp_path, capfd):
     (tmp_path / "random.pth").write_bytes(np.random.default_rng(5).integers(1, 256, 5000, dtype=np.uint8).tobytes())
     torch.save({"kp_detector": {"w": torch.zeros(2)}, "generator": {"w": torch.zeros(2)}}, tmp_path / "fomm.pth")

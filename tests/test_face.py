@@ -8,7 +8,7 @@ from PIL import Image
 from conftest import shared_path
 from nets import media
 from nets.media.face import (CropBox, CropSettings, FaceBox, FaceDetector, FaceTracker, TrackerSettings, crop_resize,
-                             face_crop, face_tube, fit_crop)
+                             face_crop, face_tube, fit_crop, structure)
 from mediagen import make_video, pattern
 
 
@@ -133,6 +133,27 @@ def test_no_face_in_generated_images(detector, capfd):
     assert capfd.readouterr().err == ""  # mediapipe's start-up chatter is silenced
 
 
+def noise_portrait(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (512, 512, 3), dtype=np.uint8)
+
+
+def test_faces_found_in_noise_are_not_believed(detector):
+    """Issue 21 item 13: BlazeFace finds a "face" (score 0.5-0.7) in some noise pictures; what is in
+    its box is noise (structure about 0), which a drawn face (or any picture) is not."""
+    from nets.media.face import MIN_STRUCTURE, plausible_faces
+    from webgen import draw_face
+
+    fooled = {s: detector.detect(noise_portrait(s)) for s in (1, 2, 3)}
+    assert any(fooled.values()), "the detector found no face in these noise pictures: the case is gone"
+    for s, faces in fooled.items():
+        assert all(abs(structure(noise_portrait(s), f)) < 0.1 for f in faces)
+        assert plausible_faces(noise_portrait(s), faces, 0.5) == []
+    drawn = draw_face(1, 800, 600)
+    faces = detector.detect(drawn)
+    assert faces and structure(drawn, faces[0]) > 0.8 > MIN_STRUCTURE
+    assert plausible_faces(drawn, faces, 0.5)[0] == faces[0]
+
+
 @pytest.mark.shared
 def test_faces_in_real_portraits(detector):
     folder = shared_path("data", "faces", "portraits")
@@ -145,6 +166,7 @@ def test_faces_in_real_portraits(detector):
         b = faces[0]
         h, w = rgb.shape[:2]
         assert b.score > 0.6 and 0 <= b.x0 < b.x1 <= w and 0 <= b.y0 < b.y1 <= h
+        assert structure(rgb, b) > 0.8  # a photo, not noise: believed (see test_faces_found_in_noise...)
         assert 0.1 < b.size / min(w, h) < 0.9
         c = face_crop(b, w, h)
         x0, y0, x1, y1 = c.box
