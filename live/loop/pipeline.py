@@ -190,12 +190,14 @@ class AvatarImage:
 
 @dataclass
 class PreparedAvatar:
-    """An avatar ready to animate: the engine's :class:`Avatar`, its paste-back (None: crop output)
-    and its face mesh for the expression path (None: no face found, expressions off)."""
+    """An avatar ready to animate: the engine's :class:`Avatar`, its paste-back (None: crop output),
+    the crop the model animates ``(S, S, 3)`` uint8 and its face mesh for the expression path (found
+    at the first use: None, no face, expressions off; ``unset`` until then)."""
 
     avatar: Avatar
     paste: "PasteBack | None"
-    face: "ex.PortraitFace | None"
+    crop: np.ndarray
+    face: "ex.PortraitFace | None | str" = "unset"
 
 
 class Avatars:
@@ -246,7 +248,7 @@ class Avatars:
             if not isinstance(image, AvatarImage):
                 image = AvatarImage(image)
             avatar = self.engine.prepare_source(image.input)
-            self._cache[path] = PreparedAvatar(avatar, image.paste, ex.portrait_face(to_uint8(image.input)[0]))
+            self._cache[path] = PreparedAvatar(avatar, image.paste, to_uint8(image.input)[0])
         return self._cache[path]
 
     def current(self) -> Avatar:
@@ -259,8 +261,12 @@ class Avatars:
 
     @property
     def face(self) -> "ex.PortraitFace | None":
-        """The current avatar's face mesh (None: expressions off for it)."""
-        return self._entry().face
+        """The current avatar's face mesh (None: expressions off for it), found once, when first asked
+        for (a session at --expression 0 never pays for it)."""
+        entry = self._entry()
+        if isinstance(entry.face, str):
+            entry.face = ex.portrait_face(entry.crop)
+        return entry.face
 
     def step(self, delta: int) -> None:
         """Move to the next (``delta`` = 1) or previous (-1) avatar, prepared now; one that fails to
@@ -345,8 +351,10 @@ class LivePipeline:
                     self._engine_back()
                     t2 = time.perf_counter()
                     self.stats.stage("regions", (t2 - t1) * 1000)
-                    marks = self._driver_mesh()(crop)
-                    self.stats.stage("mesh", (time.perf_counter() - t2) * 1000)
+                    marks = None
+                    if self.expression.settings.gain > 0:  # --expression 0: the networks alone, no mesh to pay
+                        marks = self._driver_mesh()(crop)
+                        self.stats.stage("mesh", (time.perf_counter() - t2) * 1000)
                 else:
                     marks = None
                 self.tracked.put(Tracked(frame, crop, box, params, time.perf_counter(), marks))
@@ -429,7 +437,8 @@ class LivePipeline:
                     continue
                 if item.params is None:
                     self.stats.face_lost_frames += 1
-                self.motion.like = self.avatars.face  # the reference is the driver's face most like the portrait's
+                # the reference is the driver's face most like the portrait's (the networks alone: the first face)
+                self.motion.like = self.avatars.face if self.expression.settings.gain > 0 else None
                 motion = self.motion.update(item.params, item.marks, item.frame.timestamp)
                 if motion is None:
                     continue  # nothing seen yet: keep showing what we have
@@ -460,7 +469,7 @@ class LivePipeline:
         """The animated crop -> the output frame: the driver's expression, pasted back into the
         portrait, or the crop fitted to the output size (+ the overlay)."""
         image = to_uint8(out)
-        face = self.avatars.face
+        face = self.avatars.face if self.expression.settings.gain > 0 else None
         if face is not None and motion.marks is not None and motion.reference_marks is not None:
             self.expression.portrait = face
             image = self.expression.apply(image, motion.marks, motion.reference_marks)
