@@ -17,6 +17,11 @@ from typing import Any
 
 BG_TYPES = ("zero", "shift", "affine", "perspective")
 PCA_FORMS = ("closed_form", "svd")
+# the face points that training can pull regions onto (train.region_prior), from the face mesh of the
+# training frames (dataset.landmarks; computed in nets/train/landmarks.py): the mouth's centre (mean of
+# the inner lips), the chin (mesh point 152), and the centre of each eye (mean of its lids; the subject's
+# right and left)
+FACE_TARGETS = ("mouth", "chin", "right_eye", "left_eye")
 
 
 class ConfigError(ValueError):
@@ -119,6 +124,12 @@ class DatasetConfig:
     # share of training pairs whose driving frame is the source frame itself (identity motion:
     # teaches the model to give the portrait back unchanged at rest); 0 = the official sampling
     identity_pairs: float = 0.0
+    # read the face-mesh landmarks of every frame (the <clip>.landmarks.npy sidecars of mra-prepare):
+    # targets of train.region_prior and train.expression_weight; False = the official data
+    landmarks: bool = False
+    # share of training pairs whose driving frame is, of 16 random frames of the clip, the one whose
+    # mouth + eye openness differs most from the source frame's (needs landmarks); 0 = official sampling
+    expression_pairs: float = 0.0
     augmentation: AugmentationConfig = field(default_factory=AugmentationConfig)
 
 
@@ -146,6 +157,14 @@ class TrainConfig:
     feature_matching_weight: float = 0.0
     discriminator_scales: tuple[float, ...] = (1.0, 0.5)
     discriminator_block_expansion: int = 16
+    # expression terms (need dataset.landmarks), all off in the official presets:
+    # region k is pulled onto the face point region_prior[k] (names of FACE_TARGETS) of the source and
+    # driving frames: region_prior_weight x mean squared distance of its shift to the point
+    region_prior: tuple[str, ...] = ()
+    region_prior_weight: float = 0.0
+    # expression_weight x L1 of prediction - driving frame inside soft masks around mouth and eyes
+    # (normalised by the masks' area)
+    expression_weight: float = 0.0
 
 
 @dataclass
@@ -232,6 +251,26 @@ def validate(config: Config) -> Config:
         raise ConfigError("use_covar_heatmap needs region covariances: set estimate_affine or pca_based")
     if config.frame_size < 16:
         raise ConfigError(f"frame_size must be >= 16, got {config.frame_size}")
+    d, t = config.dataset, config.train
+    if not 0 <= d.expression_pairs <= 1:
+        raise ConfigError(f"dataset.expression_pairs must be in [0, 1], got {d.expression_pairs}")
+    unknown = [n for n in t.region_prior if n not in FACE_TARGETS]
+    if unknown:
+        raise ConfigError(f"train.region_prior: unknown face point(s) {', '.join(map(repr, unknown))}; choose from "
+                          f"{', '.join(FACE_TARGETS)}")
+    if len(set(t.region_prior)) != len(t.region_prior) or len(t.region_prior) > m.num_regions:
+        raise ConfigError(f"train.region_prior names one face point per region (at most num_regions = "
+                          f"{m.num_regions}, each once), got {list(t.region_prior)}")
+    if t.region_prior_weight < 0 or t.expression_weight < 0:
+        raise ConfigError("train.region_prior_weight and train.expression_weight must be >= 0")
+    if t.region_prior_weight and not t.region_prior:
+        raise ConfigError("train.region_prior_weight is set but train.region_prior names no face point")
+    uses = [name for name, on in (("train.region_prior_weight", t.region_prior_weight and t.region_prior),
+                                  ("train.expression_weight", t.expression_weight),
+                                  ("dataset.expression_pairs", d.expression_pairs)) if on]
+    if uses and not d.landmarks:
+        raise ConfigError(f"{', '.join(uses)} need(s) the face landmarks of the training frames: set "
+                          "dataset.landmarks")
     return config
 
 
@@ -298,7 +337,9 @@ def lite(width: int = 16, name: str | None = None) -> Config:
     Same structure (PCA regions, background motion, pixelwise flow with occlusion at 64x64,
     warped-skip generator, AVD) with ``width``-scaled channels, depthwise-separable convolutions
     on the per-frame path, four hourglass levels and four bottleneck blocks. The generator's
-    encoder (source-only, cached per avatar) keeps full convolutions.
+    encoder (source-only, cached per avatar) keeps full convolutions. Trained (unlike the official
+    presets) with identity pairs, a patch discriminator and the expression terms: face landmarks,
+    expression pairs, regions 0-3 pulled onto mouth, chin and eyes, a masked mouth and eye L1.
     """
     cfg = Config(name=name or f"lite{width}", frame_size=256)
     m = cfg.model
@@ -314,6 +355,12 @@ def lite(width: int = 16, name: str | None = None) -> Config:
     cfg.train.gan_weight = 1.0
     cfg.train.feature_matching_weight = 10.0
     cfg.train.batch_size = 16
+    # expression (issue 20): regions 0-3 on mouth, chin and eyes; gradient where the expression is
+    cfg.dataset.landmarks = True
+    cfg.dataset.expression_pairs = 0.3
+    cfg.train.region_prior = FACE_TARGETS
+    cfg.train.region_prior_weight = 10.0
+    cfg.train.expression_weight = 10.0
     return cfg
 
 

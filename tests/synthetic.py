@@ -133,3 +133,44 @@ def make_dataset(root: "str | Path", layout: str = "frames", num_ids: int = 3, c
             for j in range(clips_per_id):
                 write_video(d, f"id{i}#clip{j}", make_video(rng, size, frames), layout)
     return root
+
+
+def face_marks(rng: np.random.Generator, frames: int, size: int, no_face: tuple[int, ...] = ()) -> np.ndarray:
+    """Face-mesh-like landmarks ``(frames, 468, 2)`` in pixels of ``size`` px frames: the subject's right eye on the
+    image's left, the mouth below, the chin lowest; now and then the mouth opens or the eyes blink; NaN rows at
+    ``no_face``."""
+    from nets.media import facemesh as fm
+    s = float(size)
+    marks = np.tile(rng.uniform(0.3 * s, 0.7 * s, (1, 468, 2)), (frames, 1, 1))
+    # as in talking clips: mostly a closed mouth and open eyes, now and then an open mouth or a blink
+    gap = np.where(rng.random(frames) < 0.2, rng.uniform(0.08 * s, 0.15 * s, frames), rng.uniform(0, 0.01 * s, frames))
+    lid = np.where(rng.random(frames) < 0.15, rng.uniform(0.002 * s, 0.01 * s, frames),
+                   rng.uniform(0.035 * s, 0.045 * s, frames))
+    for t in range(frames):
+        m = marks[t]
+        m[list(fm.LIPS_INNER_UPPER)] = (0.5 * s, 0.7 * s - gap[t] / 2)
+        m[list(fm.LIPS_INNER_LOWER)] = (0.5 * s, 0.7 * s + gap[t] / 2)
+        m[61], m[291], m[152] = (0.4 * s, 0.7 * s), (0.6 * s, 0.7 * s), (0.5 * s, 0.9 * s)
+        for upper, lower, x in ((fm.RIGHT_EYE_UPPER, fm.RIGHT_EYE_LOWER, 0.35), (fm.LEFT_EYE_UPPER, fm.LEFT_EYE_LOWER,
+                                                                                 0.65)):
+            m[list(upper)] = (x * s, 0.4 * s - lid[t] / 2)
+            m[list(lower)] = (x * s, 0.4 * s + lid[t] / 2)
+        m[33], m[133], m[362], m[263] = (0.3 * s, 0.4 * s), (0.4 * s, 0.4 * s), (0.6 * s, 0.4 * s), (0.7 * s, 0.4 * s)
+    marks[list(no_face)] = np.nan
+    return marks
+
+
+def write_landmarks(root: "str | Path", seed: int = 0, no_face: tuple[int, ...] = ()) -> list[Path]:
+    """A landmark sidecar (:func:`face_marks`) beside every clip of ``root/train`` and ``root/test``."""
+    from nets.train import landmarks as lm
+    from nets.train.data import count_frames, frame_shape, list_videos
+    rng = np.random.default_rng(seed)
+    written = []
+    for split in ("train", "test"):
+        if not (Path(root) / split).is_dir():
+            continue
+        for e in list_videos(Path(root) / split):
+            w, _ = frame_shape(e)
+            written.append(lm.write_sidecar(lm.sidecar_path(e.path.parent, e.name),
+                                            face_marks(rng, count_frames(e), w, no_face)))
+    return written

@@ -77,3 +77,49 @@ def test_load_config_specs():
     cfg = dataclasses.replace(cfg, frame_size=8)
     with pytest.raises(ConfigError, match="frame_size"):
         load_config(cfg)
+
+
+EXPRESSION_OFF = {("dataset", "landmarks"): False, ("dataset", "expression_pairs"): 0.0,
+                  ("train", "region_prior"): [], ("train", "region_prior_weight"): 0.0,
+                  ("train", "expression_weight"): 0.0}
+
+
+@pytest.mark.parametrize("name", nets.OFFICIAL_PRESETS + ("tiny",))
+def test_official_presets_keep_the_expression_terms_off(name):
+    """The official presets (and an official YAML) train as the paper: no landmarks, no extra pairs or losses."""
+    d = preset(name).to_dict()
+    assert {k: d[a][k] for a, k in EXPRESSION_OFF} == {k: v for (_, k), v in EXPRESSION_OFF.items()}
+    y = from_yaml(FIXTURES / "official_layout.yaml").to_dict()
+    assert {k: y[a][k] for a, k in EXPRESSION_OFF} == {k: v for (_, k), v in EXPRESSION_OFF.items()}
+
+
+def test_lite_presets_train_with_expression_terms():
+    from nets.config import FACE_TARGETS
+    cfg = preset("lite256")
+    assert cfg.dataset.landmarks and cfg.dataset.expression_pairs == 0.3
+    assert cfg.train.region_prior == FACE_TARGETS == ("mouth", "chin", "right_eye", "left_eye")
+    assert cfg.train.region_prior_weight == 10.0 and cfg.train.expression_weight == 10.0
+    # a config saved before these fields existed (the shipped v2 checkpoint's) reads with them off
+    old = cfg.to_dict()
+    for a, k in EXPRESSION_OFF:
+        del old[a][k]
+    back = Config.from_dict(old)
+    assert {k: back.to_dict()[a][k] for a, k in EXPRESSION_OFF} == {k: v for (_, k), v in EXPRESSION_OFF.items()}
+    assert back.model == cfg.model
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda c: setattr(c.train, "region_prior", ("mouth", "nose")), "unknown face point.*'nose'"),
+    (lambda c: setattr(c.train, "region_prior", ("mouth", "mouth")), "one face point per region"),
+    (lambda c: setattr(c.model, "num_regions", 3), "one face point per region"),
+    (lambda c: setattr(c.dataset, "landmarks", False), "need.* dataset.landmarks"),
+    (lambda c: setattr(c.dataset, "expression_pairs", 1.5), "expression_pairs must be in"),
+    (lambda c: setattr(c.train, "expression_weight", -1.0), "must be >= 0"),
+    (lambda c: setattr(c.train, "region_prior", ()), "names no face point"),
+])
+def test_expression_fields_are_checked(change, message):
+    from nets.config import validate
+    cfg = preset("lite256")
+    change(cfg)
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)

@@ -146,3 +146,135 @@ def test_augmentation_is_identical_for_both_frames():
         seen.add((hflip, swapped))
     assert len(seen) == 4
     assert aug.augment_frames([f], None, np.random.default_rng(0))[0] is f
+
+
+# -- face landmarks (dataset.landmarks) ---------------------------------------------------------------
+
+def _landmark_data(tmp_path, no_face=(), frames=8, num_ids=2, layout="frames"):
+    from synthetic import write_landmarks
+    root = make_dataset(tmp_path, layout, num_ids=num_ids, clips_per_id=1, frames=frames, size=SIZE)
+    write_landmarks(root, seed=3, no_face=no_face)
+    return root
+
+
+def _frame_index(clip, frame):
+    """Which frame of ``clip`` (uint8 (T, S, S, 3)) the sample's float frame is, and whether it is mirrored."""
+    img = (frame.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    for i, f in enumerate(clip):
+        if np.array_equal(img, f):
+            return i, False
+        if np.array_equal(img, f[:, ::-1]):
+            return i, True
+    raise AssertionError("not a frame of the clip")
+
+
+def test_face_targets_follow_the_frames_and_their_flips(tmp_path):
+    from nets.config import FACE_TARGETS
+    from nets.media import facemesh as fm
+    from nets.train import landmarks as lm
+    root = _landmark_data(tmp_path, no_face=(3,))
+    flips = AugmentationConfig(horizontal_flip=True, time_flip=True, brightness=0, contrast=0, saturation=0, hue=0)
+    for pixel_centres in (True, False):
+        ds = PairDataset(root, SIZE, augmentation=flips, landmarks=True, pixel_centres=pixel_centres)
+        clip = read_video(ds.videos[0], SIZE)
+        marks = lm.read_sidecar(lm.sidecar_path(ds.videos[0].path.parent, ds.videos[0].name))
+        seen = set()
+        for s in range(40):
+            x = ds[(0, (1, 0, s))]
+            for role in ("source", "driving"):
+                i, mirrored = _frame_index(clip, x[role])
+                seen.add((mirrored, role))
+                if i == 3:  # no face in this frame: no target
+                    assert float(x[f"{role}_valid"]) == 0 and not x[f"{role}_points"].any()
+                    continue
+                assert float(x[f"{role}_valid"]) == 1
+                m = marks[i].astype(np.float64)
+                want = {"mouth": m[list(fm.LIPS_INNER_UPPER + fm.LIPS_INNER_LOWER)].mean(0), "chin": m[152],
+                        "right_eye": m[list(fm.RIGHT_EYE_UPPER + fm.RIGHT_EYE_LOWER)].mean(0),
+                        "left_eye": m[list(fm.LEFT_EYE_UPPER + fm.LEFT_EYE_LOWER)].mean(0)}
+                if mirrored:  # the picture's x is mirrored, and the subject's right eye is now where the left was
+                    want = {k: np.array([SIZE - want[k.replace("right", "L").replace("left", "right").replace("L", "left")][0],
+                                         want[k.replace("right", "L").replace("left", "right").replace("L", "left")][1]])
+                            for k in want}
+                for k, name in enumerate(FACE_TARGETS):
+                    px = want[name]
+                    expect = 2 * px / SIZE - 1 if pixel_centres else 2 * (px - 0.5) / (SIZE - 1) - 1
+                    assert np.allclose(x[f"{role}_points"][k].numpy(), expect, atol=2e-3), (name, mirrored, role)
+                mouth_w = np.linalg.norm(m[61] - m[291]) / SIZE
+                scale = 2 if pixel_centres else 2 * SIZE / (SIZE - 1)
+                assert float(x[f"{role}_widths"][0]) == pytest.approx(scale * mouth_w, rel=1e-3)
+        assert seen == {(a, b) for a in (False, True) for b in ("source", "driving")}
+
+
+def test_landmarks_do_not_change_the_draws(tmp_path):
+    """Reading landmarks adds targets but the same frames and augmentation (official sampling unchanged)."""
+    root = _landmark_data(tmp_path)
+    cfg = AugmentationConfig()
+    plain = PairDataset(root, SIZE, id_sampling=True, augmentation=cfg, num_repeats=3, identity_pairs=0.2)
+    marked = PairDataset(root, SIZE, id_sampling=True, augmentation=cfg, num_repeats=3, identity_pairs=0.2,
+                         landmarks=True)
+    for s in range(12):
+        a, b = plain[(s % 2, (0, 1, s))], marked[(s % 2, (0, 1, s))]
+        assert set(b) - set(a) == {f"{r}_{w}" for r in ("source", "driving") for w in ("points", "widths", "valid")}
+        assert torch.equal(a["source"], b["source"]) and torch.equal(a["driving"], b["driving"])
+
+
+def test_expression_partner_is_the_most_different_candidate():
+    from nets.train import landmarks as lm
+    n = 6
+    faces = lm.ClipFaces(points=np.zeros((n, 4, 2), np.float32), widths=np.zeros((n, 2), np.float32),
+                         mouth=np.array([0.0, 0.1, 0.6, 0.2, 0.9, 0.0], np.float32),
+                         eyes=np.array([0.3, 0.3, 0.3, 0.0, 0.3, 0.3], np.float32),
+                         valid=np.array([True, True, True, True, False, True]))
+    assert lm.expression_partner(faces, 0, np.array([1, 3, 2, 5])) == 2  # mouth 0.6 beats mouth 0.2 + eyes 0.3
+    assert lm.expression_partner(faces, 0, np.array([5, 0, 1])) == 1  # 0.1 beats 0 (frame 5 = frame 0)
+    assert lm.expression_partner(faces, 0, np.array([1, 3, 5])) == 3  # mouth 0.2 + eyes 0.3
+    assert lm.expression_partner(faces, 0, np.array([4, 1])) == 1  # frame 4 has no face
+    assert lm.expression_partner(faces, 4, np.array([0, 1])) is None  # the first frame has no face
+    assert lm.expression_partner(faces, 0, np.array([4])) is None
+
+
+def test_expression_pairs_differ_in_openness(tmp_path):
+    root = _landmark_data(tmp_path, frames=24, num_ids=1)
+    kw = dict(augmentation=None, num_repeats=1, landmarks=True)
+    ds = {share: PairDataset(root, SIZE, expression_pairs=share, **kw) for share in (0.0, 1.0)}
+    clip = read_video(ds[0.0].videos[0], SIZE)
+    faces = ds[0.0].faces[ds[0.0].videos[0].path]
+
+    def diff(x):
+        i, _ = _frame_index(clip, x["source"])
+        j, _ = _frame_index(clip, x["driving"])
+        return abs(faces.mouth[i] - faces.mouth[j]) + abs(faces.eyes[i] - faces.eyes[j]), (i, j)
+
+    random_pairs = [diff(ds[0.0][(0, (2, 0, s))])[0] for s in range(40)]
+    expression = [diff(ds[1.0][(0, (2, 0, s))]) for s in range(40)]
+    assert np.mean([d for d, _ in expression]) > 1.5 * np.mean(random_pairs)
+    # the draws of the module doc: the clip, two frames, then a number, the first frame and 16 candidates; the
+    # driving frame is the candidate whose mouth + eye openness differs most from the first frame's
+    for s, (_, (i, j)) in enumerate(expression):
+        rng = np.random.default_rng([2, 0, s])
+        rng.integers(1), rng.choice(24, size=2, replace=False), rng.random()
+        first, candidates = int(rng.integers(24)), rng.integers(24, size=16)
+        score = np.abs(faces.mouth[candidates] - faces.mouth[first]) + np.abs(faces.eyes[candidates] - faces.eyes[first])
+        assert (i, j) == (first, candidates[np.argmax(score)])
+    again = [diff(ds[1.0][(0, (2, 0, s))])[1] for s in range(40)]
+    assert again == [p for _, p in expression]  # a pure function of the seed
+
+
+def test_missing_or_stale_landmarks_are_data_errors(tmp_path):
+    from nets.train import landmarks as lm
+    root = _landmark_data(tmp_path)
+    side = next((root / "train").glob("*.landmarks.npy"))
+    marks = np.load(side)
+    side.unlink()
+    with pytest.raises(DataError, match=rf"1 of the 2 clips .* mra-prepare --landmarks-only {root}"):
+        PairDataset(root, SIZE, landmarks=True)
+    PairDataset(root, SIZE)  # without landmarks nobody asks for them
+    lm.write_sidecar(side, marks[:-1])  # one frame short
+    ds = PairDataset(root, SIZE, landmarks=True, num_repeats=1)
+    with pytest.raises(DataError, match="has 8 frames but its landmark sidecar 7.*--overwrite"):
+        for s in range(4):
+            ds[(s % 2, (0, 0, s))]
+    side.write_bytes(b"not numpy")
+    with pytest.raises(DataError, match="cannot read the landmark sidecar"):
+        PairDataset(root, SIZE, landmarks=True)

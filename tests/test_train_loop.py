@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -267,3 +268,95 @@ def test_both_stages_implement_the_stage_contract():
         for name, sig in methods.items():
             assert list(inspect.signature(getattr(cls, name)).parameters) == list(sig.parameters), (cls, name)
         assert isinstance(cls.name, str) and cls.csv_name.endswith(".csv") and cls.loss_names
+
+
+@pytest.fixture(scope="module")
+def face_data(tmp_path_factory):
+    """The synthetic dataset with landmark sidecars (one frame of each clip without a face)."""
+    from synthetic import write_landmarks
+    root = make_dataset(tmp_path_factory.mktemp("faces"), "frames", num_ids=4, clips_per_id=2, frames=10, size=64)
+    write_landmarks(root, seed=1, no_face=(4,))
+    return root
+
+
+@pytest.fixture(scope="module")
+def expression_schedule(tmp_path_factory):
+    """tiny (4 regions) with the expression terms of the lite presets: landmarks, expression pairs, region prior on
+    all four regions, masked mouth and eye L1."""
+    from nets.config import FACE_TARGETS
+    cfg = preset("tiny")
+    cfg.name = "tiny_expression"
+    cfg.train.num_repeats = 1
+    cfg.train.batch_size = 2
+    cfg.dataset.landmarks = True
+    cfg.dataset.expression_pairs = 0.5
+    cfg.train.region_prior = FACE_TARGETS
+    cfg.train.region_prior_weight = 10.0
+    cfg.train.expression_weight = 10.0
+    path = tmp_path_factory.mktemp("cfg") / "tiny_expression.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+    return path
+
+
+def test_expression_terms_train_and_resume_bit_identically(tmp_path, face_data, data, expression_schedule):
+    common = ["--config", expression_schedule, "--data", face_data, "--checkpoint-every", 0, "--workers", 0]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert cli(*common, "--out", a, "--max-steps", 5, "--vis-every", 5) == 0
+    assert cli(*common, "--out", b, "--max-steps", 3, "--vis-every", 0) == 0  # stops mid-epoch (2 steps per epoch)
+    assert cli("--out", b, "--resume", "--max-steps", 5, "--no-progress") == 0
+    assert_same_state(model_state(a)["model"], model_state(b)["model"])
+    ra, rb = read_losses(a / "losses.csv"), read_losses(b / "losses.csv")
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert strip(ra) == strip(rb) and len(ra) == 5
+    for r in ra:  # each term in its own column, and in the total
+        assert r["region_prior"] > 0 and r["expression"] > 0
+        assert r["loss"] == pytest.approx(sum(r[k] for k in ("reconstruction", "equivariance_shift",
+                                                             "equivariance_affine", "region_prior", "expression")),
+                                          rel=1e-4)
+    assert (a / "vis" / "reconstruction_0000005.png").exists()
+    assert json.loads((a / "config.json").read_text())["train"]["region_prior"] == ["mouth", "chin", "right_eye",
+                                                                                     "left_eye"]
+
+def test_expression_config_without_sidecars_names_the_fix(tmp_path, data, expression_schedule, capsys):
+    assert cli("--config", expression_schedule, "--data", data, "--out", tmp_path / "c", "--max-steps", 1) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: 8 of the 8 clips") and f"mra-prepare --landmarks-only {data}" in err[-1]
+
+
+def test_expression_terms_with_bf16_and_channels_last(tmp_path, face_data, expression_schedule):
+    out = tmp_path / "amp"
+    assert cli("--config", expression_schedule, "--data", face_data, "--out", out, "--max-steps", 2, "--amp", "bf16",
+               "--channels-last", "--vis-every", 0) == 0
+    rows = read_losses(out / "losses.csv")
+    assert len(rows) == 2 and all(np.isfinite(r["region_prior"]) and np.isfinite(r["expression"]) for r in rows)
+
+
+def test_region_prior_pulls_the_regions_onto_their_points(tmp_path, face_data, expression_schedule):
+    """With only the prior (and a high learning rate) the regions reach their face points within a few steps."""
+    cfg = yaml.safe_load(expression_schedule.read_text())
+    cfg["train"].update(expression_weight=0.0, equivariance_shift=0.0, equivariance_affine=0.0,
+                        perceptual_weights=[0.0] * 5, region_prior_weight=1.0)
+    cfg["dataset"]["expression_pairs"] = 0.0
+    path = tmp_path / "prior_only.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "prior"
+    assert cli("--config", path, "--data", face_data, "--out", out, "--max-steps", 12, "--lr", "1e-2",
+               "--vis-every", 0, "--checkpoint-every", 0) == 0
+    rows = read_losses(out / "losses.csv")
+    first, last = rows[0]["region_prior"], min(r["region_prior"] for r in rows[-3:])
+    assert last < 0.5 * first, [r["region_prior"] for r in rows]
+
+
+def test_loss_log_keeps_rows_of_an_older_header(tmp_path):
+    from nets.train.logs import LossLog
+    path = tmp_path / "losses.csv"
+    old = LossLog(path, ["reconstruction"])
+    for step in (1, 2, 3):
+        old.write(step, 0, 1e-3, {"loss": 1.0 * step, "reconstruction": 0.5 * step}, 1.0)
+    old.close()
+    new = LossLog(path, ["reconstruction", "region_prior"], resume_step=2)
+    new.write(3, 0, 1e-3, {"loss": 9.0, "reconstruction": 4.0, "region_prior": 5.0}, 2.0)
+    new.close()
+    rows = read_losses(path)
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[1]["reconstruction"] == 1.0
+    assert "region_prior" not in rows[0] and rows[2]["region_prior"] == 5.0

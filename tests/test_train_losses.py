@@ -1,4 +1,5 @@
-"""Random warps, equivariance losses, perceptual pyramid, L1+SSIM fallback, VGG19 weights."""
+"""Random warps, equivariance losses, perceptual pyramid, L1+SSIM fallback, VGG19 weights, expression terms."""
+import numpy as np
 import pytest
 import torch
 
@@ -141,3 +142,72 @@ def test_vgg_weights_lookup(tmp_path, monkeypatch, fake_vgg_file):
     torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, bad)
     with pytest.raises(UserError, match="not a VGG19 state dict"):
         vgg_mod.load_vgg19(bad)
+
+
+# -- expression terms --------------------------------------------------------------------------------
+
+def _faces(points, widths=((0.4, 0.2),), valid=(1.0,)):
+    from nets.train.losses import FaceTargets
+    return FaceTargets(torch.tensor(points, dtype=torch.float32), torch.tensor(widths, dtype=torch.float32),
+                       torch.tensor(valid, dtype=torch.float32))
+
+
+FACE = [[0.0, 0.4], [0.0, 0.8], [-0.3, -0.2], [0.3, -0.2]]  # mouth, chin, right eye, left eye (networks' coordinates)
+
+
+def test_region_prior_goes_down_as_the_region_reaches_its_point():
+    from nets.train.losses import region_prior_loss
+    faces = _faces([FACE, FACE], widths=((0.4, 0.2), (0.4, 0.2)), valid=(1.0, 0.0))
+    shift = torch.zeros(2, 5, 2)
+    shift[:, 1] = torch.tensor([0.0, 0.8])  # region 1 already on the chin
+    far = float(region_prior_loss(shift, faces, [0, 1]))
+    assert far == pytest.approx(0.4 ** 2 / 2)  # region 0 is 0.4 from the mouth; mean over the two regions
+    values = []
+    for t in (0.0, 0.5, 0.9, 1.0):  # region 0 moves to the mouth
+        s = shift.clone()
+        s[:, 0] = t * torch.tensor(FACE[0])
+        values.append(float(region_prior_loss(s, faces, [0, 1])))
+    assert values[0] > values[1] > values[2] > values[3] == 0
+    # a frame without a face pulls nothing; regions past the named ones are free; targets in any order
+    s = shift.clone()
+    s[1] = 5.0
+    s[:, 2:] = 7.0
+    assert float(region_prior_loss(s, faces, [0, 1])) == pytest.approx(far)
+    assert float(region_prior_loss(shift, faces, [1, 0])) > far
+    # and its gradient pulls region 0 towards the mouth
+    s = shift.clone().requires_grad_(True)
+    region_prior_loss(s, faces, [0, 1]).backward()
+    assert s.grad[0, 0, 1] < 0 and s.grad[0, 1].abs().max() == 0 and s.grad[1].abs().max() == 0
+
+
+def test_expression_masks_sit_on_mouth_and_eyes():
+    from nets.train.losses import expression_loss, expression_masks
+    h = w = 64
+    faces = _faces([FACE, FACE], widths=((0.4, 0.2), (0.4, 0.2)), valid=(1.0, 0.0))
+    masks = expression_masks(faces, h, w, pixel_centres=True)
+    assert masks.shape == (2, 1, h, w) and float(masks[1].max()) == 0  # no face, no mask
+    m = masks[0, 0]
+
+    def at(x, y):  # the mask at the pixel holding a point of the networks' coordinates, and that pixel's centre
+        i, j = int((y + 1) / 2 * h), int((x + 1) / 2 * w)
+        return float(m[i, j]), ((2 * j + 1) / w - 1, (2 * i + 1) / h - 1)
+
+    def gauss(centre, sigma, point):
+        return np.exp(-((point[0] - centre[0]) ** 2 + (point[1] - centre[1]) ** 2) / (2 * sigma ** 2))
+
+    for x, y in ((0.0, 0.4), (0.0, 0.6), (0.1, 0.5)):  # around the mouth: sigma = half the mouth width
+        value, centre = at(x, y)
+        assert value == pytest.approx(gauss(FACE[0], 0.2, centre), abs=1e-5)
+    assert gauss(FACE[0], 0.2, at(0.0, 0.6)[1]) == pytest.approx(np.exp(-0.5), abs=0.1)
+    for x, y in ((-0.3, -0.2), (-0.3, -0.1), (-0.4, -0.25)):  # around the right eye: half the eye width
+        value, centre = at(x, y)
+        assert value == pytest.approx(gauss(FACE[2], 0.1, centre), abs=1e-5)
+    assert at(0.3, -0.2)[0] > 0.9 and at(-0.9, 0.9)[0] < 1e-3 and at(0.0, -0.9)[0] < 1e-3
+    # the loss sees errors on the mouth, hardly elsewhere; normalised by the mask's area
+    target = torch.zeros(2, 3, h, w)
+    mouth, corner = target.clone(), target.clone()
+    mouth[:, :, int(0.7 * h) - 2:int(0.7 * h) + 2, w // 2 - 2:w // 2 + 2] = 1
+    corner[:, :, :4, :4] = 1
+    assert float(expression_loss(mouth, target, masks)) > 100 * float(expression_loss(corner, target, masks)) > 0
+    assert float(expression_loss(target + 0.5, target, masks)) == pytest.approx(0.5)
+    assert float(expression_loss(target + 0.5, target, torch.zeros_like(masks))) == 0

@@ -8,6 +8,8 @@ workers. Colour operations follow torchvision's definitions (grayscale = 0.299 R
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..config import AugmentationConfig
@@ -87,9 +89,24 @@ def adjust_hue(img: np.ndarray, shift: float) -> np.ndarray:
     return hsv_to_rgb(hsv)
 
 
+@dataclass(frozen=True)
+class Flips:
+    """The flips one sample got: ``horizontal`` (mirrored left-right), ``time`` (frame order reversed)."""
+
+    horizontal: bool = False
+    time: bool = False
+
+
 def augment_frames(frames: list[np.ndarray], cfg: "AugmentationConfig | None",
                    rng: np.random.Generator) -> list[np.ndarray]:
-    """Apply one random draw of flips and colour jitter to every frame of a sample.
+    """Apply one random draw of flips and colour jitter to every frame of a sample."""
+    return augment_sample(frames, cfg, rng)[0]
+
+
+def augment_sample(frames: list[np.ndarray], cfg: "AugmentationConfig | None",
+                   rng: np.random.Generator) -> tuple[list[np.ndarray], Flips]:
+    """Apply one random draw of flips and colour jitter to every frame of a sample; also say which
+    flips were applied (what rides along with the frames, e.g. face points, must follow them).
 
     The same number of random numbers is drawn whatever ``cfg`` enables, so turning one
     augmentation off does not change the draws of the others.
@@ -98,10 +115,11 @@ def augment_frames(frames: list[np.ndarray], cfg: "AugmentationConfig | None",
     factors = rng.random(4)
     order = rng.permutation(4)
     if cfg is None:
-        return frames
-    if cfg.horizontal_flip and u[0] < 0.5:
+        return frames, Flips()
+    flips = Flips(horizontal=bool(cfg.horizontal_flip and u[0] < 0.5), time=bool(cfg.time_flip and u[1] < 0.5))
+    if flips.horizontal:
         frames = [np.ascontiguousarray(f[:, ::-1]) for f in frames]
-    if cfg.time_flip and u[1] < 0.5:
+    if flips.time:
         frames = frames[::-1]
 
     def factor(strength: float, x: float) -> "float | None":
@@ -128,4 +146,4 @@ def augment_frames(frames: list[np.ndarray], cfg: "AugmentationConfig | None",
         for op in ops:
             f = op(f)
         out.append(f.astype(np.float32, copy=False))
-    return out
+    return out, flips

@@ -17,6 +17,18 @@ Randomness: the :class:`PairSampler` hands every sample a seed ``(seed, epoch, p
 dataset draws the clip, the two frames and the augmentation from a generator made from that
 seed alone. Data order and content are therefore a pure function of (seed, epoch, position):
 they replay exactly after ``--resume`` and do not depend on the number of dataloader workers.
+The draws, in order: the clip, two frames, then (only with ``expression_pairs``) a number, a
+first frame and 16 candidate frames, then (only with ``identity_pairs``) a number, then the
+augmentation's fixed set; a setting at 0 draws nothing, so the official sampling is unchanged.
+
+Face landmarks (``landmarks=True``): every clip's ``<clip>.landmarks.npy`` sidecar
+(:mod:`.landmarks`, written by ``mra-prepare``) is read when the dataset is made, and each sample
+also carries, for its source and driving frame, the face points of ``nets.config.FACE_TARGETS`` in
+the networks' coordinates (``<frame>_points`` ``(P, 2)``), the mouth and eye widths in the same
+units (``<frame>_widths`` ``(2,)``) and whether the frame has a face (``<frame>_valid``, 1 or 0;
+points and widths are 0 where it has none), flipped with the frames. ``expression_pairs`` makes
+that share of pairs a first frame and, of 16 random frames of the clip, the one whose mouth + eye
+openness differs most from it (:func:`.landmarks.expression_partner`).
 """
 from __future__ import annotations
 
@@ -33,7 +45,8 @@ from PIL import Image
 from .. import media
 from ..config import AugmentationConfig
 from ..errors import UserError
-from .augment import augment_frames
+from . import landmarks as lm
+from .augment import Flips, augment_sample
 from .layout import identity
 
 GIF = ".gif"  # a video read frame by frame with Pillow; the other media.VIDEO_EXTS are decoded by PyAV
@@ -170,6 +183,23 @@ def read_video(entry: VideoEntry, size: int, indices: "Sequence[int] | None" = N
     return np.stack([_resize(f, size) for f in frames])
 
 
+def frame_shape(entry: VideoEntry) -> tuple[int, int]:
+    """(width, height) of the clip's own frames, from the file headers (nothing decoded but a video's first frame)."""
+    if entry.kind == "video":
+        try:
+            info = media.probe_video(entry.path, "video")
+        except UserError as e:
+            raise DataError(str(e)) from None
+        return info.width, info.height
+    path = _frame_files(entry.path)[0] if entry.kind == "frames" else entry.path
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except Exception as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    return (h, h) if entry.kind == "strip" else (w, h)
+
+
 def count_frames(entry: VideoEntry) -> int:
     """Number of frames (cheap for folders and strips; decodes videos and gifs)."""
     if entry.kind == "frames":
@@ -188,6 +218,11 @@ def count_frames(entry: VideoEntry) -> int:
 # Dataset and sampler
 # ---------------------------------------------------------------------------------------------
 
+def face_key(frame: str, what: str) -> str:
+    """The sample key of a face target: ``frame`` source | driving, ``what`` points | widths | valid."""
+    return f"{frame}_{what}"
+
+
 def to_tensor(frame: np.ndarray) -> torch.Tensor:
     """``(H, W, 3)`` float in [0, 1] -> ``(3, H, W)`` float32 tensor."""
     return torch.from_numpy(np.ascontiguousarray(frame.transpose(2, 0, 1), dtype=np.float32))
@@ -198,7 +233,9 @@ class PairDataset(torch.utils.data.Dataset):
 
     An item is a video, or an identity with ``id_sampling``. Keys are ``(index, seed)`` from
     :class:`PairSampler` (a plain int ``i`` means ``(i, (i,))``). A sample is
-    ``{"source": (3, S, S), "driving": (3, S, S)}`` float32 in [0, 1].
+    ``{"source": (3, S, S), "driving": (3, S, S)}`` float32 in [0, 1], with ``landmarks`` also
+    the face targets of both frames (see the module doc; ``pixel_centres`` picks the coordinate
+    convention, as ``ModelConfig.pixel_centres``).
     ``preload`` decodes every video once into memory (uint8); otherwise frame folders read only
     the two frames they need and other formats are decoded per sample (slow for mp4).
     """
@@ -206,9 +243,14 @@ class PairDataset(torch.utils.data.Dataset):
     def __init__(self, root: "str | os.PathLike", frame_size: int, split: str = "train",
                  id_sampling: bool = False, augmentation: "AugmentationConfig | None" = None,
                  num_repeats: int = 1, preload: bool = False, progress: bool = False,
-                 identity_pairs: float = 0.0):
+                 identity_pairs: float = 0.0, landmarks: bool = False, expression_pairs: float = 0.0,
+                 pixel_centres: bool = False):
         self.root = Path(root)
         self.identity_pairs = float(identity_pairs)
+        self.expression_pairs = float(expression_pairs)
+        self.pixel_centres = bool(pixel_centres)
+        if self.expression_pairs > 0 and not landmarks:
+            raise ValueError("expression_pairs needs landmarks")
         self.frame_size = int(frame_size)
         self.augmentation = augmentation
         self.num_repeats = max(1, int(num_repeats))
@@ -220,9 +262,27 @@ class PairDataset(torch.utils.data.Dataset):
         for v in self.videos:
             groups.setdefault(v.identity if id_sampling else v.name, []).append(v)
         self.groups = list(groups.values())
+        self.faces: "dict[Path, lm.ClipFaces] | None" = self._read_faces(d) if landmarks else None
         self.cache: "dict[Path, np.ndarray] | None" = None
         if preload:
             self.preload(progress)
+
+    def _read_faces(self, split_dir: Path) -> "dict[Path, lm.ClipFaces]":
+        """The face targets of every clip, from its landmark sidecar (DataError naming the fix when any is missing)."""
+        missing = [v for v in self.videos if not lm.sidecar_path(v.path.parent, v.name).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} of the {len(self.videos)} clips in {split_dir} have no face landmarks "
+                            f"(e.g. {lm.sidecar_path(split_dir, missing[0].name).name} is missing), which this "
+                            f"config trains with (dataset.landmarks); add them with: mra-prepare --landmarks-only "
+                            f"{self.root}")
+        faces = {}
+        for v in self.videos:
+            try:
+                marks = lm.read_sidecar(lm.sidecar_path(v.path.parent, v.name))
+            except lm.SidecarError as e:
+                raise DataError(str(e)) from None
+            faces[v.path] = lm.ClipFaces.from_marks(marks, *frame_shape(v))
+        return faces
 
     def preload(self, progress: bool = False, threads: "int | None" = None) -> None:
         """Decode every video once into memory (uint8 ``(T, S, S, 3)`` per video), on a thread pool
@@ -248,7 +308,8 @@ class PairDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.num_repeats * len(self.groups)
 
-    def _two_frames(self, entry: VideoEntry, rng: np.random.Generator) -> np.ndarray:
+    def _two_frames(self, entry: VideoEntry, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(the two frames, their indices)."""
         if self.cache is not None:
             video = self.cache[entry.path]
             n = len(video)
@@ -260,21 +321,51 @@ class PairDataset(torch.utils.data.Dataset):
             n = len(video)
         if n == 0:
             raise DataError(f"{entry.path} has no frames")
+        faces = self.faces[entry.path] if self.faces is not None else None
+        if faces is not None and len(faces) != n:
+            raise DataError(f"{entry.path} has {n} frames but its landmark sidecar {len(faces)}; re-create it with: "
+                            f"mra-prepare --landmarks-only --overwrite {self.root}")
         idx = np.sort(rng.choice(n, size=2, replace=n < 2))
+        if self.expression_pairs > 0:
+            u = rng.random()
+            first = int(rng.integers(n))
+            candidates = rng.integers(n, size=lm.EXPRESSION_CANDIDATES)
+            partner = lm.expression_partner(faces, first, candidates) if u < self.expression_pairs else None
+            if partner is not None:
+                idx = np.array([first, partner])
         if self.identity_pairs > 0 and rng.random() < self.identity_pairs:
             idx[1] = idx[0]
         if video is not None:
-            return video[idx]
-        return read_video(entry, self.frame_size, [int(i) for i in idx])
+            return video[idx], idx
+        return read_video(entry, self.frame_size, [int(i) for i in idx]), idx
+
+    def _face_targets(self, faces: lm.ClipFaces, idx: np.ndarray, flips: Flips) -> dict[str, torch.Tensor]:
+        """The face targets of frames ``idx`` (source, driving before the flips), flipped as the frames were."""
+        points = faces.points[idx]
+        if flips.horizontal:
+            points = lm.mirror(points)
+        roles = ("driving", "source") if flips.time else ("source", "driving")
+        out = {}
+        for i, role in enumerate(roles):
+            valid = bool(faces.valid[idx[i]])
+            out[face_key(role, "points")] = torch.from_numpy(
+                lm.to_model(points[i], self.frame_size, self.pixel_centres) * valid)
+            out[face_key(role, "widths")] = torch.from_numpy(
+                lm.length_to_model(faces.widths[idx[i]], self.frame_size, self.pixel_centres))
+            out[face_key(role, "valid")] = torch.tensor(float(valid))
+        return out
 
     def sample(self, index: int, seed: Sequence[int]) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([int(s) for s in seed])
         group = self.groups[index % len(self.groups)]
         entry = group[int(rng.integers(len(group)))]
-        frames = self._two_frames(entry, rng)
+        frames, idx = self._two_frames(entry, rng)
         frames = [f.astype(np.float32) / 255.0 for f in frames]
-        frames = augment_frames(frames, self.augmentation, rng)
-        return {"source": to_tensor(frames[0]), "driving": to_tensor(frames[1])}
+        frames, flips = augment_sample(frames, self.augmentation, rng)
+        out = {"source": to_tensor(frames[0]), "driving": to_tensor(frames[1])}
+        if self.faces is not None:
+            out.update(self._face_targets(self.faces[entry.path], idx, flips))
+        return out
 
     def __getitem__(self, key) -> dict[str, torch.Tensor]:
         if isinstance(key, tuple):

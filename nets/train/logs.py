@@ -13,7 +13,8 @@ class LossLog:
     """Appends one row per step to ``path`` (columns: step, epoch, lr, loss, <parts>, seconds).
 
     On resume, rows past the checkpoint's step (logged after the last checkpoint of an interrupted
-    run) are dropped first, so the CSV always matches the weights.
+    run) are dropped first, so the CSV always matches the weights. A log written with fewer loss
+    columns (by an older version) keeps its rows, the new columns empty.
     """
 
     def __init__(self, path: "str | Path", parts: Sequence[str], resume_step: int = 0,
@@ -25,7 +26,7 @@ class LossLog:
         if self.path.exists() and resume_step > 0:
             with open(self.path, newline="") as f:
                 reader = csv.DictReader(f)
-                if reader.fieldnames == self.fields:
+                if reader.fieldnames and set(reader.fieldnames) <= set(self.fields):
                     rows = [r for r in reader if int(r["step"]) <= resume_step]
         self._file = open(self.path, "w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=self.fields)

@@ -9,7 +9,10 @@ Reconstruction stage (the paper's first stage): ``src_r, drv_r, bg, out = model(
 loss = perceptual pyramid(out.prediction, driving) + equivariance (shift and affine) on a random
 affine + TPS warp of the driving frame (+ a patch discriminator's LSGAN and feature-matching terms
 when ``train.gan_weight`` / ``feature_matching_weight`` are set: :mod:`.discriminator`; the
-discriminator steps after the generator, see ``ReconstructionStage.after_step``). Region, background, flow predictors and the generator
+discriminator steps after the generator, see ``ReconstructionStage.after_step``) (+ with face
+landmarks, ``dataset.landmarks``: the region prior ``train.region_prior_weight`` on the source and
+driving regions, and the masked mouth and eye L1 ``train.expression_weight``: :mod:`.losses`).
+Region, background, flow predictors and the generator
 are trained with Adam(lr, betas=(0.5, 0.999)); the learning rate drops by 10x at each of
 ``epoch_milestones``. An epoch is one pass over the dataset repeated ``num_repeats`` times
 (``len = num_repeats x number of videos``, or of identities with id_sampling), i.e.
@@ -41,14 +44,15 @@ from torch import Tensor, nn
 
 from .. import checkpoint as ckpt_mod
 from ..checkpoint import checkpoint_kind, from_official, load_state, read_checkpoint
-from ..config import Config, load_config, validate
+from ..config import FACE_TARGETS, Config, load_config, validate
 from ..errors import UserError
 from ..model import MRAA
 from . import distributed, state as st
-from .data import PairDataset, PairSampler
+from .data import PairDataset, PairSampler, face_key
 from .logs import LossLog, warn
 from .stage import Stage
-from .losses import L1SSIMPyramidLoss, PerceptualPyramidLoss, equivariance_losses
+from .losses import (FaceTargets, L1SSIMPyramidLoss, PerceptualPyramidLoss, equivariance_losses, expression_loss,
+                     expression_masks, region_prior_loss)
 from .discriminator import Adversary, MultiScaleDiscriminator, generator_losses
 from .transforms import RandomWarp, control_grid
 from .vgg import find_vgg_weights, load_vgg19, torchvision_cache_path
@@ -166,10 +170,23 @@ class ReconstructionObjective(nn.Module):
         self.pixel_centres = bool(config.model.pixel_centres)
         self.gan_weight = float(t.gan_weight)
         self.feature_matching_weight = float(t.feature_matching_weight)
+        self.region_prior = [FACE_TARGETS.index(n) for n in t.region_prior]
+        self.region_prior_weight = float(t.region_prior_weight) if self.region_prior else 0.0
+        self.expression_weight = float(t.expression_weight)
 
-    def forward(self, source: Tensor, driving: Tensor, theta: Tensor, tps_weights: Tensor):
+    def forward(self, source: Tensor, driving: Tensor, theta: Tensor, tps_weights: Tensor,
+                faces: "tuple[FaceTargets, FaceTargets] | None" = None):
+        """``faces``: the face targets of the source and driving frames (configs with dataset.landmarks)."""
         src_r, drv_r, bg, out = self.model(source, driving)
         parts = {"reconstruction": self.loss(out.prediction, driving)}
+        visuals = {}
+        if faces is not None and self.region_prior_weight:
+            parts["region_prior"] = self.region_prior_weight * region_prior_loss(
+                torch.cat([src_r.shift, drv_r.shift]), FaceTargets.cat(faces), self.region_prior)
+        if faces is not None and self.expression_weight:
+            masks = expression_masks(faces[1], *driving.shape[-2:], self.pixel_centres)
+            parts["expression"] = self.expression_weight * expression_loss(out.prediction, driving, masks)
+            visuals["expression_mask"] = masks.detach()
         if self.discriminator is not None:
             adv = generator_losses(self.discriminator, out.prediction, driving, self.gan_weight,
                                    self.feature_matching_weight)
@@ -185,7 +202,7 @@ class ReconstructionObjective(nn.Module):
             if self.w_affine and affine_l is not None:
                 parts["equivariance_affine"] = self.w_affine * affine_l
         total = sum(parts.values())
-        visuals = {"prediction": out.prediction.detach(), "heatmap": drv_r.heatmap.detach()}
+        visuals.update(prediction=out.prediction.detach(), heatmap=drv_r.heatmap.detach())
         return total, parts, visuals
 
 
@@ -195,7 +212,7 @@ class ReconstructionStage:
     name = "reconstruction"
     csv_name = "losses.csv"
     loss_names = ("reconstruction", "equivariance_shift", "equivariance_affine", "gan", "feature_matching",
-                  "discriminator")
+                  "discriminator", "region_prior", "expression")
 
     def __init__(self, model: MRAA, config: Config, opts: TrainOptions, session: distributed.Session):
         self.model = model
@@ -262,11 +279,19 @@ class ReconstructionStage:
         g = torch.Generator().manual_seed(seed)
         warp = RandomWarp.sample(batch["driving"].shape[0], t.sigma_affine, t.sigma_tps, t.points_tps, generator=g)
         dev = batch["driving"].device
-        return batch["source"], batch["driving"], warp.theta.to(dev), warp.weights.to(dev)
+        faces = None
+        if face_key("source", "points") in batch:
+            faces = tuple(FaceTargets(*(batch[face_key(role, what)] for what in ("points", "widths", "valid")))
+                          for role in ("source", "driving"))
+        return batch["source"], batch["driving"], warp.theta.to(dev), warp.weights.to(dev), faces
 
     def visualise(self, batch: dict[str, Tensor], visuals: dict[str, Tensor]) -> "np.ndarray | None":
+        """Rows: source, driving, prediction, driving regions (and the driving frame's mouth and eye masks)."""
         src, drv = batch["source"][:6], batch["driving"][:6]
-        return grid_image([src, drv, visuals["prediction"][:6], heatmap_overlay(drv, visuals["heatmap"][:6])])
+        rows = [src, drv, visuals["prediction"][:6], heatmap_overlay(drv, visuals["heatmap"][:6])]
+        if "expression_mask" in visuals:
+            rows.append(drv * (0.25 + 0.75 * visuals["expression_mask"][:6].to(drv.dtype)))
+        return grid_image(rows)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -524,7 +549,10 @@ class _Run:
         self.dataset = dataset = PairDataset(
             plan.data, cfg.frame_size, "train", id_sampling=cfg.dataset.id_sampling,
             augmentation=cfg.dataset.augmentation, num_repeats=hyper.num_repeats, preload=opts.preload,
-            progress=opts.progress and session.is_main, identity_pairs=cfg.dataset.identity_pairs)
+            progress=opts.progress and session.is_main, identity_pairs=cfg.dataset.identity_pairs,
+            landmarks=cfg.dataset.landmarks and plan.stage == "reconstruction",
+            expression_pairs=cfg.dataset.expression_pairs if plan.stage == "reconstruction" else 0.0,
+            pixel_centres=cfg.model.pixel_centres)
         self.sampler = sampler = PairSampler(len(dataset), seed=self.seed, rank=session.rank,
                                              world_size=session.world_size)
         self.steps_per_epoch = sampler.per_rank // hyper.batch_size
@@ -693,7 +721,7 @@ class _Run:
         ts = time.monotonic()
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         if opts.channels_last:
-            batch = {k: v.contiguous(memory_format=torch.channels_last) for k, v in batch.items()}
+            batch = {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in batch.items()}
         inputs = stage.inputs(batch, step_seed(self.seed, session.rank, self.step))
         with self.autocast():
             total, parts, visuals = self.wrapped(*inputs)

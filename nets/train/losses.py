@@ -12,9 +12,16 @@ Every loss is computed in float32 (inputs are cast), so they are safe under bf16
 * :func:`equivariance_losses` -- regions of a randomly warped frame, mapped back by the warp, must
   match those of the frame itself (shift), and the warp's Jacobian must carry the region affines
   (affine, with the ``revert_axis_swap`` sign fix).
+* :func:`region_prior_loss` -- region k's shift must sit on face point k (the mouth, the chin, an
+  eye: :class:`FaceTargets`, from the training frames' face mesh): mean squared distance over the
+  frames that have a face.
+* :func:`expression_masks` / :func:`expression_loss` -- an L1 between prediction and driving frame
+  inside soft masks around the mouth and the eyes, normalised by the masks' area, so that the few
+  pixels that carry the expression get gradient of their own.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -23,6 +30,7 @@ from torch import Tensor, nn
 
 from .. import geometry as geo
 from ..blocks import AntiAliasDownsample
+from ..config import FACE_TARGETS
 from ..regions import Regions
 from .transforms import RandomWarp
 from .vgg import VGG19Features
@@ -140,3 +148,64 @@ def equivariance_losses(driving: Regions, transformed: Regions, warp: RandomWarp
             a = a * torch.sign(a[..., 0:1, 0:1])
         eye = torch.eye(2, dtype=a.dtype, device=a.device)
         return shift_loss, (eye - a).abs().mean()
+
+
+# ---------------------------------------------------------------------------------------------
+# Expression terms (face landmarks of the training frames)
+# ---------------------------------------------------------------------------------------------
+
+MASK_SIGMA = 0.5  # the masks' gaussian sigma, in mouth widths (mouth) and eye widths (eyes)
+MASK_PARTS = (("mouth", 0), ("right_eye", 1), ("left_eye", 1))  # face point, and which width sizes its mask
+
+
+@dataclass
+class FaceTargets:
+    """Face points of a batch of frames (from :class:`nets.train.data.PairDataset`), in the networks'
+    coordinates: ``points`` ``(B, len(FACE_TARGETS), 2)``, ``widths`` ``(B, 2)`` (mouth, eye width),
+    ``valid`` ``(B,)`` 1 where the frame has a face, else 0 (its points and widths are 0)."""
+
+    points: Tensor
+    widths: Tensor
+    valid: Tensor
+
+    @staticmethod
+    def cat(items: "Sequence[FaceTargets]") -> "FaceTargets":
+        return FaceTargets(torch.cat([f.points for f in items]), torch.cat([f.widths for f in items]),
+                           torch.cat([f.valid for f in items]))
+
+
+def region_prior_loss(shift: Tensor, faces: FaceTargets, targets: Sequence[int]) -> Tensor:
+    """Mean over the frames with a face and over k of ``|shift[:, k] - points[:, targets[k]]|^2``.
+
+    ``shift`` ``(B, K, 2)``; ``targets`` indices into FACE_TARGETS, one per region from region 0 on.
+    float32; 0 when no frame has a face.
+    """
+    with float32(shift):
+        idx = torch.as_tensor(list(targets), device=shift.device, dtype=torch.long)
+        d = shift[:, :len(targets)].float() - faces.points.float().index_select(1, idx)
+        per_frame = (d * d).sum(-1).mean(-1)
+        valid = faces.valid.float()
+        return (per_frame * valid).sum() / valid.sum().clamp(min=1.0)
+
+
+def expression_masks(faces: FaceTargets, height: int, width: int, pixel_centres: bool) -> Tensor:
+    """Soft masks ``(B, 1, H, W)`` in [0, 1] around the mouth and the eyes (the maximum of one gaussian per
+    part, sigma :data:`MASK_SIGMA` times the mouth or eye width); 0 for frames without a face."""
+    with float32(faces.points):
+        grid = geo.coordinate_grid(height, width, dtype=torch.float32, device=faces.points.device,
+                                   pixel_centres=pixel_centres)  # (H, W, 2)
+        masks = []
+        for name, w in MASK_PARTS:
+            centre = faces.points[:, FACE_TARGETS.index(name)].float()  # (B, 2)
+            sigma = (MASK_SIGMA * faces.widths[:, w].float()).clamp(min=1e-3)  # (B,)
+            d2 = ((grid[None] - centre[:, None, None]) ** 2).sum(-1)  # (B, H, W)
+            masks.append(torch.exp(-d2 / (2 * sigma[:, None, None] ** 2)))
+        mask = torch.stack(masks).amax(0) * faces.valid.float()[:, None, None]
+        return mask[:, None]
+
+
+def expression_loss(prediction: Tensor, target: Tensor, masks: Tensor) -> Tensor:
+    """``sum(mask x mean_c |prediction - target|) / sum(mask)`` (float32; 0 when the masks are empty)."""
+    with float32(prediction):
+        err = (prediction.float() - target.float()).abs().mean(1, keepdim=True)
+        return (masks * err).sum() / masks.sum().clamp(min=1.0)
