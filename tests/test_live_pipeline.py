@@ -439,3 +439,37 @@ def test_engine_watch_and_the_status_note(engine):
 
     pipe.engine = Remote()
     assert pipe.engine_note() == "worker not answering (4 s)"
+
+
+def test_a_full_disk_stops_only_the_recording(engine):
+    """Issue 21 item 14: a recording that hits a full disk is dropped with one line; the other output goes on."""
+    import errno
+
+    class FullDisk(ListSink):
+        name = "file"
+        path = Path("/full/rec.mp4")
+        aborted = False
+
+        def write(self, frame):
+            if len(self.frames) >= 4:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            super().write(frame)
+
+        def abort(self):
+            self.aborted = True
+
+    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(300), fps=60), max_frames=20)
+    rec = FullDisk()
+    pipe.sinks.append(rec)
+    lines = []
+    pipe.log = lines.append
+    stats = pipe.run()
+    assert stats.frames_out == 20 and len(sink.frames) == 20  # the virtual camera (here a list) kept streaming
+    assert rec not in pipe.sinks and rec.aborted and len(rec.frames) == 4
+    warned = [ln for ln in lines if "recording stopped" in ln]
+    assert len(warned) == 1 and "/full/rec.mp4" in warned[0] and "list go on" in warned[0]
+    assert sum("recording stopped" in e for e in stats.events) == 1
+    alone, _ = make_pipeline(engine, IteratorSource(moving_frames(300), fps=60), max_frames=20)
+    alone.sinks[:] = [FullDisk()]  # the only output: the session ends with the error, as before
+    with pytest.raises(OSError):
+        alone.run()

@@ -583,8 +583,32 @@ class LivePipeline:
                 self.log(f"{note}: repeating the last frame")
 
     def _write(self, image: np.ndarray) -> None:
-        for sink in self.sinks:
-            sink.write(image)
+        for sink in list(self.sinks):
+            try:
+                sink.write(image)
+            except OSError as e:
+                self._recording_failed(sink, e)
+
+    def _recording_failed(self, sink, e: OSError) -> None:
+        """A recording that cannot be written (disk full, read-only...) is dropped, once, with one line;
+        the other outputs (the virtual camera, a window) go on. Anything else, or the only output, ends
+        the session as before."""
+        from nets.errors import disk_fault
+
+        path = getattr(sink, "path", None)
+        text = disk_fault(e, str(path)) if path is not None else None
+        if text is None or len(self.sinks) == 1:
+            raise e
+        self.sinks.remove(sink)
+        abort = getattr(sink, "abort", None)
+        if abort is not None:
+            try:
+                abort()  # the partial file is removed; nothing half-written is left behind
+            except OSError:
+                pass
+        rest = ", ".join(getattr(s, "name", "output") for s in self.sinks)
+        self.log(f"warning: {text}; the recording stopped, {rest} go on")
+        self.stats.event(f"recording stopped: {text}")
 
     def _update_counts(self) -> None:
         self.stats.frames_in = self.capture.slot.received
