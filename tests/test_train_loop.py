@@ -189,6 +189,65 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(tmp_path, data):
     assert [r["step"] for r in read_losses(out / "losses.csv")] == list(range(1, step + 2))
 
 
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the DataLoader workers of a training process)."""
+    kids = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    kids.append(int(p.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return kids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the DataLoader workers through /proc")
+@pytest.mark.parametrize("how,status,line", [
+    ("SIGTERM to a worker", 130, "interrupted at step"),           # passed on to the run: a stop request
+    ("SIGTERM to the process group", 130, "interrupted at step"),  # (systemd, docker stop, kill -TERM -PGID)
+    ("SIGKILL to a worker", 2, "error: a data loading worker died (DataLoader worker (pid"),
+])
+def test_a_signal_to_a_dataloader_worker_saves_the_run(tmp_path, data, how, status, line):
+    """Issue 21 item 14: a signal to a DataLoader worker (or a worker that dies) used to end the run
+    with a traceback and nothing saved; now the run is saved at its last whole step and the last line
+    says how to resume, which continues it."""
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "nets.train.cli", "--config", "tiny", "--data", str(data),
+                             "--out", str(out), "--checkpoint-every", "0", "--vis-every", "0", "--batch-size", "2",
+                             "--workers", "1", "--no-progress"],
+                            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers = []
+        while time.monotonic() < deadline and not workers:
+            if (out / "losses.csv").exists() and len((out / "losses.csv").read_text().splitlines()) >= 3:
+                workers = _children(proc.pid)
+            time.sleep(0.2)
+        assert workers, "no DataLoader worker appeared"
+        if how == "SIGTERM to a worker":
+            os.kill(workers[0], signal.SIGTERM)
+        elif how == "SIGKILL to a worker":
+            os.kill(workers[0], signal.SIGKILL)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == status, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(line) and last.endswith(f"continue with --resume {out}"), err
+    assert "Traceback" not in err
+    step = model_state(out)["train"]["step"]
+    assert step >= 2 and f"at step {step};" in last
+    assert cli("--out", out, "--resume", "--max-steps", step + 1) == 0
+    assert model_state(out)["train"]["step"] == step + 1
+    assert [r["step"] for r in read_losses(out / "losses.csv")] == list(range(1, step + 2))
+
+
 def test_log_every_averages_rows(tmp_path, data, small_schedule):
     common = ["--config", small_schedule, "--data", data, "--vis-every", 0, "--checkpoint-every", 0, "--max-steps", 7]
     assert cli(*common, "--out", tmp_path / "every1") == 0

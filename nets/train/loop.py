@@ -410,11 +410,22 @@ def _presets() -> list[str]:
 
 class _StopFlag:
     """Ctrl-C / SIGTERM set a flag (the step in flight finishes, then a checkpoint is written);
-    a second Ctrl-C interrupts at once."""
+    a second Ctrl-C interrupts at once. A SIGTERM to a DataLoader worker is passed on here
+    (:func:`_worker_init`), so it stops the run the same way.
+
+    A DataLoader worker that dies (killed, out of memory) is reported while a batch is fetched,
+    never in the middle of a step: PyTorch's SIGCHLD handler raises in whatever the main thread is
+    doing (an optimiser step half done is not a state to save), so :meth:`watch_workers` puts it
+    behind :meth:`next_batch`: a SIGCHLD that arrives during a fetch runs it at once (as PyTorch
+    intends: a fetch blocked on a dead worker's half-written batch would wait forever), one that
+    arrives during a step runs it before the next fetch."""
 
     def __init__(self):
         self.requested = False
         self._old: dict[int, Any] = {}
+        self._on_child: Any = None  # PyTorch's SIGCHLD handler, run at fetches
+        self._fetching = False
+        self._child_exited = False
 
     def __enter__(self):
         try:
@@ -424,10 +435,40 @@ class _StopFlag:
             pass
         return self
 
+    def watch_workers(self) -> None:
+        """Call once a multi-worker DataLoader iterator exists (PyTorch installs its handler then)."""
+        if not hasattr(signal, "SIGCHLD") or signal.SIGCHLD in self._old:
+            return
+        try:
+            previous = signal.signal(signal.SIGCHLD, self._child)
+        except ValueError:  # not the main thread: PyTorch installed nothing either
+            return
+        self._old[signal.SIGCHLD] = previous
+        self._on_child = previous if callable(previous) else None
+
+    def _child(self, signum, frame) -> None:
+        if self._fetching and self._on_child is not None:
+            self._on_child(signum, frame)  # raises when a worker died
+        else:
+            self._child_exited = True
+
+    def next_batch(self, batches):
+        """``next(batches)``, with the deaths of workers reported here (RuntimeError, or StopIteration)."""
+        self._fetching = True
+        try:
+            if self._child_exited and self._on_child is not None:
+                self._child_exited = False
+                self._on_child(signal.SIGCHLD, None)
+            return next(batches)
+        finally:
+            self._fetching = False
+
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
+        if self.requested:  # (a SIGTERM to the process group arrives once more through each worker)
+            return
         self.requested = True
         print("\nstop requested: finishing the current step and saving a checkpoint "
               "(press Ctrl-C again to abort without saving)", file=sys.stderr, flush=True)
@@ -439,13 +480,30 @@ class _StopFlag:
 
 
 def _worker_init(worker_id: int) -> None:
-    # Ctrl-C is handled by the main process, which stops cleanly; workers must not die first.
+    # Ctrl-C is handled by the main process, which stops cleanly; workers must not die first. A
+    # SIGTERM (to this worker, or to the whole process group) is passed on to the main process as
+    # a stop request: the worker keeps serving batches until the main process has saved and ends it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_the_run)
     try:
         import cv2
         cv2.setNumThreads(1)
     except Exception:
         pass
+
+
+def _stop_the_run(signum, frame) -> None:
+    os.kill(os.getppid(), signal.SIGTERM)
+
+
+class WorkerDied(UserError):
+    """A DataLoader worker died (killed, out of memory); the run was saved at the last whole step."""
+
+
+def _is_worker_death(e: BaseException) -> bool:
+    """PyTorch's RuntimeError for a DataLoader worker that exited or was killed."""
+    return isinstance(e, RuntimeError) and "DataLoader worker" in str(e) and (
+        "exited unexpectedly" in str(e) or "killed by signal" in str(e))
 
 
 def _amp_context(amp: str, device: torch.device):
@@ -700,13 +758,24 @@ class _Run:
             self.dataset, batch_size=hyper.batch_size, sampler=self.sampler, num_workers=hyper.workers,
             drop_last=True, pin_memory=device.type == "cuda", generator=self.loader_gen, worker_init_fn=_worker_init,
             prefetch_factor=4 if hyper.workers > 0 else None)
-        for batch in loader:
+        batches = iter(loader)
+        if hyper.workers > 0:
+            stop.watch_workers()
+        while True:
+            try:
+                batch = stop.next_batch(batches)
+            except StopIteration:
+                break
+            except RuntimeError as e:
+                if not _is_worker_death(e):
+                    raise
+                self._worker_died(e, stop)
             stopped = self._step(batch, stop)
             if stopped:
                 self.stopped = stopped
-                del loader
+                del batches, loader
                 return True
-        del loader
+        del batches, loader
         self.epoch += 1
         self.epoch_samples = 0
         self.scheduler.step()
@@ -764,6 +833,21 @@ class _Run:
         if interrupted or timed_out or reached:
             return "interrupted" if interrupted else "max_minutes" if timed_out else "max_steps"
         return None
+
+    def _worker_died(self, e: RuntimeError, stop: _StopFlag) -> None:
+        """Save the run at its last whole step and stop with one line that says how to go on."""
+        self.stopped = "worker_died"
+        if self.acc_n and not self.session.distributed:  # the log covers every saved step
+            self.flush(self.last_names, stop)
+        if self.session.is_main:  # (no barrier: the other ranks may be waiting in a collective)
+            st.save_training_checkpoint(self.ck_path, self.model, self.train_state().to_dict())
+        if self.log is not None:
+            self.log.close()
+        self.bar.close()
+        reason = " ".join(str(e).split()).split(". ")[0].rstrip(".")  # PyTorch's first sentence names the worker
+        saved = f"checkpoint saved to {self.ck_path}" if self.session.is_main else "rank 0 keeps the checkpoint"
+        raise WorkerDied(f"a data loading worker died ({reason}) at step {self.step}; {saved}; continue with "
+                         f"--resume {self.run_dir}") from None
 
     def finish(self) -> TrainResult:
         self.bar.close()
