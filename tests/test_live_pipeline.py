@@ -473,3 +473,30 @@ def test_a_full_disk_stops_only_the_recording(engine):
     alone.sinks[:] = [FullDisk()]  # the only output: the session ends with the error, as before
     with pytest.raises(OSError):
         alone.run()
+
+
+def test_a_full_disk_stops_only_the_real_recording(engine, tmp_path):
+    """The same with mra-live's own FileSink, whose media writer reports a full disk as a DiskFault
+    (a UserError, not an OSError): only the recording stops, its partial frames are removed, and the
+    virtual camera (here a list) streams on; one line says so."""
+    import errno
+
+    from live.loop.sinks import FileSink
+
+    pipe, sink = make_pipeline(engine, IteratorSource(moving_frames(300), fps=60), max_frames=20)
+    rec = FileSink(tmp_path / "rec", 25, 96, 96)  # a folder of PNG frames
+    written = rec.writer._write_one
+
+    def fill_up(rgb):
+        if rec.writer.frames_written >= 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written(rgb)
+    rec.writer._write_one = fill_up
+    pipe.sinks.append(rec)
+    lines = []
+    pipe.log = lines.append
+    stats = pipe.run()
+    assert stats.frames_out == 20 and len(sink.frames) == 20
+    assert rec not in pipe.sinks and list(tmp_path.iterdir()) == []
+    warned = [ln for ln in lines if "recording stopped" in ln]
+    assert len(warned) == 1 and f"cannot write {tmp_path / 'rec'}: no space left on the device" in warned[0]

@@ -37,6 +37,7 @@ from typing import Callable, Protocol
 import numpy as np
 
 from export.engine import Avatar, Engine, EngineUnavailable, RegionParams
+from nets.errors import DiskFault, disk_fault
 from nets.media import to_input, to_uint8
 from nets.media.face import CropBox, FaceTracker, crop_resize
 
@@ -586,17 +587,18 @@ class LivePipeline:
         for sink in list(self.sinks):
             try:
                 sink.write(image)
-            except OSError as e:
+            except (OSError, DiskFault) as e:  # (the media writers say a disk fault as a DiskFault)
                 self._recording_failed(sink, e)
 
-    def _recording_failed(self, sink, e: OSError) -> None:
+    def _recording_failed(self, sink, e: "OSError | DiskFault") -> None:
         """A recording that cannot be written (disk full, read-only...) is dropped, once, with one line;
         the other outputs (the virtual camera, a window) go on. Anything else, or the only output, ends
         the session as before."""
-        from nets.errors import disk_fault
-
         path = getattr(sink, "path", None)
-        text = disk_fault(e, str(path)) if path is not None else None
+        if isinstance(e, DiskFault):
+            text: "str | None" = str(e)
+        else:
+            text = disk_fault(e, str(path)) if path is not None else None
         if text is None or len(self.sinks) == 1:
             raise e
         self.sinks.remove(sink)
