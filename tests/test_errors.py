@@ -61,7 +61,10 @@ def test_console_scripts_import_nothing_heavy_before_the_guard():
     r = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "[]", (r.stdout, r.stderr)
 
-    p = subprocess.Popen([sys.executable, "-c", "import live; live.mra_live()", "--source", "x.png"], cwd=root,
+    # an existing portrait: mra-live checks its options before torch loads (a missing one would end the run,
+    # status 2, before the signal comes), so the run gets as far as torch's import
+    portrait = root / "live" / "assets" / "example-portrait.png"
+    p = subprocess.Popen([sys.executable, "-c", "import live; live.mra_live()", "--source", str(portrait)], cwd=root,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and p.poll() is None:  # wait until torch is being loaded
