@@ -16,8 +16,7 @@ The factory decides, for every caller alike:
   worker must run (checked), backend, device, precision and threads are the worker's.
 
 Problems the user can fix (missing checkpoint, no CUDA, no onnxruntime) raise :class:`UserError`;
-checkpoint and config problems raise ``nets.CheckpointError`` / ``nets.ConfigError`` (one-line
-messages too).
+checkpoint and config problems raise its kinds ``nets.CheckpointError`` / ``nets.ConfigError``.
 """
 from __future__ import annotations
 
@@ -111,7 +110,10 @@ def build_engine(spec: EngineSpec) -> Engine:
     backend = auto_backend(spec.backend, spec.checkpoint, spec.device, spec.export_checkpoints)
     try:
         return _build(replace(spec, backend=backend))
-    except UserError:
+    except UserError as e:
+        import nets
+        if isinstance(e, (nets.CheckpointError, nets.ConfigError)):  # PyTorch would refuse the model too
+            raise
         if spec.backend == "auto" and backend == "onnx":  # ONNX Runtime unusable: PyTorch still works
             return _build(replace(spec, backend="torch", threads=None))
         raise

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .config import Config, ConfigError, load_config
+from .errors import UserError
 from .model import MRAA
 
 FORMAT = "mra-live"
@@ -27,7 +28,7 @@ OFFICIAL_NETWORKS = ("generator", "region_predictor", "bg_predictor", "avd_netwo
 _FLOW_PREFIX = "pixelwise_flow_predictor."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the model; the message names the likely cause."""
 
 

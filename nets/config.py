@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import UserError
+
 BG_TYPES = ("zero", "shift", "affine", "perspective")
 PCA_FORMS = ("closed_form", "svd")
 # the face points that training can pull regions onto (train.region_prior), from the face mesh of the
@@ -24,7 +26,7 @@ PCA_FORMS = ("closed_form", "svd")
 FACE_TARGETS = ("mouth", "chin", "right_eye", "left_eye")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration that cannot be used (unknown preset, bad YAML, bad value)."""
 
 

@@ -55,14 +55,11 @@ def disk_fault(e: BaseException, what: str = "") -> "str | None":
 
 def run_cli(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
     """Run ``main(argv)``; turn known errors into ``error: ...`` + exit 2, Ctrl-C into exit 130."""
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-
     debug = os.environ.get("MRA_DEBUG") not in (None, "", "0")
     try:
         code = main(argv)
         return int(code or 0)
-    except (UserError, CheckpointError, ConfigError) as e:
+    except UserError as e:  # (nets.CheckpointError and nets.ConfigError are UserErrors)
         if debug:
             raise
         print(f"error: {_one_line(e)}", file=sys.stderr)

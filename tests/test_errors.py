@@ -90,3 +90,25 @@ def test_warnings_are_one_line(capsys, monkeypatch):
         warnings.simplefilter("always")
         warnings.warn("the driving video\n   does not say its frame rate")
     assert capsys.readouterr().err == "warning: the driving video does not say its frame rate\n"
+
+
+def test_checkpoint_and_config_errors_are_user_errors():
+    """Issue 19: nets.CheckpointError and nets.ConfigError are UserErrors, so every place that reports
+    a user's error reports them; mra-web's webcam tab called a bad config "internal error"."""
+    import asyncio
+    import json
+    from types import SimpleNamespace
+
+    import nets
+    from live.web.app import LiveSocket
+
+    sent = []
+
+    class Socket:
+        async def send_text(self, text):
+            sent.append(json.loads(text)["message"])
+
+    for error in (nets.ConfigError("unknown preset 'vox512'"), nets.CheckpointError("checkpoint not found: x.pth")):
+        asyncio.run(LiveSocket(SimpleNamespace(config=None), Socket())._report(error))
+    assert sent == ["error: unknown preset 'vox512'", "error: checkpoint not found: x.pth"]
+    assert issubclass(nets.CheckpointError, UserError) and issubclass(nets.ConfigError, UserError)

@@ -513,11 +513,10 @@ class LiveSocket:
             raise session.error
 
     async def _report(self, e: Exception) -> None:
-        from nets.checkpoint import CheckpointError
         if isinstance(e, DiskFault) or disk_fault(e) is not None:
             print(f"mra-web: webcam session: {e}", file=sys.stderr)
             text = server_disk_text(e)
-        elif isinstance(e, (UserError, CheckpointError)):
+        elif isinstance(e, UserError):  # (checkpoint and config errors too)
             text = error_text(e, [self.folder] if self.folder else [])
         else:
             print(f"mra-web: webcam session failed:\n{traceback.format_exc()}", file=sys.stderr)

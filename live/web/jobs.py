@@ -153,9 +153,6 @@ class JobQueue:
             self._expire()
 
     def _run_one(self, job: Job) -> None:
-        from nets.checkpoint import CheckpointError
-        from nets.config import ConfigError
-
         def progress(done: int, total: "int | None") -> None:
             if job.cancel.is_set():
                 raise JobCancelled
@@ -171,7 +168,7 @@ class JobQueue:
         except DiskFault as e:  # the server's disk, not the user's: say so without its paths
             self.log(f"mra-web: job {job.id}: {e}")
             message = server_disk_text(e)
-        except (UserError, CheckpointError, ConfigError) as e:
+        except UserError as e:  # (checkpoint and config errors too)
             message = error_text(e, job.uploads)
         except MemoryError:
             message = "error: out of memory; try a shorter or smaller driving video"
