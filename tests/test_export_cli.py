@@ -58,8 +58,13 @@ def folder_bytes(d):
     return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
 
 
-def test_a_failed_export_leaves_the_earlier_export_whole_and_a_new_folder_absent(checkpoints, tmp_path, capsys):
+def test_a_failed_export_leaves_the_earlier_export_whole_and_a_new_folder_absent(checkpoints, tmp_path, capsys,
+                                                                                  monkeypatch):
     """Issue 21 item 3: the export is made beside the target and swapped in only once verified."""
+    import tempfile
+    reports = tmp_path / "system_tmp"
+    reports.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(reports))  # where the failure reports go
     out = tmp_path / "out"
     assert main([str(checkpoints / "own.pth"), "--out", str(out), "--quiet"]) == 0
     before = folder_bytes(out)
@@ -75,12 +80,13 @@ def test_a_failed_export_leaves_the_earlier_export_whole_and_a_new_folder_absent
     # into a new folder (and a new parent): nothing is left behind
     assert main([str(checkpoints / "damaged.pth"), "--out", str(tmp_path / "new" / "export"), "--quiet"]) == 1
     one_error_line(capsys)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "system_tmp"]
+    assert len(list(reports.iterdir())) == 2  # one report per failed export
     # a good export replaces the earlier one as a whole
     assert main([str(checkpoints / "official.pth"), "--config", "tiny", "--size", "96", "--out", str(out),
                  "--quiet"]) == 0
     assert json.loads((out / "manifest.json").read_text())["frame_size"] == 96
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "system_tmp"]
 
 
 def test_export_into_a_folder_of_other_files_is_refused(checkpoints, tmp_path, capsys):

@@ -166,11 +166,16 @@ def test_verification_fails_loudly(tmp_path, monkeypatch, tiny_export):  # noqa:
         report.check("test")
     # the pipeline writes nothing when its own check fails (the report above stands in for the
     # verification, which the previous lines exercised); the full report is in a temporary file
+    import tempfile
+
     import export.pipeline as pipeline
     monkeypatch.setattr(pipeline, "verify_engine", lambda *a, **k: report)
+    reports = tmp_path / "system_tmp"
+    reports.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(reports))  # where the failure report goes
     with pytest.raises(VerificationError) as failed:
         export_model(tiny_export.model, tmp_path / "bad")
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["system_tmp"]
     details = str(failed.value).split("details in ")[1].split(")")[0]
     assert json.loads(open(details).read())["fp32"]["max_diff"] > 1e-4
 
